@@ -1,0 +1,49 @@
+"""offload: run compute-heavy batch jobs in containers with one call.
+
+>>> from offload import Client
+>>> job = Client().submit("offload/fingerprint", inputs={"photo": "cat.jpg"})  # doctest: +SKIP
+>>> job.result(timeout=60).outputs  # doctest: +SKIP
+{'fingerprint.json': 'sha256:…'}
+"""
+
+from offload.broker.status import JobStatus, Reason
+from offload.config import Settings, load_settings
+from offload.errors import (
+    BrokerError,
+    CacheError,
+    ConfigError,
+    JobError,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    OffloadError,
+    SpecError,
+    UnschedulableError,
+)
+from offload.producer import Client, Job, JobResult, LogLine
+from offload.spec import JobSpec, Resources
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerError",
+    "CacheError",
+    "Client",
+    "ConfigError",
+    "Job",
+    "JobError",
+    "JobFailed",
+    "JobNotFound",
+    "JobResult",
+    "JobSpec",
+    "JobStatus",
+    "JobTimeout",
+    "LogLine",
+    "OffloadError",
+    "Reason",
+    "Resources",
+    "Settings",
+    "SpecError",
+    "UnschedulableError",
+    "load_settings",
+]

@@ -1,0 +1,85 @@
+"""The Celery application: one queue per resource class on Redis, JSON only.
+
+Delivery is at least once — late acknowledgement, prefetch 1, requeue when a worker process
+dies — and made effectively once by the job records (see :mod:`offload.worker.tasks`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Exchange, Queue
+
+from offload.config import Settings
+
+TASK_NAME = "offload.run_job"
+EXCHANGE = Exchange("offload", type="direct")
+
+
+def queues_for(settings: Settings) -> list[Queue]:
+    return [Queue(c.name, EXCHANGE, routing_key=c.name) for c in settings.classes]
+
+
+def make_app(settings: Settings) -> Celery:
+    """Build the Celery app for ``settings``. Producers and workers build the same one."""
+    app = Celery("offload", broker=settings.redis_url, set_as_current=False)
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    conf: dict[str, Any] = dict(
+        task_queues=queues_for(settings),
+        task_default_queue=settings.classes[0].name,
+        task_default_exchange=EXCHANGE.name,
+        task_create_missing_queues=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=False,
+        accept_content=["json"],
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        result_accept_content=["json"],
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        enable_utc=True,
+    )
+    if settings.redis_url.startswith("rediss://"):
+        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    app.conf.update(conf)
+    return app
+
+
+def route(
+    app: Celery, job_id: str, queue: str, shown_as: str, summary: str, task_id: str | None = None
+) -> None:
+    """Publish a job to its class queue; Flower shows it as ``shown_as`` with ``summary``."""
+    app.send_task(
+        TASK_NAME,
+        args=[job_id],
+        queue=queue,
+        routing_key=queue,
+        exchange=EXCHANGE.name,
+        task_id=task_id or job_id,
+        shadow=shown_as,
+        argsrepr=summary,
+        kwargsrepr="{}",
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client for records and logs, decoding to str, TLS-verified for rediss://."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )

@@ -1,0 +1,85 @@
+"""Settings, read once at the edge (CLI, entry points) from ``OFFLOAD_*`` variables.
+
+Every default is named here; library code receives a :class:`Settings` instance and never
+reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from offload.errors import ConfigError
+from offload.spec import DEFAULT_CLASSES, ResourceClass
+
+
+class Settings(BaseSettings):
+    """All of offload's settings. Environment variable = ``OFFLOAD_`` + upper-case name."""
+
+    model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    home: Path = Field(default_factory=lambda: Path.home() / ".offload")
+    cache_dir: Path | None = None
+    classes: tuple[ResourceClass, ...] = DEFAULT_CLASSES
+    default_timeout: float = Field(default=3600.0, gt=0)
+    max_timeout: float = Field(default=24 * 3600.0, gt=0)
+    node_name: str = Field(default_factory=socket.gethostname)
+    worker_slots: int | None = Field(default=None, ge=1)
+    worker_classes: tuple[str, ...] | None = None
+    container_user: str = "65534:65534"
+    pids_limit: int = Field(default=512, ge=16)
+    tmpfs_size: str = "64m"
+    log_max_entries: int = Field(default=10_000, ge=100)
+    record_ttl: int = Field(default=7 * 24 * 3600, ge=60)
+    pull_timeout: float = Field(default=60.0, gt=0)
+    flower_address: str = "127.0.0.1"
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value)
+        return value
+
+    @field_validator("worker_classes", mode="before")
+    @classmethod
+    def _worker_classes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] or None
+        return value
+
+    @property
+    def store_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache"
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Broker redelivery window: above the longest job a worker may run."""
+        return int(self.max_timeout) + 600
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://{self.flower_address}:{self.flower_port}"
+
+    def resource_class(self, name: str) -> ResourceClass:
+        for c in self.classes:
+            if c.name == name:
+                return c
+        raise ConfigError(
+            f"unknown resource class {name!r}; known: {[c.name for c in self.classes]}"
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, turning bad values into :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except (ValidationError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"invalid OFFLOAD_* setting: {exc}") from None

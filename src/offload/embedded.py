@@ -1,0 +1,194 @@
+"""The embedded default: the whole platform on one machine, started by ``offload up``.
+
+A local ``redis-server`` (only when the configured Redis is on loopback and not already
+answering), one worker node, and Flower — all bound to 127.0.0.1. Process ids are kept in
+``<home>/run/`` and logs in ``<home>/logs/`` so ``offload down`` can stop what ``up`` started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+from offload.config import Settings
+from offload.errors import BrokerError, ConfigError, OffloadError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SERVICES = ("flower", "worker", "redis")
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    state: str  # "started" | "running" | "external"
+    detail: str
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.home / "run" / f"{name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    try:
+        pid = int(_pid_file(settings, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _spawn(settings: Settings, name: str, argv: list[str]) -> int:
+    (settings.home / "run").mkdir(parents=True, exist_ok=True)
+    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+    log = (settings.home / "logs" / f"{name}.log").open("ab")
+    env = {
+        **os.environ,
+        "OFFLOAD_HOME": str(settings.home),
+        "OFFLOAD_REDIS_URL": settings.redis_url,
+    }
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    _pid_file(settings, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise OffloadError(f"{what} did not come up within {timeout:g}s; see {log}")
+
+
+def _redis_ok(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_redis(settings: Settings) -> Service:
+    url = urlparse(settings.redis_url)
+    if _redis_ok(settings.redis_url):
+        owned = running_pid(settings, "redis")
+        return Service("redis", "running" if owned else "external", settings.redis_url)
+    if url.hostname not in LOOPBACK:
+        raise BrokerError(f"Redis at {settings.redis_url} does not answer (not on this machine)")
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise ConfigError(
+            "redis-server is not installed; run `make setup` (apt-get install redis-server)"
+        )
+    data = settings.home / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    _spawn(
+        settings,
+        "redis",
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(url.port or 6379),
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ],
+    )
+    _wait(
+        "redis-server", lambda: _redis_ok(settings.redis_url), 15, settings.home / "logs/redis.log"
+    )
+    return Service("redis", "started", settings.redis_url)
+
+
+def start_worker(settings: Settings) -> Service:
+    if running_pid(settings, "worker"):
+        return Service("worker", "running", settings.node_name)
+    _spawn(settings, "worker", [sys.executable, "-m", "offload", "worker"])
+    from offload.broker.app import make_app
+
+    app = make_app(settings)
+    node = f"offload@{settings.node_name}"
+
+    def ready() -> bool:
+        if not running_pid(settings, "worker"):
+            raise OffloadError("the worker exited")
+        return any(node in reply for reply in app.control.ping(timeout=0.5))
+
+    _wait("the worker", ready, 60, settings.home / "logs/worker.log")
+    return Service("worker", "started", node)
+
+
+def start_flower(settings: Settings) -> Service:
+    if running_pid(settings, "flower"):
+        return Service("flower", "running", settings.flower_url)
+    _spawn(settings, "flower", [sys.executable, "-m", "offload", "flower"])
+
+    def ready() -> bool:
+        with urllib.request.urlopen(settings.flower_url + "/healthcheck", timeout=1) as r:
+            return bool(r.status == 200)
+
+    _wait("Flower", ready, 60, settings.home / "logs/flower.log")
+    return Service("flower", "started", settings.flower_url)
+
+
+def up(settings: Settings) -> list[Service]:
+    return [start_redis(settings), start_worker(settings), start_flower(settings)]
+
+
+def down(settings: Settings, timeout: float = 60) -> list[Service]:
+    """Stop what ``up`` started: Flower, the worker (after its running jobs), then Redis."""
+    stopped = []
+    for name in SERVICES:
+        pid = running_pid(settings, name)
+        if pid is None:
+            _pid_file(settings, name).unlink(missing_ok=True)
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        _pid_file(settings, name).unlink(missing_ok=True)
+        stopped.append(Service(name, "stopped", str(pid)))
+    return stopped

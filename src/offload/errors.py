@@ -1,0 +1,123 @@
+"""The one error tree of offload.
+
+Every error offload raises on purpose derives from :class:`OffloadError`, so callers can
+catch the whole family with one clause. The CLI maps each branch to an exit code::
+
+    OffloadError                      exit 1  (generic)
+    ├── ConfigError                   exit 2  a setting or key file is wrong or missing
+    ├── SpecError                     exit 2  a job spec was refused at submit (names the field)
+    │   └── UnschedulableError        exit 3  no resource class can take the job
+    ├── BrokerError                   exit 4  Redis / the queue cannot be reached or is inconsistent
+    │   └── JobNotFound               exit 4  no job record with that id
+    ├── CacheError                    exit 5  content store failures
+    │   ├── ObjectNotFound            exit 5  no object with that id in the store
+    │   └── IntegrityError            exit 5  stored bytes do not match their id
+    ├── RuntimeUnavailable            exit 6  the container engine (or a GPU runtime) is not usable
+    ├── JobError                      exit 7  a job did not succeed
+    │   ├── JobFailed                 exit 7  finished as failed / timed_out / cancelled
+    │   └── JobTimeout                exit 8  waiting for the result took longer than asked
+    └── ProviderError                 exit 9  a node provider could not act (autoscaler)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from offload.producer.job import JobResult
+
+
+class OffloadError(Exception):
+    """Root of every error offload raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(OffloadError):
+    """A setting, a config file or a key file is wrong or missing."""
+
+    exit_code = 2
+
+
+class SpecError(OffloadError):
+    """A job spec was refused; ``field`` names the offending field."""
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class UnschedulableError(SpecError):
+    """No configured resource class can take the job's resource request."""
+
+    exit_code = 3
+
+
+class BrokerError(OffloadError):
+    """The broker (Redis) cannot be reached or answered something unexpected."""
+
+    exit_code = 4
+
+
+class JobNotFound(BrokerError):
+    """No job record exists for the given id."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class CacheError(OffloadError):
+    """A content store failed."""
+
+    exit_code = 5
+
+
+class ObjectNotFound(CacheError):
+    """No object with that id is in the store."""
+
+    def __init__(self, object_id: str) -> None:
+        self.object_id = object_id
+        super().__init__(f"object {object_id} not found")
+
+
+class IntegrityError(CacheError):
+    """Stored bytes do not match the id they are stored under."""
+
+
+class RuntimeUnavailable(OffloadError):
+    """The container engine, or a GPU runtime a job asked for, is not usable."""
+
+    exit_code = 6
+
+
+class JobError(OffloadError):
+    """A job did not produce a successful result."""
+
+    exit_code = 7
+
+
+class JobFailed(JobError):
+    """The job ended as failed, timed_out or cancelled; ``result`` says how."""
+
+    def __init__(self, result: JobResult) -> None:
+        self.result = result
+        detail = f" ({result.message})" if result.message else ""
+        super().__init__(
+            f"job {result.job_id} {result.status}: {result.reason or 'unknown'}{detail}"
+        )
+
+
+class JobTimeout(JobError):
+    """Waiting for a job's result took longer than the caller allowed."""
+
+    exit_code = 8
+
+
+class ProviderError(OffloadError):
+    """A node provider could not start, drain or stop a node."""
+
+    exit_code = 9

@@ -1,0 +1,165 @@
+"""The producer API: validate, upload inputs, route to a resource class, publish."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from offload.broker.app import make_app, redis_client, route
+from offload.broker.records import JobRecord, JobRecords
+from offload.cache.local import LocalStore
+from offload.cache.store import Store
+from offload.config import Settings, load_settings
+from offload.errors import BrokerError, SpecError
+from offload.producer.job import Job
+from offload.spec import OBJECT_ID_RE, JobSpec, resolve_class
+
+InputRef = str | os.PathLike[str]
+
+
+class Client:
+    """Submits jobs and reads their records. Settings default to the ``OFFLOAD_*`` env."""
+
+    def __init__(self, settings: Settings | None = None, *, store: Store | None = None) -> None:
+        self.settings = settings or load_settings()
+        self._store = store
+
+    # -- connections (lazy) ----------------------------------------------------------------
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis_client(self.settings)
+
+    @cached_property
+    def records(self) -> JobRecords:
+        return JobRecords(
+            self.redis,
+            record_ttl=self.settings.record_ttl,
+            log_max_entries=self.settings.log_max_entries,
+        )
+
+    @cached_property
+    def app(self) -> Celery:
+        return make_app(self.settings)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = LocalStore(self.settings.store_dir)
+        return self._store
+
+    # -- submit ----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        inputs: Mapping[str, InputRef] | None = None,
+        params: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Any] | None = None,
+        cpu: float = 1.0,
+        memory: int | str = "512m",
+        gpus: int = 0,
+        timeout: float | None = None,
+        retries: int = 0,
+        env: Mapping[str, str] | None = None,
+        network: bool = False,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued."""
+        fields: dict[str, Any] = dict(
+            image=image,
+            command=command,
+            params={**(params or {}), **(secrets or {})},
+            secret=frozenset(secrets or {}),
+            resources={"cpu": cpu, "memory": memory, "gpus": gpus},
+            timeout=self.settings.default_timeout if timeout is None else timeout,
+            retries=retries,
+            env=dict(env or {}),
+            network=network,
+            name=name,
+            labels=dict(labels or {}),
+        )
+        JobSpec.create(**fields)  # refuse bad fields before touching any input
+        self._check_timeout(fields["timeout"])
+        refs = dict(inputs or {})
+        JobSpec.create(**fields, inputs={n: "sha256:" + "0" * 64 for n in refs})
+        cls = resolve_class(JobSpec.create(**fields).resources, self.settings.classes)
+        spec = JobSpec.create(**fields, inputs=self._upload_inputs(refs))
+        return self._publish(spec, cls.name)
+
+    def submit_spec(self, spec: JobSpec) -> Job:
+        """Queue an already-built spec (inputs must be content ids in the store)."""
+        self._check_timeout(spec.timeout)
+        for name, oid in spec.inputs.items():
+            self._check_present(name, oid)
+        return self._publish(spec, resolve_class(spec.resources, self.settings.classes).name)
+
+    def _check_timeout(self, timeout: Any) -> None:
+        if isinstance(timeout, int | float) and timeout > self.settings.max_timeout:
+            raise SpecError(
+                "timeout", f"must be at most {self.settings.max_timeout:g}s (OFFLOAD_MAX_TIMEOUT)"
+            )
+
+    def _upload_inputs(self, refs: Mapping[str, InputRef]) -> dict[str, str]:
+        ids: dict[str, str] = {}
+        for name, ref in refs.items():
+            if isinstance(ref, str) and ref.startswith("sha256:"):
+                if not OBJECT_ID_RE.match(ref):
+                    raise SpecError(
+                        f"inputs.{name}", f"expected 'sha256:<64 hex digits>', got {ref!r}"
+                    )
+                self._check_present(name, ref)
+                ids[name] = ref
+                continue
+            path = Path(ref)
+            if not path.exists():
+                raise SpecError(f"inputs.{name}", f"no such file: {str(path)!r}")
+            if not path.is_file():
+                raise SpecError(f"inputs.{name}", f"expected a regular file, got {str(path)!r}")
+            ids[name] = self.store.put_file(path)
+        return ids
+
+    def _check_present(self, name: str, oid: str) -> None:
+        if not self.store.has(oid):
+            raise SpecError(f"inputs.{name}", f"{oid} is not in the store")
+
+    def _publish(self, spec: JobSpec, queue: str) -> Job:
+        job_id = uuid.uuid4().hex
+        self.records.create(job_id, spec, queue)
+        try:
+            route(self.app, job_id, queue, spec.display_name(), spec.summary())
+        except Exception as exc:
+            self.records.delete(job_id)
+            raise BrokerError(f"could not queue the job: {exc}") from exc
+        return Job(self, job_id)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job:
+        return Job.from_id(job_id, self)
+
+    def jobs(self, limit: int = 50) -> list[JobRecord]:
+        return self.records.list(limit)
+
+    # -- data ------------------------------------------------------------------------------
+
+    def put(self, path: str | os.PathLike[str]) -> str:
+        return self.store.put_file(Path(path))
+
+    def read(self, oid: str) -> bytes:
+        return self.store.read_bytes(oid)
+
+    def download(self, oid: str, dest: str | os.PathLike[str]) -> Path:
+        dest = Path(dest)
+        self.store.export(oid, dest)
+        return dest

@@ -1,0 +1,114 @@
+"""The handle to a submitted job and its result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from offload.broker.records import Event, JobRecord
+from offload.broker.status import JobStatus
+from offload.errors import JobFailed
+
+if TYPE_CHECKING:
+    from offload.producer.client import Client
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job ended: outputs by path, exit code, failure reason, timings."""
+
+    job_id: str
+    status: JobStatus
+    outputs: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    attempt: int = 0
+    node: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is JobStatus.SUCCEEDED
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from submit to the end."""
+        return None if self.finished_at is None else self.finished_at - self.created_at
+
+    @classmethod
+    def from_record(cls, rec: JobRecord) -> JobResult:
+        return cls(
+            job_id=rec.id,
+            status=rec.status,
+            outputs=dict(rec.outputs),
+            exit_code=rec.exit_code,
+            reason=rec.reason,
+            message=rec.message,
+            attempt=rec.attempt,
+            node=rec.node,
+            created_at=rec.created_at,
+            started_at=rec.started_at,
+            finished_at=rec.finished_at,
+            timings=dict(rec.timings),
+        )
+
+
+@dataclass(frozen=True)
+class LogLine:
+    stream: str  # "out" | "err"
+    text: str
+    attempt: int
+
+
+class Job:
+    """A submitted job. Cheap to create from an id; every call asks the broker afresh."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    @classmethod
+    def from_id(cls, job_id: str, client: Client | None = None) -> Job:
+        from offload.producer.client import Client
+
+        client = client or Client()
+        client.records.get(job_id)  # raises JobNotFound
+        return cls(client, job_id)
+
+    def record(self) -> JobRecord:
+        return self.client.records.get(self.id)
+
+    def status(self) -> JobStatus:
+        return self.client.records.status(self.id)
+
+    def timeline(self) -> list[Event]:
+        return self.client.records.timeline(self.id)
+
+    def result(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> JobResult:
+        """Wait for the end; raise :class:`JobFailed` unless it succeeded (or asked not to)."""
+        rec = self.client.records.wait(self.id, timeout)
+        result = JobResult.from_record(rec)
+        if raise_on_failure and not result.ok:
+            raise JobFailed(result)
+        return result
+
+    def logs(self, follow: bool = False) -> Iterator[LogLine]:
+        """The job's output lines; with ``follow`` keep reading until the job ends."""
+        attempt = 0
+        for entry in self.client.records.log_entries(self.id, follow=follow):
+            if "a" in entry:
+                attempt = int(entry["a"])
+                continue
+            yield LogLine(entry.get("s", "out"), entry.get("l", ""), attempt)
+
+    def cancel(self) -> JobStatus:
+        """Cancel: at once if queued; a running job's worker kills its container."""
+        return self.client.records.request_cancel(self.id)

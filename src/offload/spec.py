@@ -1,0 +1,290 @@
+"""The job spec: what a job is, validated before anything is queued.
+
+A :class:`JobSpec` is a frozen pydantic model with a JSON wire form
+(:meth:`JobSpec.encode` / :meth:`JobSpec.decode`). Validation errors are raised as
+:class:`~offload.errors.SpecError` naming the field and what was expected. This module
+does no I/O: local input paths are resolved and uploaded by the producer, which then
+builds the spec with content ids only.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from offload.errors import SpecError, UnschedulableError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+MIN_MEMORY = 6 * MiB  # Docker refuses smaller memory limits
+MAX_MEMORY = 4 * TiB
+MAX_CPU = 1024.0
+MAX_GPUS = 64
+MAX_RETRIES = 10
+
+_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+OBJECT_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+# Docker's reference grammar (distribution/reference), anchored.
+_ALNUM = r"[a-z0-9]+"
+_SEPARATOR = r"(?:[._]|__|[-]+)"
+_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_RE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
+)
+
+
+def parse_memory(value: int | float | str) -> int:
+    """Parse a memory size with Docker's binary units (``512m``, ``4g``, ``2GiB``) to bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512m, 4g or 2GiB")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        match = _MEMORY_RE.match(value)
+        if not match:
+            raise ValueError(
+                f"expected a size such as 512m, 4g or 2GiB (units b, k, m, g, t), got {value!r}"
+            )
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _UNITS[unit])
+    if size < MIN_MEMORY:
+        raise ValueError(f"must be at least 6m (Docker's minimum), got {value!r}")
+    if size > MAX_MEMORY:
+        raise ValueError(f"must be at most 4t, got {value!r}")
+    return size
+
+
+def format_memory(size: int) -> str:
+    """Render bytes with the largest exact binary unit, e.g. ``2147483648`` -> ``2GiB``."""
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+class Resources(BaseModel):
+    """What a job needs from a node: CPUs (fractional), memory in bytes, whole GPUs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: float = Field(default=1.0, gt=0, le=MAX_CPU)
+    memory: int = Field(default=512 * MiB)
+    gpus: int = Field(default=0, ge=0, le=MAX_GPUS)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        return parse_memory(value)
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: float) -> float:
+        if value < 0.01:
+            raise ValueError("must be at least 0.01 CPU")
+        return value
+
+
+class ResourceClass(BaseModel):
+    """A named queue and the largest (and, for GPUs, smallest) job it takes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    max_cpu: float = Field(gt=0)
+    max_memory: int
+    min_gpus: int = Field(default=0, ge=0)
+    max_gpus: int = Field(default=0, ge=0)
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int:
+        return parse_memory(value)
+
+    def fits(self, res: Resources) -> bool:
+        return (
+            res.cpu <= self.max_cpu
+            and res.memory <= self.max_memory
+            and self.min_gpus <= res.gpus <= self.max_gpus
+        )
+
+    def describe(self) -> str:
+        gpus = f", {self.min_gpus}-{self.max_gpus} GPU" if self.max_gpus else ""
+        return f"{self.name} (<= {self.max_cpu:g} CPU, <= {format_memory(self.max_memory)}{gpus})"
+
+
+DEFAULT_CLASSES: tuple[ResourceClass, ...] = (
+    ResourceClass(name="cpu-small", max_cpu=1, max_memory=2 * GiB),
+    ResourceClass(name="cpu-large", max_cpu=8, max_memory=32 * GiB),
+    ResourceClass(name="gpu-large", max_cpu=32, max_memory=256 * GiB, min_gpus=1, max_gpus=8),
+)
+
+
+def resolve_class(res: Resources, classes: Sequence[ResourceClass]) -> ResourceClass:
+    """The smallest class that fits ``res``; :class:`UnschedulableError` when none does."""
+    fitting = [c for c in classes if c.fits(res)]
+    if not fitting:
+        wanted = f"{res.cpu:g} CPU, {format_memory(res.memory)}, {res.gpus} GPU"
+        names = "; ".join(c.describe() for c in classes)
+        raise UnschedulableError(
+            "resources", f"no resource class can take {wanted}; classes: {names}"
+        )
+    return min(fitting, key=lambda c: (c.max_gpus, c.max_cpu, c.max_memory))
+
+
+JSONValue = Any
+
+
+class JobSpec(BaseModel):
+    """Everything that defines one job. Inputs are content ids by the time a spec exists."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image: str
+    command: tuple[str, ...] | None = None
+    params: dict[str, JSONValue] = Field(default_factory=dict)
+    secret: frozenset[str] = frozenset()
+    resources: Resources = Field(default_factory=Resources)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=3600.0, gt=0)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    env: dict[str, str] = Field(default_factory=dict)
+    network: bool = False
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if len(value) > 255 or not IMAGE_RE.match(value):
+            raise ValueError(
+                f"expected a Docker image reference like 'offload/fingerprint' or "
+                f"'registry.example.com/team/tool:1.2', got {value!r}"
+            )
+        return value
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = shlex.split(value)
+        if value is not None and len(value) == 0:
+            return None
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not _ENV_RE.match(key):
+                raise ValueError(
+                    f"parameter name {key!r} must be letters, digits and '_' "
+                    "(it becomes OFFLOAD_PARAM_<NAME>)"
+                )
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            if not _NAME_RE.match(name) or name in (".", ".."):
+                raise ValueError(
+                    f"input name {name!r} must be a plain file name "
+                    "(letters, digits, '.', '_', '-'; no '/')"
+                )
+            if not OBJECT_ID_RE.match(ref):
+                raise ValueError(
+                    f"input {name!r}: expected a content id 'sha256:<64 hex digits>', got {ref!r}"
+                )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_RE.match(key):
+                raise ValueError(f"environment name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            if key.upper().startswith("OFFLOAD_"):
+                raise ValueError(f"environment name {key!r}: the OFFLOAD_ prefix is reserved")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_names(self) -> JobSpec:
+        unknown = sorted(self.secret - set(self.params) - set(self.env))
+        if unknown:
+            raise ValueError(f"secret names {unknown} are neither params nor env")
+        return self
+
+    # -- wire form -------------------------------------------------------------------------
+
+    def encode(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> JobSpec:
+        return build_spec(cls.model_validate_json, data)
+
+    @classmethod
+    def create(cls, **fields: Any) -> JobSpec:
+        """Validate keyword fields into a spec, raising :class:`SpecError` on bad input."""
+        return build_spec(cls.model_validate, fields)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def display_name(self) -> str:
+        return self.name or self.image
+
+    def summary(self) -> str:
+        """One line for monitors (Flower): image and params, secrets masked."""
+        params = self.redacted()["params"]
+        return " ".join([self.image, *(f"{k}={v}" for k, v in params.items())])
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able view with secret params and env values replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        data["params"] = {k: ("***" if k in self.secret else v) for k, v in self.params.items()}
+        data["env"] = {k: ("***" if k in self.secret else v) for k, v in self.env.items()}
+        data["secret"] = sorted(self.secret)
+        return data
+
+
+def build_spec(validate: Any, data: Any) -> JobSpec:
+    try:
+        spec = validate(data)
+    except ValidationError as exc:
+        raise spec_error(exc) from None
+    assert isinstance(spec, JobSpec)
+    return spec
+
+
+def spec_error(exc: ValidationError) -> SpecError:
+    """Turn pydantic's error list into one SpecError naming the first bad field."""
+    errors = exc.errors()
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "spec"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return SpecError(field, message + more)

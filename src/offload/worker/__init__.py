@@ -1,0 +1,1 @@
+"""Worker nodes: run jobs in containers (Docker SDK), stage data, report capacity."""

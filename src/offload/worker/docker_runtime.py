@@ -1,0 +1,235 @@
+"""The Docker implementation of :class:`~offload.worker.runtime.Runtime` (docker SDK).
+
+Uses the low-level API so a job costs exactly the engine calls ``docker run`` makes: create,
+attach, start, wait, inspect, remove — no extra inspections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest, LogConfig
+
+from offload.errors import RuntimeUnavailable
+from offload.worker.runtime import ContainerRequest, Exit, LogSink, Runtime
+
+log = logging.getLogger(__name__)
+
+LABEL_JOB = "offload.job_id"
+LABEL_ATTEMPT = "offload.attempt"
+LABEL_MANAGED = "offload.managed"
+
+
+class ImageMissing(Exception):
+    """The image is not on this node and no registry provided it."""
+
+
+class StartFailed(Exception):
+    """The engine refused to start the container; ``gpu`` tells a missing GPU runtime."""
+
+    def __init__(self, message: str, *, gpu: bool = False) -> None:
+        super().__init__(message)
+        self.gpu = gpu
+
+
+def connect(timeout: float = 60) -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.api.ping()
+    except (DockerException, requests.RequestException) as exc:
+        raise RuntimeUnavailable(
+            f"cannot reach the Docker engine ({exc}); is dockerd running? `make setup` starts one"
+        ) from exc
+    return client
+
+
+class _Run:
+    """A started container: its waiter thread and log thread."""
+
+    def __init__(self) -> None:
+        self.exited = threading.Event()
+        self.status: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.logs: threading.Thread | None = None
+
+
+class DockerRuntime(Runtime):
+    def __init__(self, client: docker.DockerClient, *, pull_timeout: float = 60) -> None:
+        self.client = client
+        self.api = client.api
+        self.pull_timeout = pull_timeout
+        self._runs: dict[str, _Run] = {}
+
+    # -- images ----------------------------------------------------------------------------
+
+    def ensure_image(self, image: str) -> None:
+        try:
+            self.api.inspect_image(image)
+            return
+        except ImageNotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 404:
+                raise
+        self._pull(image)
+
+    def _pull(self, image: str) -> None:
+        result: list[BaseException | None] = [None]
+
+        def pull() -> None:
+            try:
+                self.api.pull(image)
+            except BaseException as exc:  # reported to the caller below
+                result[0] = exc
+
+        t = threading.Thread(target=pull, daemon=True, name=f"pull {image}")
+        t.start()
+        t.join(self.pull_timeout)
+        if t.is_alive():
+            raise ImageMissing(f"image {image!r} is not on this node and pulling it timed out")
+        if result[0] is not None:
+            raise ImageMissing(
+                f"image {image!r} is not on this node and no registry provided it: {result[0]}"
+            )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def create(self, req: ContainerRequest) -> str:
+        host_config: dict[str, Any] = dict(
+            binds={
+                str(m.source): {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
+                for m in req.mounts
+            },
+            mem_limit=req.memory,
+            memswap_limit=req.memory,
+            nano_cpus=int(req.cpu * 1e9),
+            pids_limit=req.pids_limit,
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={req.tmpfs_size}"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            network_mode="bridge" if req.network else "none",
+            init=True,
+            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+        )
+        if req.gpus:
+            host_config["device_requests"] = [gpu_request(req.gpus)]
+        labels = {
+            **req.labels,
+            LABEL_MANAGED: "1",
+            LABEL_JOB: req.job_id,
+            LABEL_ATTEMPT: str(req.attempt),
+        }
+        try:
+            created = self.api.create_container(
+                req.image,
+                command=list(req.command) if req.command is not None else None,
+                environment=req.env,
+                user=req.user,
+                labels=labels,
+                host_config=self.api.create_host_config(**host_config),
+                network_disabled=not req.network,
+                name=f"offload-{req.job_id}-{req.attempt}",
+            )
+        except APIError as exc:
+            raise StartFailed(
+                f"the engine refused to create the container: {exc.explanation}"
+            ) from exc
+        return str(created["Id"])
+
+    def start(self, container: str, sink: LogSink) -> None:
+        run = _Run()
+        self._runs[container] = run
+        stream = self.api.attach(
+            container, stdout=True, stderr=True, stream=True, logs=True, demux=True
+        )
+        try:
+            self.api.start(container)
+        except APIError as exc:
+            explanation = str(exc.explanation or exc)
+            gpu = "device driver" in explanation or "gpu" in explanation.lower()
+            _close(stream)
+            raise StartFailed(
+                f"no GPU runtime on this node: {explanation}" if gpu else explanation, gpu=gpu
+            ) from exc
+        run.logs = threading.Thread(
+            target=self._pump_logs, args=(stream, sink), daemon=True, name=f"logs {container[:12]}"
+        )
+        run.logs.start()
+        threading.Thread(
+            target=self._wait, args=(container, run), daemon=True, name=f"wait {container[:12]}"
+        ).start()
+
+    @staticmethod
+    def _pump_logs(stream: Any, sink: LogSink) -> None:
+        try:
+            for out, err in stream:
+                if out:
+                    sink("out", out)
+                if err:
+                    sink("err", err)
+        except Exception as exc:  # the container is gone; the log is as complete as it gets
+            log.debug("log stream ended: %s", exc)
+
+    def _wait(self, container: str, run: _Run) -> None:
+        try:
+            self.api.wait(container, timeout=None)
+            run.status = self.api.inspect_container(container)["State"]
+        except BaseException as exc:
+            run.error = exc
+        finally:
+            run.exited.set()
+
+    def wait(self, container: str, timeout: float) -> Exit | None:
+        run = self._runs[container]
+        if not run.exited.wait(timeout):
+            return None
+        if run.error is not None:
+            raise run.error
+        state = run.status or {}
+        return Exit(code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
+
+    def finish_logs(self, container: str, timeout: float) -> None:
+        run = self._runs.get(container)
+        if run is not None and run.logs is not None:
+            run.logs.join(timeout)
+
+    def kill(self, container: str) -> None:
+        try:
+            self.api.kill(container)
+        except (NotFound, APIError) as exc:
+            log.debug("kill %s: %s", container[:12], exc)
+
+    def remove(self, container: str) -> None:
+        self._runs.pop(container, None)
+        try:
+            self.api.remove_container(container, force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 409:  # removal already in progress
+                raise
+
+    def remove_job_containers(self, job_id: str) -> list[str]:
+        found = self.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
+        removed = []
+        for c in found:
+            self.remove(c["Id"])
+            removed.append(c["Id"])
+        return removed
+
+
+def gpu_request(count: int) -> DeviceRequest:
+    """The device request Docker needs to pass ``count`` NVIDIA GPUs to a container."""
+    return DeviceRequest(count=count, capabilities=[["gpu"]])
+
+
+def _close(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        stream.close()

@@ -1,0 +1,55 @@
+"""Starting a worker node: a Celery worker consuming the classes this node serves."""
+
+from __future__ import annotations
+
+import logging
+
+from offload.broker.app import make_app
+from offload.config import Settings
+from offload.spec import format_memory
+from offload.worker import capacity as cap_mod
+from offload.worker.docker_runtime import connect
+from offload.worker.tasks import register
+
+log = logging.getLogger(__name__)
+
+
+def plan(settings: Settings) -> tuple[cap_mod.Capacity, list[str], int]:
+    cap = cap_mod.detect()
+    classes = [c.name for c in cap_mod.served_classes(settings, cap)]
+    return cap, classes, cap_mod.slots(settings, cap)
+
+
+def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
+    """Run until stopped (SIGTERM: finish running jobs, then exit)."""
+    connect().close()  # fail now, clearly, when there is no engine
+    cap, classes, slots = plan(settings)
+    log.warning(
+        "offload worker %s: %g CPU, %s, %d GPU; serving %s with %d slot(s)",
+        settings.node_name,
+        cap.cpus,
+        format_memory(cap.memory - cap.memory % (1024 * 1024)),
+        len(cap.gpus),
+        ",".join(classes),
+        slots,
+    )
+    app = make_app(settings)
+    register(app, settings, cap)
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            ",".join(classes),
+            "--concurrency",
+            str(slots),
+            "--pool",
+            "prefork",
+            "--hostname",
+            f"offload@{settings.node_name}",
+            "--loglevel",
+            loglevel,
+            "--without-mingle",
+            "--without-gossip",
+            "--task-events",
+        ]
+    )

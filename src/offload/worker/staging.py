@@ -1,0 +1,125 @@
+"""Data in and out of a job's container: a per-attempt folder on the node.
+
+``<work>/<job>-<attempt>/in/<name>``  inputs, read-only, mounted at ``/offload/in``
+``<work>/<job>-<attempt>/out/``       mounted writable at ``/offload/out``
+``<work>/<job>-<attempt>/params.json`` mounted read-only at ``/offload/params.json``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.cache.store import Store
+from offload.errors import ObjectNotFound
+from offload.spec import JobSpec
+from offload.worker.runtime import Mount
+
+IN, OUT, PARAMS = "/offload/in", "/offload/out", "/offload/params.json"
+
+
+class InputMissing(Exception):
+    """An input id is not in the store."""
+
+
+class OutputRejected(Exception):
+    """The job left something in /offload/out that is not a regular file inside it."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def inputs(self) -> Path:
+        return self.root / "in"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.json"
+
+    def mounts(self) -> tuple[Mount, ...]:
+        return (
+            Mount(self.inputs, IN, read_only=True),
+            Mount(self.outputs, OUT, read_only=False),
+            Mount(self.params, PARAMS, read_only=True),
+        )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def prepare(
+    work_dir: Path, job_id: str, attempt: int, spec: JobSpec, store: Store, uid: int | None
+) -> Workspace:
+    """Create the attempt's folder, copy inputs out of the store, write the params file."""
+    ws = Workspace(work_dir / f"{job_id}-{attempt}")
+    if ws.root.exists():
+        ws.remove()
+    ws.inputs.mkdir(parents=True)
+    ws.outputs.mkdir()
+    for name, oid in spec.inputs.items():
+        dest = ws.inputs / name
+        try:
+            store.export(oid, dest)
+        except ObjectNotFound:
+            raise InputMissing(f"input {name!r} ({oid}) is not in the store") from None
+        os.chmod(dest, 0o444)
+    ws.params.write_text(json.dumps(spec.params, sort_keys=True))
+    os.chmod(ws.params, 0o444)
+    os.chmod(ws.inputs, 0o555)
+    if uid is not None and os.geteuid() == 0:
+        os.chown(ws.outputs, uid, uid)
+        os.chmod(ws.outputs, 0o755)
+    else:
+        os.chmod(ws.outputs, 0o777)
+    os.chmod(ws.root, 0o755)
+    return ws
+
+
+def job_env(job_id: str, spec: JobSpec) -> dict[str, str]:
+    """The container's environment: the spec's env, params as OFFLOAD_PARAM_<NAME>, the job id."""
+    env = dict(spec.env)
+    for key, value in spec.params.items():
+        env[f"OFFLOAD_PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["OFFLOAD_JOB_ID"] = job_id
+    return env
+
+
+def collect(ws: Workspace, store: Store) -> dict[str, str]:
+    """Store every regular file under out/; refuse symlinks, special files and escapes."""
+    root = ws.outputs
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        for name in dirnames + filenames:
+            path = base / name
+            rel = path.relative_to(root).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise OutputRejected(
+                    f"output {rel!r} is a symbolic link (to {os.readlink(path)!r}); "
+                    "only regular files under /offload/out are collected"
+                )
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise OutputRejected(f"output {rel!r} is not a regular file")
+            resolved = path.resolve()
+            if not resolved.is_relative_to(root.resolve()):
+                raise OutputRejected(f"output {rel!r} resolves outside /offload/out")
+            found.append((rel, path))
+    outputs: dict[str, str] = {}
+    for rel, path in sorted(found):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            outputs[rel] = store.put_stream(f)
+    return outputs
