@@ -82,7 +82,11 @@ class Client:
             params={**(params or {}), **(secrets or {})},
             secret=frozenset(secrets or {}),
             resources={"cpu": cpu, "memory": memory, "gpus": gpus},
-            timeout=self.settings.default_timeout if timeout is None else timeout,
+            timeout=(
+                min(self.settings.default_timeout, self.settings.max_timeout)
+                if timeout is None
+                else timeout
+            ),
             retries=retries,
             env=dict(env or {}),
             network=network,

@@ -79,34 +79,39 @@ class Attempt:
         self.container: str | None = None
         self.workspace: staging.Workspace | None = None
         self.timings: dict[str, float] = {}
+        self.forwarder: LogForwarder | None = None
+        self.t_start = 0.0
 
     def run(self) -> JobStatus:
+        """Run the steps; the container and folder are gone before the end is recorded."""
+        outputs: dict[str, str] = {}
         try:
-            try:
-                self.check_cancel()
-                self.check_fits()
-                self.stage()
-                self.start()
-                exit_ = self.wait()
-                outputs = self.finish(exit_)
-            except Outcome as o:
-                return self.end(o.status, o.reason, o.message, o.exit_code)
-            except Exception as exc:
-                log.exception("job %s attempt %d: worker error", self.job_id, self.attempt)
-                return self.end(
-                    JobStatus.FAILED, Reason.WORKER_ERROR, f"{type(exc).__name__}: {exc}"
-                )
-            self.node.records.transition(
-                self.job_id,
-                JobStatus.SUCCEEDED,
-                allowed_from=[JobStatus.UPLOADING],
-                outputs=outputs,
-                exit_code=0,
-                timings=self.timings,
-            )
-            return JobStatus.SUCCEEDED
-        finally:
+            self.check_cancel()
+            self.check_fits()
+            self.stage()
+            self.start()
+            exit_ = self.wait()
+            outputs = self.finish(exit_)
+        except Outcome as o:
             self.cleanup()
+            return self.end(o.status, o.reason, o.message, o.exit_code)
+        except Exception as exc:
+            log.exception("job %s attempt %d: worker error", self.job_id, self.attempt)
+            self.cleanup()
+            return self.end(JobStatus.FAILED, Reason.WORKER_ERROR, f"{type(exc).__name__}: {exc}")
+        except BaseException:
+            self.cleanup()
+            raise
+        self.cleanup()
+        self.node.records.transition(
+            self.job_id,
+            JobStatus.SUCCEEDED,
+            allowed_from=[JobStatus.UPLOADING],
+            outputs=outputs,
+            exit_code=0,
+            timings=self.timings,
+        )
+        return JobStatus.SUCCEEDED
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -189,7 +194,6 @@ class Attempt:
             if time.monotonic() >= deadline:
                 runtime.kill(self.container)
                 runtime.wait(self.container, 30)
-                self.drain_logs()
                 raise Outcome(
                     JobStatus.TIMED_OUT,
                     Reason.TIMEOUT,
@@ -198,10 +202,8 @@ class Attempt:
             if self.node.records.cancel_requested(self.job_id):
                 runtime.kill(self.container)
                 runtime.wait(self.container, 30)
-                self.drain_logs()
                 raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled while running")
         self.timings["running"] = time.monotonic() - self.t_start
-        self.drain_logs()
         return exit_
 
     def finish(self, exit_: Exit) -> dict[str, str]:
@@ -232,7 +234,7 @@ class Attempt:
     # -- endings ---------------------------------------------------------------------------
 
     def drain_logs(self) -> None:
-        if self.container is not None:
+        if self.container is not None and self.forwarder is not None:
             self.node.runtime.finish_logs(self.container, 5)
             self.forwarder.flush()
 
@@ -264,6 +266,7 @@ class Attempt:
 
     def cleanup(self) -> None:
         if self.container is not None:
+            self.drain_logs()
             try:
                 self.node.runtime.remove(self.container)
             except Exception:
