@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    visibility_margin: int = Field(default=600, ge=1)
     home: Path = Field(default_factory=lambda: Path.home() / ".offload")
     cache_dir: Path | None = None
     classes: tuple[ResourceClass, ...] = DEFAULT_CLASSES
@@ -62,7 +63,7 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout(self) -> int:
         """Broker redelivery window: above the longest job a worker may run."""
-        return int(self.max_timeout) + 600
+        return int(self.max_timeout) + self.visibility_margin
 
     @property
     def flower_url(self) -> str:

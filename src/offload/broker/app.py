@@ -26,7 +26,12 @@ def queues_for(settings: Settings) -> list[Queue]:
 def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``. Producers and workers build the same one."""
     app = Celery("offload", broker=settings.redis_url, set_as_current=False)
-    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {
+        "visibility_timeout": settings.visibility_timeout,
+        # sweep for messages of dead workers every 5 s (kombu's default is ~100 s)
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    }
     conf: dict[str, Any] = dict(
         task_queues=queues_for(settings),
         task_default_queue=settings.classes[0].name,
@@ -81,5 +86,6 @@ def redis_client(settings: Settings) -> redis.Redis:
         settings.redis_url,
         decode_responses=True,
         socket_connect_timeout=5,
+        socket_timeout=30,  # above the longest blocking read (XREAD BLOCK 5 s)
         health_check_interval=30,
     )

@@ -199,18 +199,20 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def ls(ctx: click.Context, limit: int) -> None:
-    """List recent jobs."""
-    table = Table("id", "name", "class", "status", "reason", "age")
+    """List recent jobs (tab-separated when stdout is not a terminal)."""
     now = time.time()
-    for rec in _client(ctx).jobs(limit):
-        table.add_row(
-            rec.id,
-            rec.name,
-            rec.resource_class,
-            rec.status.value,
-            rec.reason or "",
-            f"{now - rec.created_at:.0f}s",
-        )
+    rows = [
+        (rec.id, rec.name, rec.resource_class, rec.status.value, rec.reason or "",
+         f"{now - rec.created_at:.0f}s")
+        for rec in _client(ctx).jobs(limit)
+    ]  # fmt: skip
+    if not sys.stdout.isatty():
+        for row in rows:
+            click.echo("\t".join(row))
+        return
+    table = Table("id", "name", "class", "status", "reason", "age")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 

@@ -1,0 +1,131 @@
+"""The GPU path, as far as a machine without GPUs can check it: the device request Docker
+gets, the clear failure when no GPU runtime exists, node discovery and routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+import pytest
+
+from offload import JobFailed, JobStatus
+from offload.broker.app import redis_client
+from offload.broker.records import JobRecords
+from offload.cache.local import LocalStore
+from offload.worker.capacity import Capacity, Gpu, parse_nvidia_smi, served_classes
+from offload.worker.docker_runtime import DockerRuntime, StartFailed, gpu_request
+from offload.worker.executor import Node, execute
+from offload.worker.runtime import ContainerRequest
+
+from .conftest import Platform, job_containers
+
+NVIDIA_SMI = (
+    "0, NVIDIA H100 80GB HBM3, GPU-1b2c, 81559\n1, NVIDIA H100 80GB HBM3, GPU-9f8e, 81559\n"
+)
+
+
+def in_process_node(p: Platform, client: docker.DockerClient, name: str, cap: Capacity) -> Node:
+    """A node running jobs in this process, with a capacity of the test's choosing."""
+    settings = p.settings
+    work = settings.home / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return Node(
+        name=name,
+        capacity=cap,
+        records=JobRecords(redis_client(settings), record_ttl=600, log_max_entries=1000),
+        store=LocalStore(settings.store_dir),
+        runtime=DockerRuntime(client),
+        work_dir=work,
+        user=settings.container_user,
+        pids_limit=settings.pids_limit,
+        tmpfs_size=settings.tmpfs_size,
+        requeue=lambda *a: None,
+    )
+
+
+def test_device_request_shape() -> None:
+    req = gpu_request(2)
+    assert req["Count"] == 2
+    assert req["Capabilities"] == [["gpu"]]
+    assert req["Driver"] == ""
+    assert req["DeviceIDs"] == []
+
+
+def test_gpu_discovery_parses_nvidia_smi() -> None:
+    gpus = parse_nvidia_smi(NVIDIA_SMI)
+    assert [g.index for g in gpus] == [0, 1]
+    assert gpus[0].name == "NVIDIA H100 80GB HBM3"
+    assert gpus[1].uuid == "GPU-9f8e"
+    assert gpus[0].memory == 81559 * 1024 * 1024
+
+
+def test_gpu_nodes_serve_the_gpu_class(private_platform: Platform) -> None:
+    settings = private_platform.settings
+    plain = Capacity(cpus=16, memory=64 << 30)
+    with_gpus = Capacity(cpus=16, memory=64 << 30, gpus=parse_nvidia_smi(NVIDIA_SMI))
+    assert [c.name for c in served_classes(settings, plain)] == ["cpu-small", "cpu-large"]
+    assert [c.name for c in served_classes(settings, with_gpus)] == [
+        "cpu-small",
+        "cpu-large",
+        "gpu-large",
+    ]
+
+
+def test_engine_without_gpu_runtime_refuses_and_nothing_is_left(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    runtime = DockerRuntime(docker_client)
+    req = ContainerRequest(
+        job_id="gpu-probe",
+        attempt=1,
+        image="offload/base",
+        command=("true",),
+        env={},
+        mounts=(),
+        cpu=1,
+        memory=256 << 20,
+        gpus=1,
+    )
+    container = runtime.create(req)
+    try:
+        host = docker_client.api.inspect_container(container)["HostConfig"]
+        assert host["DeviceRequests"][0]["Count"] == 1
+        assert host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+        with pytest.raises(StartFailed) as info:
+            runtime.start(container, lambda stream, data: None)
+        assert info.value.gpu
+        assert "no GPU runtime on this node" in str(info.value)
+    finally:
+        runtime.remove(container)
+    assert job_containers(docker_client, "gpu-probe") == []
+
+
+def test_gpu_job_is_routed_and_fails_clearly_on_a_node_without_gpu_runtime(
+    private_platform: Platform, docker_client: docker.DockerClient
+) -> None:
+    p = private_platform
+    job = p.client.submit("offload/base", ["nvidia-smi"], gpus=1, cpu=1, memory="1g")
+    assert job.record().resource_class == "gpu-large"
+    assert p.client.redis.llen("gpu-large") == 1
+    # A node that believes it has a GPU (the one fault we cannot cause here) runs the job
+    # with the real engine, which has no NVIDIA runtime.
+    gpu = Gpu(0, "test", "GPU-0", 1 << 30)
+    node = in_process_node(p, docker_client, "fake-gpu-node", Capacity(4, 8 << 30, (gpu,)))
+    assert execute(node, job.id) is JobStatus.FAILED
+    with pytest.raises(JobFailed) as info:
+        job.result(timeout=5)
+    assert info.value.result.reason == "gpu_unavailable"
+    assert "no GPU runtime" in (info.value.result.message or "")
+    assert job_containers(docker_client, job.id) == []
+
+
+def test_a_gpu_job_on_a_node_without_gpus_is_unschedulable(
+    private_platform: Platform, docker_client: docker.DockerClient
+) -> None:
+    p = private_platform
+    job = p.client.submit("offload/base", ["true"], gpus=2)
+    node = in_process_node(p, docker_client, "cpu-node", Capacity(cpus=4, memory=8 << 30))
+    assert execute(node, job.id) is JobStatus.FAILED
+    rec = job.record()
+    assert rec.reason == "unschedulable"
+    assert rec.message == "node cpu-node: job asks for 2 GPU(s), this node has 0"
