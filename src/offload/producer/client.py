@@ -22,6 +22,7 @@ from offload.producer.job import Job
 from offload.spec import OBJECT_ID_RE, JobSpec, resolve_class
 
 InputRef = str | os.PathLike[str]
+PLACEHOLDER_ID = "sha256:" + "0" * 64
 
 
 class Client:
@@ -93,11 +94,11 @@ class Client:
             name=name,
             labels=dict(labels or {}),
         )
-        JobSpec.create(**fields)  # refuse bad fields before touching any input
-        self._check_timeout(fields["timeout"])
         refs = dict(inputs or {})
-        JobSpec.create(**fields, inputs={n: "sha256:" + "0" * 64 for n in refs})
-        cls = resolve_class(JobSpec.create(**fields).resources, self.settings.classes)
+        # Everything but the inputs' content is checked before any input is read.
+        draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
+        self._check_timeout(draft.timeout)
+        cls = resolve_class(draft.resources, self.settings.classes)
         spec = JobSpec.create(**fields, inputs=self._upload_inputs(refs))
         return self._publish(spec, cls.name)
 
@@ -108,8 +109,8 @@ class Client:
             self._check_present(name, oid)
         return self._publish(spec, resolve_class(spec.resources, self.settings.classes).name)
 
-    def _check_timeout(self, timeout: Any) -> None:
-        if isinstance(timeout, int | float) and timeout > self.settings.max_timeout:
+    def _check_timeout(self, timeout: float) -> None:
+        if timeout > self.settings.max_timeout:
             raise SpecError(
                 "timeout", f"must be at most {self.settings.max_timeout:g}s (OFFLOAD_MAX_TIMEOUT)"
             )
