@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from offload.config import Settings
@@ -23,9 +24,26 @@ def queues_for(settings: Settings) -> list[Queue]:
     return [Queue(c.name, EXCHANGE, routing_key=c.name) for c in settings.classes]
 
 
+class _ShadowNamedAMQP(AMQP):
+    """Celery's message builder, with the ``task-sent`` event naming the task by its shadow.
+
+    Celery puts the shadow (the job's name) in ``task-received`` but the real task name in
+    ``task-sent``; when Flower sees task-sent last (the producer sends it just after the
+    worker may already have received the job) or alone (a queued job), it would show the
+    job as ``offload.run_job``.
+    """
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
+
+
 def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``. Producers and workers build the same one."""
-    app = Celery("offload", broker=settings.redis_url, set_as_current=False)
+    app = Celery("offload", broker=settings.redis_url, set_as_current=False, amqp=_ShadowNamedAMQP)
     transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         # sweep for messages of dead workers every 5 s (kombu's default is ~100 s)
