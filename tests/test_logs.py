@@ -12,7 +12,7 @@ SCRIPT = "for i in 1 2 3; do echo line $i; sleep 1; done; echo oops >&2"
 
 
 def test_follow_yields_lines_while_the_job_runs(platform: Platform) -> None:
-    job = platform.client.submit("offload/base", ["sh", "-c", SCRIPT])
+    job = platform.client.submit("offload/base", ["sh", "-c", SCRIPT], cache=False)
     seen: list[tuple[str, str, JobStatus]] = []
     for line in job.logs(follow=True):
         seen.append((line.stream, line.text, job.status()))
@@ -29,7 +29,7 @@ def test_follow_yields_lines_while_the_job_runs(platform: Platform) -> None:
 
 
 def test_cli_logs_follow(platform: Platform) -> None:
-    job = platform.client.submit("offload/base", ["sh", "-c", SCRIPT])
+    job = platform.client.submit("offload/base", ["sh", "-c", SCRIPT], cache=False)
     t0 = time.monotonic()
     out = platform.cli("logs", "-f", job.id)
     assert out.returncode == 0, out.stderr

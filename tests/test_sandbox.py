@@ -55,6 +55,7 @@ def run_probe(platform: Platform, tmp_path: Path, **kwargs: object) -> dict:  # 
         inputs={"data": data},
         params={"size": 256, "mode": "fast", "opts": {"a": [1, 2]}},
         env={"GREETING": "hello"},
+        cache=False,
         **kwargs,  # type: ignore[arg-type]
     )
     result = job.result(timeout=120)

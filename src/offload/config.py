@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     tmpfs_size: str = "64m"
     log_max_entries: int = Field(default=10_000, ge=100)
     record_ttl: int = Field(default=7 * 24 * 3600, ge=60)
+    memo_ttl: int = Field(default=30 * 24 * 3600, ge=60)
     pull_timeout: float = Field(default=60.0, gt=0)
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)

@@ -171,6 +171,7 @@ class JobSpec(BaseModel):
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     env: dict[str, str] = Field(default_factory=dict)
     network: bool = False
+    cache: bool = True
     name: str | None = Field(default=None, min_length=1, max_length=200)
     labels: dict[str, str] = Field(default_factory=dict)
 

@@ -23,6 +23,7 @@ Job records (written by the producer at submit, then by the worker; read by ever
         outputs       JSON object {relative path: "sha256:<hex>"}
         timings       JSON object of seconds spent {staging, running, uploading}
         cancel        "1" once cancellation of a started job was asked for
+        cache_hit     id of the earlier job whose outputs this one reused (memoized)
     offload:job:<id>:events      STREAM the status timeline; one entry per transition:
                                         status, at, node, attempt[, reason]
                                  readers block on it (XREAD) to wait for a result
@@ -31,6 +32,9 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         a=<attempt>          — an attempt begins
                                         eof=<status>         — the job reached a terminal status
     offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`)
+    offload:memo:<key>           STRING the action cache (:mod:`offload.cache.actions`): JSON
+                                        {outputs, job_id} of the successful job whose image
+                                        digest, command, params, env and inputs hash to <key>
 
 Terminal jobs' keys expire after ``Settings.record_ttl`` seconds; ``offload:jobs`` is
 pruned lazily by readers. Celery owns the queue keys (one list per resource class, named

@@ -104,6 +104,7 @@ class JobRecord:
     message: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     cancel_requested: bool = False
+    cache_hit: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -134,6 +135,7 @@ def _parse(job_id: str, h: dict[str, str]) -> JobRecord:
         message=h.get("message") or None,
         outputs=json.loads(h.get("outputs") or "{}"),
         cancel_requested=h.get("cancel") == "1",
+        cache_hit=h.get("cache_hit") or None,
         timings=json.loads(h.get("timings") or "{}"),
     )
 

@@ -84,6 +84,7 @@ def print_logs(job: Job, follow: bool) -> None:
 @click.option("--timeout", type=float, default=None, help="Seconds before the job is killed.")
 @click.option("--retries", type=int, default=0, show_default=True)
 @click.option("--network", is_flag=True, help="Give the container network access.")
+@click.option("--no-cache", is_flag=True, help="Run even if an identical job succeeded before.")
 @click.option("--name", default=None)
 @click.option("--label", "labels", multiple=True, metavar="K=V")
 @click.option("--wait", is_flag=True, help="Follow the logs and exit with the job's outcome.")
@@ -103,6 +104,7 @@ def submit(
     timeout: float | None,
     retries: int,
     network: bool,
+    no_cache: bool,
     name: str | None,
     labels: tuple[str, ...],
     wait: bool,
@@ -122,6 +124,7 @@ def submit(
         retries=retries,
         env=dict(_pairs("--env", env)),
         network=network,
+        cache=not no_cache,
         name=name,
         labels=dict(_pairs("--label", labels)),
     )
@@ -140,7 +143,8 @@ def _print_outcome(result: JobResult) -> None:
     if result.ok:
         for path, oid in result.outputs.items():
             err.print(f"[green]output[/] {path} {oid}")
-        err.print(f"[green]succeeded[/] in {result.duration or 0:.2f}s")
+        hit = f" (cached: outputs of job {result.cache_hit})" if result.cache_hit else ""
+        err.print(f"[green]succeeded[/] in {result.duration or 0:.2f}s{hit}")
     else:
         err.print(f"[red]{result.status}[/]: {result.reason} — {result.message}")
 
@@ -169,6 +173,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             "outputs": rec.outputs,
             "spec": rec.view,
             "timings": rec.timings,
+            "cache_hit": rec.cache_hit,
             "timeline": [
                 {
                     "status": e.status.value,

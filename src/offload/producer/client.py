@@ -73,6 +73,7 @@ class Client:
         retries: int = 0,
         env: Mapping[str, str] | None = None,
         network: bool = False,
+        cache: bool = True,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> Job:
@@ -91,6 +92,7 @@ class Client:
             retries=retries,
             env=dict(env or {}),
             network=network,
+            cache=cache,
             name=name,
             labels=dict(labels or {}),
         )

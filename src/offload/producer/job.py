@@ -30,6 +30,7 @@ class JobResult:
     started_at: float | None = None
     finished_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    cache_hit: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -55,6 +56,7 @@ class JobResult:
             started_at=rec.started_at,
             finished_at=rec.finished_at,
             timings=dict(rec.timings),
+            cache_hit=rec.cache_hit,
         )
 
 

@@ -68,16 +68,16 @@ class DockerRuntime(Runtime):
 
     # -- images ----------------------------------------------------------------------------
 
-    def ensure_image(self, image: str) -> None:
+    def ensure_image(self, image: str) -> str:
         try:
-            self.api.inspect_image(image)
-            return
+            return str(self.api.inspect_image(image)["Id"])
         except ImageNotFound:
             pass
         except APIError as exc:
             if exc.status_code != 404:
                 raise
         self._pull(image)
+        return str(self.api.inspect_image(image)["Id"])
 
     def _pull(self, image: str) -> None:
         result: list[BaseException | None] = [None]

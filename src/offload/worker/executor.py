@@ -16,6 +16,7 @@ from pathlib import Path
 
 from offload.broker.records import JobRecords
 from offload.broker.status import ACTIVE, JobStatus, Reason
+from offload.cache.actions import ActionCache, Memo, action_key
 from offload.cache.store import Store
 from offload.errors import CacheError
 from offload.spec import JobSpec, format_memory
@@ -45,6 +46,15 @@ class Node:
     pids_limit: int
     tmpfs_size: str
     requeue: Callable[[str, JobSpec, int], None]
+    memo: ActionCache | None = None
+
+
+class CacheHit(Exception):
+    """An earlier identical job's outputs are still fetchable: no container needed."""
+
+    def __init__(self, memo: Memo) -> None:
+        super().__init__(memo.job_id)
+        self.memo = memo
 
 
 class Outcome(Exception):
@@ -79,6 +89,7 @@ class Attempt:
         self.container: str | None = None
         self.workspace: staging.Workspace | None = None
         self.timings: dict[str, float] = {}
+        self.memo_key: str | None = None
         self.forwarder: LogForwarder | None = None
         self.t_start = 0.0
 
@@ -92,6 +103,18 @@ class Attempt:
             self.start()
             exit_ = self.wait()
             outputs = self.finish(exit_)
+        except CacheHit as hit:
+            self.cleanup()
+            self.node.records.transition(
+                self.job_id,
+                JobStatus.SUCCEEDED,
+                allowed_from=[JobStatus.STAGING],
+                outputs=hit.memo.outputs,
+                exit_code=0,
+                cache_hit=hit.memo.job_id,
+                timings=self.timings,
+            )
+            return JobStatus.SUCCEEDED
         except Outcome as o:
             self.cleanup()
             return self.end(o.status, o.reason, o.message, o.exit_code)
@@ -111,6 +134,8 @@ class Attempt:
             exit_code=0,
             timings=self.timings,
         )
+        if self.node.memo is not None and self.memo_key is not None:
+            self.node.memo.put(self.memo_key, outputs, self.job_id)
         return JobStatus.SUCCEEDED
 
     # -- steps -----------------------------------------------------------------------------
@@ -129,9 +154,10 @@ class Attempt:
     def stage(self) -> None:
         t0 = time.monotonic()
         try:
-            self.node.runtime.ensure_image(self.spec.image)
+            digest = self.node.runtime.ensure_image(self.spec.image)
         except ImageMissing as exc:
             raise Outcome(JobStatus.FAILED, Reason.IMAGE_NOT_FOUND, str(exc)) from None
+        self.check_memo(digest)
         uid = int(self.node.user.split(":")[0]) if self.node.user[:1].isdigit() else None
         try:
             self.workspace = staging.prepare(
@@ -144,6 +170,18 @@ class Attempt:
                 JobStatus.FAILED, Reason.INPUT_MISSING, f"input unreadable: {exc}"
             ) from None
         self.timings["staging"] = time.monotonic() - t0
+
+    def check_memo(self, digest: str) -> None:
+        memo = self.node.memo
+        if memo is None or not self.spec.cache:
+            return
+        self.memo_key = action_key(self.spec, digest)
+        hit = memo.get(self.memo_key)
+        if hit is None:
+            return
+        if all(self.node.store.has(oid) for oid in hit.outputs.values()):
+            raise CacheHit(hit)
+        memo.drop(self.memo_key)  # its outputs are gone: run the job again
 
     def start(self) -> None:
         assert self.workspace is not None

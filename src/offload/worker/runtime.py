@@ -48,8 +48,9 @@ class Runtime(ABC):
     """Creates, runs and removes job containers. One instance per worker process."""
 
     @abstractmethod
-    def ensure_image(self, image: str) -> None:
-        """Make the image available; raise ImageMissing when no source has it."""
+    def ensure_image(self, image: str) -> str:
+        """Make the image available and return its digest (image id); raise ImageMissing
+        when no source has it."""
 
     @abstractmethod
     def create(self, req: ContainerRequest) -> str:

@@ -13,6 +13,7 @@ from celery import Celery
 
 from offload.broker.app import TASK_NAME, redis_client, route
 from offload.broker.records import JobRecords
+from offload.cache.actions import ActionCache
 from offload.cache.local import LocalStore
 from offload.config import Settings
 from offload.spec import JobSpec
@@ -45,6 +46,7 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         pids_limit=settings.pids_limit,
         tmpfs_size=settings.tmpfs_size,
         requeue=requeue,
+        memo=ActionCache(records.r, settings.memo_ttl),
     )
 
 
