@@ -22,6 +22,7 @@ import psutil
 import pytest
 import redis
 
+from offload.cache.keys import init_key
 from offload.config import Settings
 from offload.producer.client import Client
 
@@ -29,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGES = ("offload/base", "offload/python", "offload/fingerprint", "offload/dedupe")
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+pytest_plugins = ["tests.s3server"]
 
 
 def free_port() -> int:
@@ -178,6 +181,9 @@ def make_platform(redis_url: str, home: Path, **extra: str) -> Platform:
             if k.startswith("OFFLOAD_")
         },
     )
+    home.mkdir(parents=True, exist_ok=True)
+    if not settings.key_path.exists():
+        init_key(settings.key_path)
     return Platform(settings=settings, env=env)
 
 

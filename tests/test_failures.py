@@ -6,7 +6,6 @@ import docker
 import pytest
 
 from offload import JobFailed, JobStatus
-from offload.cache.local import LocalStore
 from offload.producer.client import Client
 
 from .conftest import Platform, job_containers
@@ -63,7 +62,8 @@ def test_missing_image_fails_with_image_not_found(platform: Platform) -> None:
 
 def test_missing_input_fails_with_input_missing(platform: Platform, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A producer whose store the worker cannot see: the worker's store lacks the input.
-    elsewhere = Client(platform.settings, store=LocalStore(tmp_path / "other-store"))
+    other = platform.settings.model_copy(update={"cache_dir": tmp_path / "other-store"})
+    elsewhere = Client(other)
     src = tmp_path / "data.txt"
     src.write_text("only in the other store\n")
     job = elsewhere.submit("offload/base", ["cat", "/offload/in/data"], inputs={"data": src})

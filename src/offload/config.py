@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from offload.errors import ConfigError
-from offload.spec import DEFAULT_CLASSES, ResourceClass
+from offload.spec import DEFAULT_CLASSES, ResourceClass, parse_memory
 
 
 class Settings(BaseSettings):
@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     visibility_margin: int = Field(default=600, ge=1)
     home: Path = Field(default_factory=lambda: Path.home() / ".offload")
     cache_dir: Path | None = None
+    cache_budget: int | None = None
+    key_file: Path | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "offload/"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
     classes: tuple[ResourceClass, ...] = DEFAULT_CLASSES
     default_timeout: float = Field(default=3600.0, gt=0)
     max_timeout: float = Field(default=24 * 3600.0, gt=0)
@@ -50,6 +56,13 @@ class Settings(BaseSettings):
             value = json.loads(value)
         return value
 
+    @field_validator("cache_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_memory(value) if value.strip() else None
+        return value
+
     @field_validator("worker_classes", mode="before")
     @classmethod
     def _worker_classes(cls, value: Any) -> Any:
@@ -60,6 +73,10 @@ class Settings(BaseSettings):
     @property
     def store_dir(self) -> Path:
         return self.cache_dir or self.home / "cache"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or self.home / "key"
 
     @property
     def visibility_timeout(self) -> int:

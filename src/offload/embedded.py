@@ -171,8 +171,24 @@ def start_flower(settings: Settings) -> Service:
     return Service("flower", "started", settings.flower_url)
 
 
+def ensure_key(settings: Settings) -> Service:
+    """The cluster key every process seals objects with; made on first use."""
+    from offload.cache.keys import init_key, load_key
+
+    path = settings.key_path
+    if path.exists():
+        return Service("key", "present", f"{path} ({load_key(path).fingerprint})")
+    init_key(path)
+    return Service("key", "created", f"{path} ({load_key(path).fingerprint})")
+
+
 def up(settings: Settings) -> list[Service]:
-    return [start_redis(settings), start_worker(settings), start_flower(settings)]
+    return [
+        ensure_key(settings),
+        start_redis(settings),
+        start_worker(settings),
+        start_flower(settings),
+    ]
 
 
 def down(settings: Settings, timeout: float = 60) -> list[Service]:

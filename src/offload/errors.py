@@ -11,7 +11,8 @@ catch the whole family with one clause. The CLI maps each branch to an exit code
     │   └── JobNotFound               exit 4  no job record with that id
     ├── CacheError                    exit 5  content store failures
     │   ├── ObjectNotFound            exit 5  no object with that id in the store
-    │   └── IntegrityError            exit 5  stored bytes do not match their id
+    │   ├── IntegrityError            exit 5  stored bytes do not match their id
+    │   └── StoreUnavailable          exit 5  a remote tier (S3) cannot be reached now
     ├── RuntimeUnavailable            exit 6  the container engine (or a GPU runtime) is not usable
     ├── JobError                      exit 7  a job did not succeed
     │   ├── JobFailed                 exit 7  finished as failed / timed_out / cancelled
@@ -86,6 +87,10 @@ class ObjectNotFound(CacheError):
 
 class IntegrityError(CacheError):
     """Stored bytes do not match the id they are stored under."""
+
+
+class StoreUnavailable(CacheError):
+    """A remote tier (S3) cannot be reached now; retrying later may succeed."""
 
 
 class RuntimeUnavailable(OffloadError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,10 +61,6 @@ class Store(ABC):
     @abstractmethod
     def delete(self, oid: str) -> None:
         """Remove the object if present."""
-
-    @abstractmethod
-    def ids(self) -> Iterator[str]:
-        """Every stored object id."""
 
     def put_file(self, path: Path) -> str:
         with path.open("rb") as f:

@@ -14,7 +14,7 @@ from celery import Celery
 
 from offload.broker.app import make_app, redis_client, route
 from offload.broker.records import JobRecord, JobRecords
-from offload.cache.local import LocalStore
+from offload.cache.factory import open_store
 from offload.cache.store import Store
 from offload.config import Settings, load_settings
 from offload.errors import BrokerError, SpecError
@@ -53,7 +53,7 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = LocalStore(self.settings.store_dir)
+            self._store = open_store(self.settings)
         return self._store
 
     # -- submit ----------------------------------------------------------------------------

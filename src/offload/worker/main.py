@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+
+from celery.signals import worker_ready
 
 from offload.broker.app import make_app
+from offload.cache.factory import open_store
 from offload.config import Settings
 from offload.spec import format_memory
 from offload.worker import capacity as cap_mod
@@ -18,6 +23,28 @@ def plan(settings: Settings) -> tuple[cap_mod.Capacity, list[str], int]:
     cap = cap_mod.detect()
     classes = [c.name for c in cap_mod.served_classes(settings, cap)]
     return cap, classes, cap_mod.slots(settings, cap)
+
+
+def start_uploader(settings: Settings, interval: float = 5.0) -> None:
+    """Once the worker is ready, upload held blobs (S3 was unreachable) every ``interval`` s."""
+    if not settings.s3_bucket:
+        return
+
+    def loop() -> None:
+        store = open_store(settings)
+        while True:
+            try:
+                sent = store.flush_pending()
+                if sent:
+                    log.warning("uploaded %d pending blob(s) to the remote store", sent)
+            except Exception:
+                log.exception("pending uploads")
+            time.sleep(interval)
+
+    def on_ready(**_: object) -> None:  # after the pool forked: no thread crosses a fork
+        threading.Thread(target=loop, name="pending-uploads", daemon=True).start()
+
+    worker_ready.connect(on_ready, weak=False)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
@@ -35,6 +62,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     )
     app = make_app(settings)
     register(app, settings, cap)
+    start_uploader(settings)
     app.worker_main(
         [
             "worker",

@@ -14,7 +14,7 @@ from celery import Celery
 from offload.broker.app import TASK_NAME, redis_client, route
 from offload.broker.records import JobRecords
 from offload.cache.actions import ActionCache
-from offload.cache.local import LocalStore
+from offload.cache.factory import open_store
 from offload.config import Settings
 from offload.spec import JobSpec
 from offload.worker.capacity import Capacity
@@ -39,7 +39,7 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         name=settings.node_name,
         capacity=capacity,
         records=records,
-        store=LocalStore(settings.store_dir),
+        store=open_store(settings),
         runtime=DockerRuntime(connect(), pull_timeout=settings.pull_timeout),
         work_dir=work,
         user=settings.container_user,

@@ -1,0 +1,154 @@
+"""SealedStore: the content store every node and producer uses, over one or two blob tiers.
+
+Content ids (``sha256:<hex>`` of plaintext) are what users see. Underneath, each object is
+an encrypted envelope (:mod:`.envelope`) stored under a keyed hash of its id (:mod:`.keys`)
+in a node-local :class:`~offload.cache.localblobs.LocalBlobStore` and, when configured, a
+shared remote tier (S3).
+
+Reads: local, else remote; the envelope is verified while it is decrypted, a local blob that
+fails is quarantined and fetched again from the remote tier, and a fetched blob is kept
+locally. Writes: local first, then the remote tier; when the remote tier is unreachable the
+blob is *held* locally (never evicted) and its name stays in the durable pending list (the
+held markers) until :meth:`SealedStore.flush_pending` uploads it. Uploads are
+create-if-absent, so a blob is never uploaded twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from offload.cache import envelope
+from offload.cache.blobs import BlobStore
+from offload.cache.keys import ClusterKey
+from offload.cache.localblobs import LocalBlobStore
+from offload.cache.store import Store
+from offload.errors import CacheError, IntegrityError, ObjectNotFound, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class SealedStore(Store):
+    def __init__(
+        self, key: ClusterKey, local: LocalBlobStore, remote: BlobStore | None = None
+    ) -> None:
+        self.key = key
+        self.local = local
+        self.remote = remote
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put_stream(self, stream: BinaryIO) -> str:
+        fd, tmp_name = tempfile.mkstemp(dir=self.local.tmp_dir, prefix="seal-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                sealed = envelope.seal(stream, out, self.key)
+                out.flush()
+                os.fsync(out.fileno())
+            self.local.put_owned(sealed.name, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.remote is not None:
+            self._upload(sealed.name)
+        return sealed.oid
+
+    def _upload(self, name: str) -> bool:
+        """Send one local blob to the remote tier; hold it locally while that fails."""
+        assert self.remote is not None
+        self.local.hold(name)  # durable and never evicted until the upload is done
+        try:
+            with self.local.pin(name):
+                self.remote.put(name, self.local.path(name))
+        except StoreUnavailable as exc:
+            log.warning("remote store unreachable; blob %s… waits for upload: %s", name[:12], exc)
+            return False
+        self.local.release(name)
+        return True
+
+    def flush_pending(self) -> int:
+        """Upload every held blob; returns how many went out (0 while still unreachable)."""
+        if self.remote is None:
+            return 0
+        sent = 0
+        for name in self.local.held():
+            if not self._upload(name):
+                break
+            sent += 1
+        return sent
+
+    def pending(self) -> list[str]:
+        return list(self.local.held()) if self.remote is not None else []
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def has(self, oid: str) -> bool:
+        name = self.key.name_of(oid)
+        if self.local.has(name):
+            return True
+        if self.remote is None:
+            return False
+        try:
+            return self.remote.has(name)
+        except StoreUnavailable:
+            return False
+
+    def export(self, oid: str, dest: Path) -> None:
+        name = self.key.name_of(oid)
+        try:
+            self._export_local(name, oid, dest)
+            return
+        except ObjectNotFound:
+            if self.remote is None:
+                raise ObjectNotFound(oid) from None
+        except IntegrityError as exc:
+            self.local.quarantine(name, str(exc))
+            log.error("quarantined local blob for %s: %s", oid, exc)
+            if self.remote is None:
+                raise
+        self._fetch(name, oid)
+        self._export_local(name, oid, dest)
+
+    def _export_local(self, name: str, oid: str, dest: Path) -> None:
+        part = dest.with_name(f".{dest.name}.part")
+        try:
+            with self.local.pin(name), self.local.open(name) as src, part.open("wb") as out:
+                envelope.unseal(src, out, self.key, oid, total_size=self.local.size(name))
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+
+    def _fetch(self, name: str, oid: str) -> None:
+        """Copy a blob from the remote tier, verify it, keep it locally."""
+        assert self.remote is not None
+        fd, tmp_name = tempfile.mkstemp(dir=self.local.tmp_dir, prefix="fetch-")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        tmp.unlink()
+        try:
+            try:
+                self.remote.get(name, tmp)
+            except ObjectNotFound:
+                raise ObjectNotFound(oid) from None
+            with tmp.open("rb") as src, open(os.devnull, "wb") as sink:
+                envelope.unseal(src, sink, self.key, oid, total_size=tmp.stat().st_size)
+            self.local.put_owned(name, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def delete(self, oid: str) -> None:
+        name = self.key.name_of(oid)
+        self.local.delete(name)
+        if self.remote is not None:
+            with contextlib.suppress(CacheError):
+                self.remote.delete(name)
+
+    def pin(self, oid: str) -> contextlib.AbstractContextManager[None]:
+        """Keep ``oid``'s local blob from eviction while the context is open."""
+        return self.local.pin(self.key.name_of(oid))
