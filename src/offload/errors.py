@@ -5,6 +5,7 @@ catch the whole family with one clause. The CLI maps each branch to an exit code
 
     OffloadError                      exit 1  (generic)
     ├── ConfigError                   exit 2  a setting or key file is wrong or missing
+    │   └── WrongKey                  exit 2  an object was sealed under another cluster key
     ├── SpecError                     exit 2  a job spec was refused at submit (names the field)
     │   └── UnschedulableError        exit 3  no resource class can take the job
     ├── BrokerError                   exit 4  Redis / the queue cannot be reached or is inconsistent
@@ -25,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from offload.cache.keys import ClusterKey
     from offload.producer.job import JobResult
 
 
@@ -38,6 +40,24 @@ class ConfigError(OffloadError):
     """A setting, a config file or a key file is wrong or missing."""
 
     exit_code = 2
+
+
+class WrongKey(ConfigError):
+    """An object was sealed under a different cluster key than the one this process holds.
+
+    A configuration problem (exit 2), not damage: the object is intact and is neither
+    quarantined nor deleted; point ``key_file`` at the key it was sealed with.
+    """
+
+    def __init__(self, sealed_with: str, key: ClusterKey, oid: str | None = None) -> None:
+        self.sealed_with = sealed_with
+        self.fingerprint = key.fingerprint
+        what = f"object {oid}" if oid else "the object"
+        source = f" (from {key.source})" if key.source else ""
+        super().__init__(
+            f"{what} was sealed with key {sealed_with} and this process has key "
+            f"{key.fingerprint}{source}; every process of a cluster must use the same key file"
+        )
 
 
 class SpecError(OffloadError):
