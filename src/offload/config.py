@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from offload.errors import ConfigError
 from offload.spec import DEFAULT_CLASSES, ResourceClass, parse_memory
@@ -100,5 +100,5 @@ def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, turning bad values into :class:`ConfigError`."""
     try:
         return Settings(**overrides)
-    except (ValidationError, json.JSONDecodeError) as exc:
+    except (ValidationError, json.JSONDecodeError, SettingsError) as exc:
         raise ConfigError(f"invalid OFFLOAD_* setting: {exc}") from None

@@ -9,6 +9,8 @@ builds the spec with content ids only.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -37,10 +39,11 @@ MAX_GPUS = 64
 MAX_RETRIES = 10
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-OBJECT_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Anchored with \Z, not $ ($ also matches before a trailing newline); ASCII only.
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*\Z", re.IGNORECASE | re.ASCII)
+OBJECT_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 # Docker's reference grammar (distribution/reference), anchored.
 _ALNUM = r"[a-z0-9]+"
@@ -51,14 +54,38 @@ _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 IMAGE_RE = re.compile(
-    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?\Z", re.ASCII
 )
+
+
+class _FieldProblem(ValueError):
+    """A validator's error about one part of a field (``path`` is appended to its location)."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _check_utf8(value: Any, path: tuple[str, ...] = ()) -> None:
+    """Refuse text that cannot be written as UTF-8 (lone surrogates), anywhere in ``value``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _FieldProblem(path, f"{value!r} is not valid Unicode text") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_utf8(k, path)
+            _check_utf8(v, (*path, str(k)))
+    elif isinstance(value, list | tuple | set | frozenset):
+        for i, v in enumerate(value):
+            _check_utf8(v, (*path, str(i)))
 
 
 def parse_memory(value: int | float | str) -> int:
     """Parse a memory size with Docker's binary units (``512m``, ``4g``, ``2GiB``) to bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 512m, 4g or 2GiB")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a size such as 512m, 4g or 2GiB, got {value!r}")
     if isinstance(value, int | float):
         number, unit = float(value), ""
     else:
@@ -68,11 +95,13 @@ def parse_memory(value: int | float | str) -> int:
                 f"expected a size such as 512m, 4g or 2GiB (units b, k, m, g, t), got {value!r}"
             )
         number, unit = float(match.group(1)), match.group(2).lower()
+    if math.isnan(number):
+        raise ValueError(f"expected a size such as 512m, 4g or 2GiB, got {value!r}")
+    if number * _UNITS[unit] > MAX_MEMORY:  # also catches inf, before int() would overflow
+        raise ValueError(f"must be at most 4t, got {value!r}")
     size = int(number * _UNITS[unit])
     if size < MIN_MEMORY:
         raise ValueError(f"must be at least 6m (Docker's minimum), got {value!r}")
-    if size > MAX_MEMORY:
-        raise ValueError(f"must be at most 4t, got {value!r}")
     return size
 
 
@@ -89,7 +118,7 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cpu: float = Field(default=1.0, gt=0, le=MAX_CPU)
+    cpu: float = Field(default=1.0, gt=0, le=MAX_CPU, allow_inf_nan=False)
     memory: int = Field(default=512 * MiB)
     gpus: int = Field(default=0, ge=0, le=MAX_GPUS)
 
@@ -167,7 +196,7 @@ class JobSpec(BaseModel):
     secret: frozenset[str] = frozenset()
     resources: Resources = Field(default_factory=Resources)
     inputs: dict[str, str] = Field(default_factory=dict)
-    timeout: float = Field(default=3600.0, gt=0)
+    timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     env: dict[str, str] = Field(default_factory=dict)
     network: bool = False
@@ -178,11 +207,18 @@ class JobSpec(BaseModel):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
+        expected = (
+            "expected a Docker image reference like 'offload/fingerprint' or "
+            f"'registry.example.com/team/tool:1.2', got {value!r}"
+        )
         if len(value) > 255 or not IMAGE_RE.match(value):
-            raise ValueError(
-                f"expected a Docker image reference like 'offload/fingerprint' or "
-                f"'registry.example.com/team/tool:1.2', got {value!r}"
-            )
+            raise ValueError(expected)
+        # Like Docker, the first part is a registry host only with '.', ':' or 'localhost';
+        # otherwise it is part of the repository name, which must be lower case.
+        first, slash, _ = value.partition("/")
+        is_host = "." in first or ":" in first or first == "localhost"
+        if slash and not is_host and first != first.lower():
+            raise ValueError(f"{expected} (repository names are lower case)")
         return value
 
     @field_validator("command", mode="before")
@@ -194,16 +230,40 @@ class JobSpec(BaseModel):
             return None
         return value
 
+    @field_validator("command")
+    @classmethod
+    def _command_args(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for i, arg in enumerate(value or ()):
+            if "\x00" in arg:
+                raise _FieldProblem((str(i),), "must not contain NUL characters")
+        return value
+
     @field_validator("params")
     @classmethod
     def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
+        seen: dict[str, str] = {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
             if not _ENV_RE.match(key):
                 raise ValueError(
                     f"parameter name {key!r} must be letters, digits and '_' "
                     "(it becomes OFFLOAD_PARAM_<NAME>)"
                 )
-        return value
+            if key.upper() in seen:
+                raise _FieldProblem(
+                    (key,),
+                    f"clashes with {seen[key.upper()]!r}: both become OFFLOAD_PARAM_{key.upper()}",
+                )
+            seen[key.upper()] = key
+            try:  # the wire form is JSON: keep only what survives it unchanged
+                out[key] = json.loads(json.dumps(item, allow_nan=False))
+            except (TypeError, ValueError):
+                raise _FieldProblem(
+                    (key,), "expected a JSON value (str, number, bool, null, list, dict)"
+                ) from None
+            if isinstance(item, str) and "\x00" in item:
+                raise _FieldProblem((key,), "must not contain NUL characters")
+        return out
 
     @field_validator("inputs")
     @classmethod
@@ -215,8 +275,8 @@ class JobSpec(BaseModel):
                     "(letters, digits, '.', '_', '-'; no '/')"
                 )
             if not OBJECT_ID_RE.match(ref):
-                raise ValueError(
-                    f"input {name!r}: expected a content id 'sha256:<64 hex digits>', got {ref!r}"
+                raise _FieldProblem(
+                    (name,), f"expected a content id 'sha256:<64 hex digits>', got {ref!r}"
                 )
         return value
 
@@ -228,13 +288,21 @@ class JobSpec(BaseModel):
                 raise ValueError(f"environment name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
             if key.upper().startswith("OFFLOAD_"):
                 raise ValueError(f"environment name {key!r}: the OFFLOAD_ prefix is reserved")
+            if "\x00" in value[key]:
+                raise _FieldProblem((key,), "must not contain NUL characters")
+        return value
+
+    @field_validator("command", "params", "inputs", "env", "name", "labels")
+    @classmethod
+    def _utf8(cls, value: Any) -> Any:
+        _check_utf8(value)  # the wire form is UTF-8 JSON
         return value
 
     @model_validator(mode="after")
     def _secret_names(self) -> JobSpec:
         unknown = sorted(self.secret - set(self.params) - set(self.env))
         if unknown:
-            raise ValueError(f"secret names {unknown} are neither params nor env")
+            raise _FieldProblem(("secret",), f"secret names {unknown} are neither params nor env")
         return self
 
     # -- wire form -------------------------------------------------------------------------
@@ -283,7 +351,9 @@ def spec_error(exc: ValidationError) -> SpecError:
     """Turn pydantic's error list into one SpecError naming the first bad field."""
     errors = exc.errors()
     first = errors[0]
-    field = ".".join(str(p) for p in first["loc"]) or "spec"
+    problem = first.get("ctx", {}).get("error")
+    loc = (*first["loc"], *(problem.path if isinstance(problem, _FieldProblem) else ()))
+    field = ".".join(str(p) for p in loc) or "spec"
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"

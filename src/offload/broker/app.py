@@ -88,9 +88,11 @@ def route(
     app.send_task(
         TASK_NAME,
         args=[job_id],
+        # The default exchange puts the message straight into the queue's list: no binding
+        # lookup, so a Redis that lost its bindings (restart, FLUSHDB) cannot drop the job.
         queue=queue,
+        exchange="",
         routing_key=queue,
-        exchange=EXCHANGE.name,
         task_id=task_id or job_id,
         shadow=shown_as,
         argsrepr=summary,

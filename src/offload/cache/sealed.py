@@ -109,7 +109,9 @@ class SealedStore(Store):
             self.local.quarantine(name, str(exc))
             log.error("quarantined local blob for %s: %s", oid, exc)
             if self.remote is None:
-                raise
+                raise IntegrityError(
+                    f"object {oid} is damaged in this node's cache and was quarantined: {exc}"
+                ) from exc
         self._fetch(name, oid)
         self._export_local(name, oid, dest)
 

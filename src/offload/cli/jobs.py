@@ -249,11 +249,12 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @cli.command()
 @click.argument("object_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.pass_context
 @handle_errors
-def get(ctx: click.Context, object_id: str, output: Path) -> None:
-    """Write the content of OBJECT_ID (an output's sha256 id) to a file."""
-    _client(ctx).download(object_id, output)
+def get(ctx: click.Context, object_id: str, output: Path, force: bool) -> None:
+    """Fetch, verify and decrypt OBJECT_ID (an output's sha256 id) into a file."""
+    _client(ctx).download(object_id, output, overwrite=force)
     click.echo(str(output))
 
 

@@ -17,7 +17,7 @@ from offload.broker.records import JobRecord, JobRecords
 from offload.cache.factory import open_store
 from offload.cache.store import Store
 from offload.config import Settings, load_settings
-from offload.errors import BrokerError, SpecError
+from offload.errors import BrokerError, CacheError, SpecError
 from offload.producer.job import Job
 from offload.spec import OBJECT_ID_RE, JobSpec, resolve_class
 
@@ -166,7 +166,12 @@ class Client:
     def read(self, oid: str) -> bytes:
         return self.store.read_bytes(oid)
 
-    def download(self, oid: str, dest: str | os.PathLike[str]) -> Path:
+    def download(self, oid: str, dest: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the object's verified content to ``dest`` (atomically; never half-written)."""
         dest = Path(dest)
+        if not dest.parent.is_dir():
+            raise CacheError(f"cannot write {dest}: folder {dest.parent} does not exist")
+        if dest.exists() and not overwrite:
+            raise CacheError(f"{dest} exists; pass overwrite=True (--force) to replace it")
         self.store.export(oid, dest)
         return dest
