@@ -11,7 +11,7 @@ import pytest
 from offload import JobFailed, JobStatus
 from offload.broker.app import redis_client
 from offload.broker.records import JobRecords
-from offload.cache.local import LocalStore
+from offload.cache.factory import open_store
 from offload.worker.capacity import Capacity, Gpu, parse_nvidia_smi, served_classes
 from offload.worker.docker_runtime import DockerRuntime, StartFailed, gpu_request
 from offload.worker.executor import Node, execute
@@ -33,7 +33,7 @@ def in_process_node(p: Platform, client: docker.DockerClient, name: str, cap: Ca
         name=name,
         capacity=cap,
         records=JobRecords(redis_client(settings), record_ttl=600, log_max_entries=1000),
-        store=LocalStore(settings.store_dir),
+        store=open_store(settings),
         runtime=DockerRuntime(client),
         work_dir=work,
         user=settings.container_user,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,31 @@ def test_second_node_runs_on_the_first_nodes_output_without_a_local_copy(
     finally:
         one.kill_worker()
         two.kill_worker()
+
+
+def test_s3_uri_inputs_are_imported_once_and_addressed_by_id(
+    s3_platform: Platform, s3_server: MotoServer
+) -> None:
+    p = s3_platform
+    s3_server.client().create_bucket(Bucket="user-data")
+    s3_server.client().put_object(Bucket="user-data", Key="in/words.txt", Body=b"fig\npear\n")
+    p.start_worker()
+    job = p.client.submit(
+        "offload/base",
+        ["sort", "/offload/in/words"],
+        inputs={"words": "s3://user-data/in/words.txt"},
+    )
+    assert job.result(timeout=60).ok
+    assert [line.text for line in job.logs()] == ["fig", "pear"]
+    oid = job.record().spec.inputs["words"]
+    assert oid == "sha256:" + hashlib.sha256(b"fig\npear\n").hexdigest()
+    imports = p.client.redis.keys("offload:import:*")
+    assert len(imports) == 1 and p.client.redis.get(imports[0]) == oid
+    again = p.client.submit(
+        "offload/base",
+        ["wc", "-l", "/offload/in/words"],
+        inputs={"words": "s3://user-data/in/words.txt"},
+    )
+    assert again.record().spec.inputs["words"] == oid
+    bad = p.cli("submit", "offload/base", "--input", "w=s3://user-data/missing")
+    assert bad.returncode == 2 and "inputs.w" in bad.stderr

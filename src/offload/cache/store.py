@@ -1,22 +1,27 @@
 """The content store seam: blobs addressed by the sha256 of their plaintext.
 
 A :class:`Store` is what the producer uploads inputs to and what a worker stages inputs from
-and collects outputs into. Implementations: :class:`~offload.cache.local.LocalStore` (the
-node-local cache). The id a user sees is ``sha256:<hex>`` of the plaintext, so it can be
-checked with ``sha256sum``.
+and collects outputs into. Implementation: :class:`~offload.cache.sealed.SealedStore`
+(encrypted, over the node-local cache and S3). The id a user sees is ``sha256:<hex>`` of the
+plaintext, so it can be checked with ``sha256sum``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from offload.errors import CacheError
 from offload.spec import OBJECT_ID_RE
 
 CHUNK = 1024 * 1024
+
+Progress = Callable[[Path, int, int], None]
+"""Called with (file, bytes read so far, total bytes) while a file is stored."""
 
 
 def object_id(digest: str) -> str:
@@ -37,6 +42,27 @@ def file_id(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return object_id(h.hexdigest())
+
+
+class _Counted:
+    """A file reader that reports how far it got."""
+
+    def __init__(self, f: BinaryIO, path: Path, progress: Progress) -> None:
+        self.f, self.path, self.progress = f, path, progress
+        self.total = os.fstat(f.fileno()).st_size
+        self.done = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.done += len(data)
+        self.progress(self.path, self.done, self.total)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        n = self.f.readinto(buf)  # type: ignore[attr-defined]
+        self.done += n or 0
+        self.progress(self.path, self.done, self.total)
+        return int(n or 0)
 
 
 class Store(ABC):
@@ -62,9 +88,11 @@ class Store(ABC):
     def delete(self, oid: str) -> None:
         """Remove the object if present."""
 
-    def put_file(self, path: Path) -> str:
+    def put_file(self, path: Path, progress: Progress | None = None) -> str:
         with path.open("rb") as f:
-            return self.put_stream(f)
+            if progress is None:
+                return self.put_stream(f)
+            return self.put_stream(_Counted(f, path, progress))  # type: ignore[arg-type]
 
     def put_bytes(self, data: bytes) -> str:
         import io

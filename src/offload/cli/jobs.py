@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TaskID
 from rich.table import Table
 
 from offload.broker.status import JobStatus, Reason
@@ -25,8 +26,31 @@ EXIT_OOM = 137
 EXIT_FAILED = 7
 
 
+class UploadProgress:
+    """A progress bar on stderr for files over 32 MiB while they are sealed and stored."""
+
+    THRESHOLD = 32 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.bars: dict[Path, tuple[Progress, TaskID]] = {}
+
+    def __call__(self, path: Path, done: int, total: int) -> None:
+        if total < self.THRESHOLD:
+            return
+        if path not in self.bars:
+            bar = Progress(
+                *Progress.get_default_columns(), DownloadColumn(), console=Console(stderr=True)
+            )
+            bar.start()
+            self.bars[path] = (bar, bar.add_task(f"upload {path.name}", total=total))
+        bar, task = self.bars[path]
+        bar.update(task, completed=done)
+        if done >= total:
+            bar.stop()
+
+
 def _client(ctx: click.Context) -> Client:
-    return Client(settings_of(ctx))
+    return Client(settings_of(ctx), progress=UploadProgress())
 
 
 def _pairs(option: str, values: tuple[str, ...]) -> list[tuple[str, str]]:

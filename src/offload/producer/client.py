@@ -15,7 +15,8 @@ from celery import Celery
 from offload.broker.app import make_app, redis_client, route
 from offload.broker.records import JobRecord, JobRecords
 from offload.cache.factory import open_store
-from offload.cache.store import Store
+from offload.cache.imports import import_s3
+from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import BrokerError, CacheError, SpecError
 from offload.producer.job import Job
@@ -28,9 +29,16 @@ PLACEHOLDER_ID = "sha256:" + "0" * 64
 class Client:
     """Submits jobs and reads their records. Settings default to the ``OFFLOAD_*`` env."""
 
-    def __init__(self, settings: Settings | None = None, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: Store | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.settings = settings or load_settings()
         self._store = store
+        self.progress = progress  # told (path, bytes done, total) while files are uploaded
 
     # -- connections (lazy) ----------------------------------------------------------------
 
@@ -128,12 +136,21 @@ class Client:
                 self._check_present(name, ref)
                 ids[name] = ref
                 continue
+            if isinstance(ref, str) and ref.startswith("s3://"):
+                ids[name] = import_s3(
+                    ref,
+                    self.store,
+                    self.redis,
+                    field=f"inputs.{name}",
+                    endpoint_url=self.settings.s3_endpoint_url,
+                )
+                continue
             path = Path(ref)
             if not path.exists():
                 raise SpecError(f"inputs.{name}", f"no such file: {str(path)!r}")
             if not path.is_file():
                 raise SpecError(f"inputs.{name}", f"expected a regular file, got {str(path)!r}")
-            ids[name] = self.store.put_file(path)
+            ids[name] = self.store.put_file(path, self.progress)
         return ids
 
     def _check_present(self, name: str, oid: str) -> None:
@@ -161,7 +178,7 @@ class Client:
     # -- data ------------------------------------------------------------------------------
 
     def put(self, path: str | os.PathLike[str]) -> str:
-        return self.store.put_file(Path(path))
+        return self.store.put_file(Path(path), self.progress)
 
     def read(self, oid: str) -> bytes:
         return self.store.read_bytes(oid)

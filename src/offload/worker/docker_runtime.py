@@ -1,7 +1,8 @@
 """The Docker implementation of :class:`~offload.worker.runtime.Runtime` (docker SDK).
 
-Uses the low-level API so a job costs exactly the engine calls ``docker run`` makes: create,
-attach, start, wait, inspect, remove — no extra inspections.
+Uses the low-level API so a job costs about the engine calls ``docker run`` makes: inspect
+the image, create, attach (docker-py inspects the container there), start, wait, inspect,
+remove. The client is kept per worker process, without per-request proxy lookups.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class DockerRuntime(Runtime):
     def __init__(self, client: docker.DockerClient, *, pull_timeout: float = 60) -> None:
         self.client = client
         self.api = client.api
+        self.api.trust_env = False  # no proxy lookup per engine call (0.15 ms each, measured)
         self.pull_timeout = pull_timeout
         self._runs: dict[str, _Run] = {}
 
