@@ -58,7 +58,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     data = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(data)],
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(data),
+            "--databases",
+            "1000",
+        ],  # one database per test platform
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -95,7 +107,7 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
-_db_counter = iter(range(1, 16))
+_db_counter = iter(range(1, 1000))
 
 
 @dataclass
@@ -209,5 +221,6 @@ def private_platform(
     p.kill_worker()
 
 
-def job_containers(client: docker.DockerClient, job_id: str) -> list[object]:
-    return client.containers.list(all=True, filters={"label": f"offload.job_id={job_id}"})
+def job_containers(client: docker.DockerClient, job_id: str) -> list[dict[str, object]]:
+    """The engine's containers labelled with the job (one listing call: no racing inspects)."""
+    return list(client.api.containers(all=True, filters={"label": f"offload.job_id={job_id}"}))

@@ -17,8 +17,8 @@ SCRIPT = "echo attempt start; sleep 4; echo done > /offload/out/result.txt"
 
 def running_container(docker_client: docker.DockerClient, job_id: str) -> str:
     def find() -> str | None:
-        running = [c for c in job_containers(docker_client, job_id) if c.status == "running"]  # type: ignore[attr-defined]
-        return running[0].id if running else None  # type: ignore[attr-defined]
+        running = [c for c in job_containers(docker_client, job_id) if c["State"] == "running"]
+        return str(running[0]["Id"]) if running else None
 
     return str(wait_for(find, 60, "the job's container to run"))
 
@@ -35,7 +35,7 @@ def check_ran_once_more(
     assert statuses.count(JobStatus.RUNNING) == 2
     assert [e.attempt for e in job.timeline() if e.status is JobStatus.RUNNING] == [1, 2]
     assert job_containers(docker_client, job_id) == []
-    assert first not in {c.id for c in docker_client.containers.list(all=True)}  # type: ignore[attr-defined]
+    assert first not in {c["Id"] for c in docker_client.api.containers(all=True)}
 
 
 def test_pool_process_sigkilled_mid_job(

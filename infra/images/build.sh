@@ -6,6 +6,9 @@
 #   offload/python       offload/base + python3 + python3-pil
 #   offload/fingerprint  offload/python + fingerprint.py (perceptual hash of one photo)
 #   offload/dedupe       offload/python + dedupe.py (groups near-duplicate fingerprints)
+#   offload/worker       offload/python + a venv (/opt/offload) with offload and its
+#                        dependencies, installed offline from a wheelhouse built on the
+#                        host (infra/.build/wheels) -- what a node of the docker provider runs
 #
 # Every image built from a Dockerfile carries the label offload.context-hash: the
 # sha256 of its build context files, its Dockerfile, the recipe version below and
@@ -20,6 +23,8 @@
 #                           20 s, fall back to debootstrap)
 #   OFFLOAD_REBUILD_BASE=1  rebuild offload/base even if it exists (dependants follow)
 #   OFFLOAD_FORCE_BUILD=1   rebuild every Dockerfile image
+#   OFFLOAD_VENV            the virtualenv whose pip builds the wheelhouse (default .venv)
+#   OFFLOAD_SKIP_WORKER=1   do not build offload/worker
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -226,12 +231,111 @@ ensure_image() {  # image context_dir parent_image [extra docker build args...]
     log "$image: built in $((SECONDS - t0)) s"
 }
 
+# ---------------------------------------------------------------------------
+# offload/worker: offload + dependencies from a wheelhouse (no network in the build)
+# ---------------------------------------------------------------------------
+#
+#   infra/.build/wheels/        dependency wheels; rebuilt when pyproject.toml changes
+#   infra/.build/offload-wheel/ offload's own wheel; rebuilt when its sources change
+#   infra/.build/worker/        the build context: infra/images/worker + both (hard links)
+#
+# The wheels are built by the host's virtualenv (PyPI is reachable from the host), so
+# its Python must have the image's major.minor (checked when the wheelhouse is made).
+
+VENV=${OFFLOAD_VENV:-$ROOT/.venv}
+
+tree_hash() {  # files... (dirs are walked) -> one sha256
+    find "$@" -type f -not -name '*.pyc' -not -path '*/__pycache__/*' \
+        -not -path '*.egg-info/*' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum |
+        sha256sum | cut -d' ' -f1
+}
+
+ensure_wheels() {
+    local pip="$VENV/bin/pip" want have tmp host_py image_py req i
+    [ -x "$pip" ] || die "$pip not found (run infra/setup.sh): it builds the worker's wheelhouse"
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    have=$(cat "$BUILD_DIR/wheels/.stamp" 2>/dev/null || true)
+    if [ "$want" != "$have" ]; then
+        host_py=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        image_py=$(docker run --rm --network none offload/python python3 -c \
+            'import sys; print("%d.%d" % sys.version_info[:2])') || die "offload/python does not run"
+        [ "$host_py" = "$image_py" ] ||
+            die "the wheelhouse needs Python $image_py (offload/python) but $VENV has $host_py"
+        log "offload/worker: building the wheelhouse (pyproject.toml changed or first build)"
+        tmp=$(mktemp -d "$BUILD_DIR/wheels.XXXXXX")
+        chmod 0755 "$tmp"
+        if ! "$pip" wheel --disable-pip-version-check -q -w "$tmp" "$ROOT" pip \
+            >"$BUILD_DIR/wheels.log" 2>&1; then
+            tail -n 20 "$BUILD_DIR/wheels.log" >&2 || true
+            rm -rf "$tmp"
+            die "pip wheel failed (full log: $BUILD_DIR/wheels.log)"
+        fi
+        # Markers may differ between the host's Python and the image's (python_full_version:
+        # redis wants async-timeout below 3.11.3): resolve offline in the image, add what
+        # it misses, repeat.
+        for i in 1 2 3 4 5 6; do
+            if docker run --rm --network none -v "$tmp:/wheels:ro" offload/python sh -c \
+                'python3 -m venv --without-pip /tmp/v && /tmp/v/bin/python "$(ls /wheels/pip-*.whl)/pip" install --dry-run -q --no-index --find-links /wheels offload' \
+                >"$BUILD_DIR/wheels.log" 2>&1; then
+                break
+            fi
+            req=$(sed -n 's/.*No matching distribution found for \([^ ]*\).*/\1/p' "$BUILD_DIR/wheels.log" | head -n 1)
+            if [ -z "$req" ] || [ "$i" = 6 ]; then
+                cat "$BUILD_DIR/wheels.log" >&2
+                rm -rf "$tmp"
+                die "the wheelhouse does not resolve in offload/python"
+            fi
+            log "offload/worker: adding $req (needed by the image's Python)"
+            "$pip" wheel --disable-pip-version-check -q -w "$tmp" "$req" >>"$BUILD_DIR/wheels.log" 2>&1 ||
+                { rm -rf "$tmp"; die "pip wheel $req failed (log: $BUILD_DIR/wheels.log)"; }
+        done
+        rm -f "$tmp"/offload-*.whl "$BUILD_DIR/wheels.log"
+        printf '%s\n' "$want" >"$tmp/.stamp"
+        rm -rf "$BUILD_DIR/wheels"
+        mv "$tmp" "$BUILD_DIR/wheels"
+    fi
+    # offload's own wheel, built from a clean copy so the repository gets no build/ folder.
+    want=$(tree_hash pyproject.toml README.md src)
+    have=$(cat "$BUILD_DIR/offload-wheel/.stamp" 2>/dev/null || true)
+    if [ "$want" != "$have" ]; then
+        log "offload/worker: building the offload wheel (sources changed)"
+        tmp=$(mktemp -d "$BUILD_DIR/offload-wheel.XXXXXX")
+        mkdir "$tmp/src"
+        tar -C "$ROOT" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
+            -cf - pyproject.toml README.md src | tar -C "$tmp/src" -xf -
+        mkdir "$tmp/out"
+        if ! "$pip" wheel --disable-pip-version-check -q --no-deps \
+            --find-links "$BUILD_DIR/wheels" -w "$tmp/out" "$tmp/src" \
+            >"$BUILD_DIR/offload-wheel.log" 2>&1; then
+            tail -n 20 "$BUILD_DIR/offload-wheel.log" >&2 || true
+            rm -rf "$tmp"
+            die "building the offload wheel failed (full log: $BUILD_DIR/offload-wheel.log)"
+        fi
+        rm -f "$BUILD_DIR/offload-wheel.log"
+        printf '%s\n' "$want" >"$tmp/out/.stamp"
+        rm -rf "$BUILD_DIR/offload-wheel"
+        mv "$tmp/out" "$BUILD_DIR/offload-wheel"
+        rm -rf "$tmp"
+    fi
+    # The context: same files, same bytes -> same context hash -> no rebuild.
+    local ctx="$BUILD_DIR/worker"
+    rm -rf "$ctx"
+    mkdir -p "$ctx/wheels"
+    cp -a "$HERE/worker/." "$ctx/"
+    cp -l "$BUILD_DIR"/wheels/*.whl "$BUILD_DIR"/offload-wheel/*.whl "$ctx/wheels/" 2>/dev/null ||
+        cp "$BUILD_DIR"/wheels/*.whl "$BUILD_DIR"/offload-wheel/*.whl "$ctx/wheels/"
+}
+
 t_start=$SECONDS
 ensure_base
 # apt inside the build uses the host's network stack (and its DNS / mirror routing).
 ensure_image offload/python "$HERE/python" offload/base --network host
 ensure_image offload/fingerprint "$HERE/fingerprint" offload/python
 ensure_image offload/dedupe "$HERE/dedupe" offload/python
+if [ "${OFFLOAD_SKIP_WORKER:-0}" != 1 ]; then
+    ensure_wheels
+    ensure_image offload/worker "$BUILD_DIR/worker" offload/python
+fi
 # Layers left dangling by rebuilds.
 docker image prune -f --filter "label=$LABEL_KEY" >/dev/null 2>&1 || true
 log "done in $((SECONDS - t_start)) s"

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     pull_timeout: float = Field(default=60.0, gt=0)
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    provider: str = "manual"  # who started this node: manual, local, docker, aws
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    lost_after: float = Field(default=15.0, gt=0)  # no heartbeat this long: the node is lost
 
     @field_validator("classes", mode="before")
     @classmethod

@@ -85,6 +85,8 @@ class S3Config:
     multipart_threshold: int = 64 * MiB
     part_size: int = 64 * MiB
     upload_concurrency: int = 2
+    #: Keys per ListObjectsV2 page (S3's maximum is 1000).
+    list_page_size: int = 1000
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -236,7 +238,7 @@ class S3BlobStore(BlobStore):
             raise CacheError(f"S3 {what} failed at {where}: {code or status} {message}") from None
         if isinstance(exc, bce.SSLError):
             raise CacheError(f"TLS to {where} failed during {what}: {exc}") from None
-        if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
+        if isinstance(exc, bce.ConnectionError | bce.HTTPClientError | bce.IncompleteReadError):
             raise S3Unavailable(f"S3 unreachable during {what} ({where}): {exc}") from None
         if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
             raise CacheError(
@@ -264,22 +266,24 @@ class S3BlobStore(BlobStore):
 
     def get(self, name: str, dest: Path) -> None:
         key = self.key(name)
+        what = f"GET of {name}"
+        resp = self._call(what, self.client.get_object, name, Key=key)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
         try:
             with tmp.open("wb") as out:
-                self._download(name, key, out)
+                self._stream(name, key, resp, out)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, dest)
         except OSError as exc:
+            resp["Body"].close()
             raise CacheError(f"cannot write {dest} from {self.config.where}: {exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _download(self, name: str, key: str, out: IO[bytes]) -> None:
-        """Stream the object into ``out``; resume after a broken stream, pinned to its ETag."""
+    def _stream(self, name: str, key: str, resp: dict[str, Any], out: IO[bytes]) -> None:
+        """Copy the body into ``out``; resume after a broken stream, pinned to its ETag."""
         what = f"GET of {name}"
-        resp = self._call(what, self.client.get_object, name, Key=key)
         size, etag = int(resp["ContentLength"]), resp.get("ETag")
         written, breaks = 0, 0
         while True:
@@ -301,6 +305,10 @@ class S3BlobStore(BlobStore):
             resp = self._call(
                 what, self.client.get_object, name, Key=key, Range=f"bytes={written}-", **extra
             )
+            if not str(resp.get("ContentRange", "")).startswith(f"bytes {written}-"):
+                out.seek(0)  # the server ignored Range: start again from the first byte
+                out.truncate()
+                written = 0
         if written != size:
             raise CacheError(f"S3 {what}: got {written} bytes, expected {size}")
 
@@ -308,7 +316,12 @@ class S3BlobStore(BlobStore):
         prefix = self.config.prefix
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.config.bucket, Prefix=prefix):
+            pages = paginator.paginate(
+                Bucket=self.config.bucket,
+                Prefix=prefix,
+                PaginationConfig={"PageSize": self.config.list_page_size},
+            )
+            for page in pages:
                 for obj in page.get("Contents", ()):
                     rest = obj["Key"][len(prefix) :]
                     head, _, name = rest.partition("/")

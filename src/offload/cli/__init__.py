@@ -45,6 +45,6 @@ def cli() -> None:
 
 
 def main() -> None:
-    from offload.cli import cachecmd, jobs, keycmd, platform  # noqa: F401  (registers the commands)
+    from offload.cli import cachecmd, jobs, keycmd, nodescmd, platform  # noqa: F401  (registers the commands)
 
     cli(prog_name="offload")

@@ -9,11 +9,13 @@ container is removed.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
 from offload.broker.status import ACTIVE, JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo, action_key
@@ -24,6 +26,7 @@ from offload.worker import staging
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import ImageMissing, StartFailed
 from offload.worker.logsink import LogForwarder
+from offload.worker.recovery import held_elsewhere
 from offload.worker.runtime import ContainerRequest, Exit, Runtime
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class Node:
     tmpfs_size: str
     requeue: Callable[[str, JobSpec, int], None]
     memo: ActionCache | None = None
+    registry: NodeRegistry | None = None  # the node registry: running set, live attempts
 
 
 class CacheHit(Exception):
@@ -69,6 +73,13 @@ class Outcome(Exception):
 
 def execute(node: Node, job_id: str) -> JobStatus | None:
     """Run one delivery of ``job_id``; returns the status it ended in (None: nothing to do)."""
+    # -- node registry: a stale delivery of a job a live attempt holds is not run again
+    if node.registry is not None:
+        why = held_elsewhere(node.registry, node.records, job_id, node.name)
+        if why:
+            log.warning("job %s: %s; acknowledging this delivery without running", job_id, why)
+            return None
+    # --
     prev, attempt = node.records.begin_attempt(job_id, node.name)
     if prev is None:
         log.warning("job %s has no record; dropping the message", job_id)
@@ -76,11 +87,21 @@ def execute(node: Node, job_id: str) -> JobStatus | None:
     if prev.terminal:
         log.info("job %s already %s; acknowledging without running", job_id, prev)
         return None
-    if prev in ACTIVE:
+    if prev in ACTIVE or attempt > 1:  # a dead attempt (here, or of a lost node) may remain
         removed = node.runtime.remove_job_containers(job_id)
-        log.warning("job %s: attempt %d follows a dead one; removed %s", job_id, attempt, removed)
+        if prev in ACTIVE or removed:
+            log.warning(
+                "job %s: attempt %d follows a dead one; removed %s", job_id, attempt, removed
+            )
     record = node.records.get(job_id)
-    return Attempt(node, job_id, attempt, record.spec).run()
+    # -- node registry: the job is in this node's running set while the attempt runs
+    if node.registry is None:
+        return Attempt(node, job_id, attempt, record.spec).run()
+    node.registry.job_started(node.name, job_id, os.getpid(), attempt)
+    try:
+        return Attempt(node, job_id, attempt, record.spec).run()
+    finally:
+        node.registry.job_finished(node.name, job_id)
 
 
 class Attempt:

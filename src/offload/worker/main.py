@@ -14,6 +14,7 @@ from offload.config import Settings
 from offload.spec import format_memory
 from offload.worker import capacity as cap_mod
 from offload.worker.docker_runtime import connect
+from offload.worker.heartbeat import install as install_heartbeat
 from offload.worker.tasks import register
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     app = make_app(settings)
     register(app, settings, cap)
     start_uploader(settings)
+    install_heartbeat(settings, classes=classes, slots=slots, capacity=cap)
     app.worker_main(
         [
             "worker",

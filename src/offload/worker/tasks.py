@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from offload.broker.app import TASK_NAME, redis_client, route
+from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
 from offload.cache.actions import ActionCache
 from offload.cache.factory import open_store
@@ -47,6 +48,7 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         tmpfs_size=settings.tmpfs_size,
         requeue=requeue,
         memo=ActionCache(records.r, settings.memo_ttl),
+        registry=NodeRegistry(records.r, lost_after=settings.lost_after),
     )
 
 
