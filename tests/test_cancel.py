@@ -16,7 +16,9 @@ def test_cancel_a_queued_job(platform: Platform) -> None:
     # cpu-large has no worker on this node, so the job stays queued
     job = platform.client.submit("offload/base", ["true"], cpu=2)
     assert job.status() is JobStatus.QUEUED
+    assert job.why_waiting() == "no node of class cpu-large is up and no autoscaler is running"
     assert job.cancel() is JobStatus.CANCELLED
+    assert job.why_waiting() is None
     with pytest.raises(JobFailed) as info:
         job.result(timeout=5)
     assert info.value.result.status is JobStatus.CANCELLED

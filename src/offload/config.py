@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     record_ttl: int = Field(default=7 * 24 * 3600, ge=60)
     memo_ttl: int = Field(default=30 * 24 * 3600, ge=60)
     pull_timeout: float = Field(default=60.0, gt=0)
+    autoscale_min: int = Field(default=0, ge=0)
+    autoscale_max: int = Field(default=4, ge=0)
+    autoscale_max_step: int = Field(default=4, ge=1)
+    autoscale_idle_window: float = Field(default=60.0, ge=0)
+    autoscale_jobs_per_node: int | None = Field(default=None, ge=1)
+    # per class overrides, e.g. '{"cpu-small": {"min_nodes": 1, "max_nodes": 8}}'
+    autoscale: dict[str, dict[str, Any]] = Field(default_factory=dict)
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
     provider: str = "manual"  # who started this node: manual, local, docker, aws

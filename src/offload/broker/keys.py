@@ -32,6 +32,11 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         a=<attempt>          — an attempt begins
                                         eof=<status>         — the job reached a terminal status
     offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`)
+    offload:autoscaler:<class>   HASH   the autoscaler's last word on a class, rewritten each tick
+                                        and expiring after 60 s (absent: no autoscaler runs):
+                                        desired, up, starting, draining, work, reason, at
+                                        (:mod:`offload.autoscaler.loop`)
+    offload:nodes, offload:node:<name>[:running]   the node registry (:mod:`.nodes`)
     offload:memo:<key>           STRING the action cache (:mod:`offload.cache.actions`): JSON
                                         {outputs, job_id} of the successful job whose image
                                         digest, command, params, env and inputs hash to <key>

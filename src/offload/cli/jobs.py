@@ -198,6 +198,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             "spec": rec.view,
             "timings": rec.timings,
             "cache_hit": rec.cache_hit,
+            "waiting": job.why_waiting(),
             "timeline": [
                 {
                     "status": e.status.value,
@@ -215,6 +216,8 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     console.print(f"status: [bold]{rec.status}[/]  attempt {rec.attempt}  node {rec.node or '-'}")
     if rec.reason:
         console.print(f"reason: {rec.reason} — {rec.message or ''}  exit code {rec.exit_code}")
+    if rec.status is JobStatus.QUEUED:
+        console.print(f"waiting: {job.why_waiting()}")
     t0 = rec.created_at
     for e in timeline:
         extra = f" ({e.reason})" if e.reason else ""

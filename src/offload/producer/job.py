@@ -111,6 +111,29 @@ class Job:
                 continue
             yield LogLine(entry.get("s", "out"), entry.get("l", ""), attempt)
 
+    def why_waiting(self) -> str | None:
+        """For a queued job, why it is still waiting (the autoscaler's word, or the nodes')."""
+        rec = self.record()
+        if rec.status is not JobStatus.QUEUED:
+            return None
+        from offload.autoscaler.loop import read_status
+        from offload.broker.nodes import NodeRegistry
+
+        cls = rec.resource_class
+        st = read_status(self.client.redis, cls)
+        if st is not None:
+            return (
+                f"{st.get('reason', '')} (class {cls}: desired {st.get('desired')}, "
+                f"up {st.get('up')}, starting {st.get('starting')})"
+            )
+        serving = [n for n in NodeRegistry(self.client.redis).nodes() if cls in n.classes]
+        up = [n for n in serving if n.state == "up"]
+        if not up:
+            return f"no node of class {cls} is up and no autoscaler is running"
+        busy = sum(len(n.running) for n in up)
+        slots = sum(n.slots for n in up)
+        return f"waiting for a free slot: {busy} of {slots} slot(s) of class {cls} busy"
+
     def cancel(self) -> JobStatus:
         """Cancel: at once if queued; a running job's worker kills its container."""
         return self.client.records.request_cancel(self.id)

@@ -1,0 +1,1 @@
+"""Autoscaling worker nodes on queue depth: the pure policy, the loop, node providers."""

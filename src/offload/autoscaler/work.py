@@ -1,0 +1,112 @@
+"""Work per resource class, read from Redis where Celery (kombu) and the node registry keep it.
+
+kombu's Redis transport keeps, for a queue ``q``:
+
+* ready messages in lists: ``q`` (priority 0) and ``q\\x06\\x163``, ``q\\x06\\x166``,
+  ``q\\x06\\x169`` (its ``PRIORITY_STEPS`` = 0, 3, 6, 9 and ``Channel.sep`` = ``"\\x06\\x16"``);
+* delivered, not yet acknowledged messages in one hash for all queues, ``unacked``:
+  delivery tag → JSON ``[message, exchange, routing_key]``. offload publishes with the
+  default exchange and the class name as routing key (:func:`offload.broker.app.route`),
+  and its class exchange binds each queue under its own name, so the routing key *is* the
+  class; the message's own ``properties.delivery_info.routing_key`` is the fallback.
+
+Running jobs are counted from the node registry's running sets
+(``offload:node:<name>:running``, :mod:`offload.broker.nodes`), each job's class and status
+read from its record: only ``staging``/``running``/``uploading`` count. With late acks these
+jobs are also in ``unacked``; :attr:`ClassWork.total` takes the larger of the two.
+
+Nothing here imports kombu (Celery stays in ``broker/``); ``tests/test_work.py`` checks the
+constants against kombu's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from offload.autoscaler.policy import ClassWork
+from offload.broker import keys
+from offload.broker.nodes import NODES, running_key
+from offload.broker.status import ACTIVE
+
+PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS
+PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
+UNACKED_KEY = "unacked"  # kombu.transport.redis.Channel.unacked_key
+_ACTIVE = frozenset(s.value for s in ACTIVE)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists kombu keeps a queue's ready messages in, one per priority step."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def unacked_class(raw: str | bytes, classes: frozenset[str]) -> str | None:
+    """The class (queue) of one entry of kombu's ``unacked`` hash, or None if not ours."""
+    try:
+        message, _exchange, routing_key = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if routing_key in classes:
+        return str(routing_key)
+    try:
+        rk = message["properties"]["delivery_info"]["routing_key"]
+    except (KeyError, TypeError):
+        return None
+    return str(rk) if rk in classes else None
+
+
+def read_work(
+    r: redis.Redis, classes: Iterable[str], *, unacked_key: str = UNACKED_KEY
+) -> dict[str, ClassWork]:
+    """Ready, unacknowledged and running jobs per class, in three round trips."""
+    names = list(dict.fromkeys(classes))
+    wanted = frozenset(names)
+
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        for key in queue_keys(name):
+            pipe.llen(key)
+    pipe.hvals(unacked_key)
+    pipe.smembers(NODES)
+    replies = pipe.execute()
+    steps = len(PRIORITY_STEPS)
+    ready = {
+        n: sum(int(x) for x in replies[i * steps : (i + 1) * steps]) for i, n in enumerate(names)
+    }
+    unacked = dict.fromkeys(names, 0)
+    for raw in replies[-2]:
+        cls = unacked_class(raw, wanted)
+        if cls is not None:
+            unacked[cls] += 1
+    running = dict.fromkeys(names, 0)
+    for cls in _running_classes(r, sorted(_str(n) for n in replies[-1])):
+        if cls in running:
+            running[cls] += 1
+    return {n: ClassWork(ready=ready[n], unacked=unacked[n], running=running[n]) for n in names}
+
+
+def _running_classes(r: redis.Redis, nodes: list[str]) -> list[str]:
+    """The class of every active job in the nodes' running sets (a job counted once)."""
+    if not nodes:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for node in nodes:
+        pipe.smembers(running_key(node))
+    job_ids = sorted({_str(j) for members in pipe.execute() for j in members})
+    if not job_ids:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hmget(keys.job(job_id), "class", "status")
+    out = []
+    for cls, status in pipe.execute():
+        if cls is not None and status is not None and _str(status) in _ACTIVE:
+            out.append(_str(cls))
+    return out

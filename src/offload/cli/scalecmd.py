@@ -1,0 +1,104 @@
+"""``offload autoscaler``: the scaling loop, with a node provider and Prometheus metrics."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from types import FrameType
+
+import click
+from rich.console import Console
+
+from offload.autoscaler.provider import NodeProvider
+from offload.cli import cli, handle_errors, settings_of
+from offload.config import Settings
+from offload.errors import ConfigError
+
+console = Console(highlight=False)
+
+PROVIDERS = {
+    "local": ("offload.autoscaler.local", "LocalProvider"),
+    "docker": ("offload.autoscaler.docker_provider", "DockerProvider"),
+    "aws": ("offload.autoscaler.aws", "AwsProvider"),
+}
+
+
+def make_provider(name: str, settings: Settings) -> NodeProvider:
+    """The provider called ``name``, its module imported only now (boto3, docker stay unloaded)."""
+    try:
+        module_name, class_name = PROVIDERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown provider {name!r}; known: {sorted(PROVIDERS)}") from None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"provider {name!r} is not available: {exc}") from exc
+    provider: NodeProvider = getattr(module, class_name)(settings)
+    return provider
+
+
+@cli.command()
+@click.option(
+    "--provider",
+    "provider_name",
+    type=click.Choice(sorted(PROVIDERS)),
+    default="local",
+    show_default=True,
+    help="Where nodes come from.",
+)
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9464,
+    show_default=True,
+    help="Prometheus metrics on 127.0.0.1:PORT; 0 turns them off.",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+@handle_errors
+def autoscaler(
+    ctx: click.Context, provider_name: str, interval: float, metrics_port: int, loglevel: str
+) -> None:
+    """Scale worker nodes on queue depth, per resource class (limits from OFFLOAD_AUTOSCALE*)."""
+    from offload.autoscaler.loop import Autoscaler, limits_from_settings, recovery_hook
+    from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
+    from offload.broker.app import redis_client
+    from offload.broker.nodes import NodeRegistry
+
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_of(ctx)
+    limits = limits_from_settings(settings)
+    classes = [c.name for c in settings.classes]
+    provider = make_provider(provider_name, settings)
+    r = redis_client(settings)
+    metrics = AutoscalerMetrics()
+    server = start_metrics_server(metrics_port, metrics) if metrics_port else None
+    registry = NodeRegistry(r)
+    recover = recovery_hook(settings, registry, r)
+    scaler = Autoscaler(registry, provider, r, classes, limits, metrics=metrics, recover=recover)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    for name in classes:
+        lim = limits.for_class(name)
+        console.print(
+            f"{name}: {lim.min_nodes}..{lim.max_nodes} nodes, step {lim.max_step}, "
+            f"idle window {lim.idle_window:g}s"
+            + (", GPU (nodes only with work)" if lim.gpu else "")
+        )
+    where = f", metrics on http://127.0.0.1:{server.port}/metrics" if server else ""
+    console.print(f"autoscaler: provider {provider.name}, every {interval:g}s{where}")
+    try:
+        scaler.run(interval, stop)
+    finally:
+        if server is not None:
+            server.close()
+        provider.close()
