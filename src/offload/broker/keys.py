@@ -36,7 +36,8 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         and expiring after 60 s (absent: no autoscaler runs):
                                         desired, up, starting, draining, work, reason, at
                                         (:mod:`offload.autoscaler.loop`)
-    offload:nodes, offload:node:<name>[:running]   the node registry (:mod:`.nodes`)
+    offload:nodes, offload:node:<name>[:running|:owners|:recovering]
+                                        the node registry (:mod:`.nodes`)
     offload:memo:<key>           STRING the action cache (:mod:`offload.cache.actions`): JSON
                                         {outputs, job_id} of the successful job whose image
                                         digest, command, params, env and inputs hash to <key>

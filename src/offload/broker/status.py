@@ -42,3 +42,4 @@ class Reason(StrEnum):
     START_FAILED = "start_failed"  # the engine refused to create or start the container
     CANCELLED = "cancelled"  # someone cancelled it
     WORKER_ERROR = "worker_error"  # an unexpected error in the worker (a bug: report it)
+    NODE_LOST = "node_lost"  # its node stopped heartbeating; the job was queued again

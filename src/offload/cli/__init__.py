@@ -45,6 +45,13 @@ def cli() -> None:
 
 
 def main() -> None:
-    from offload.cli import cachecmd, jobs, keycmd, nodescmd, platform  # noqa: F401  (registers the commands)
+    from offload.cli import (  # noqa: F401  (registers the commands)
+        cachecmd,
+        jobs,
+        keycmd,
+        nodescmd,
+        platform,
+        scalecmd,
+    )
 
     cli(prog_name="offload")

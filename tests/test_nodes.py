@@ -1,0 +1,220 @@
+"""The node registry: workers register and heartbeat, show their running jobs, drain without
+dropping work, and a lost node's jobs run again elsewhere — once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from offload import JobStatus
+from offload.broker.app import make_app, redis_client, route
+from offload.broker.nodes import NodeRegistry
+from offload.broker.records import JobRecords
+from offload.spec import JobSpec
+from offload.worker.recovery import recover_lost
+
+from .conftest import Platform, job_containers, make_platform, wait_for
+
+WORKER = {"OFFLOAD_WORKER_SLOTS": "1", "OFFLOAD_WORKER_CLASSES": "cpu-small"}
+
+
+def nodes(p: Platform) -> dict[str, dict[str, Any]]:
+    out = p.cli("nodes", "--json", timeout=30)
+    assert out.returncode == 0, out.stderr
+    return {n["name"]: n for n in json.loads(out.stdout)}
+
+
+def sibling(p: Platform, **extra: str) -> Platform:
+    """Another worker node on the same Redis database and home (so the same cache)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    env = {**p.env, "OFFLOAD_NODE_NAME": name, **extra}
+    return Platform(settings=p.settings.model_copy(update={"node_name": name}), env=env)
+
+
+def running_on(p: Platform, job_id: str, node: str, attempt: int) -> bool:
+    rec = p.client.job(job_id).record()
+    return rec.status is JobStatus.RUNNING and rec.node == node and rec.attempt == attempt
+
+
+@pytest.fixture
+def siblings(private_platform: Platform) -> Iterator[list[Platform]]:
+    started: list[Platform] = []
+    yield started
+    for s in started:
+        s.kill_worker()
+
+
+def test_worker_registers_heartbeats_and_drains_on_sigterm(private_platform: Platform) -> None:
+    p = private_platform
+    p.env.update(WORKER, OFFLOAD_WORKER_SLOTS="2")
+    p.start_worker()
+    name = p.settings.node_name
+    node = nodes(p)[name]
+    assert node["classes"] == ["cpu-small"] and node["slots"] == 2
+    assert node["provider"] == "manual" and node["state"] == "up"
+    assert node["running"] == [] and node["heartbeat_age"] < 3
+    time.sleep(2.5)
+    assert nodes(p)[name]["heartbeat_age"] < 3  # still beating
+
+    job = p.client.submit("offload/base", ["sh", "-c", "sleep 5; echo ok"], name="drained")
+    wait_for(lambda: nodes(p)[name]["running"] == [job.id], 60, "the job in the running set")
+    table = p.cli("nodes", timeout=30).stdout.splitlines()  # stdout is a pipe: tab-separated
+    row = next(line.split("\t") for line in table if line.startswith(name))
+    assert row[1:6] == ["manual", "cpu-small", "2", "1", job.id] and row[7] == "up"
+
+    assert p.proc is not None
+    os.kill(p.proc.pid, signal.SIGTERM)  # warm shutdown: stop consuming, finish, exit
+    wait_for(lambda: nodes(p)[name]["state"] == "draining", 10, "the node to show draining")
+    assert nodes(p)[name]["running"] == [job.id]
+    result = job.result(timeout=60)
+    assert result.ok and result.attempt == 1
+    assert [line.text for line in job.logs()] == ["ok"]
+    wait_for(lambda: name not in nodes(p), 30, "the node to deregister")
+    assert p.proc.wait(30) == 0
+
+
+def test_draining_flag_in_the_registry_drains_the_node(private_platform: Platform) -> None:
+    p = private_platform
+    p.env.update(WORKER)
+    p.start_worker()
+    name = p.settings.node_name
+    job = p.client.submit("offload/base", ["sh", "-c", "sleep 3; echo ok"], name="flagged")
+    wait_for(lambda: nodes(p)[name]["running"] == [job.id], 60, "the job in the running set")
+    NodeRegistry(p.client.redis).set_draining(name)  # what the autoscaler does
+    assert job.result(timeout=60).ok
+    wait_for(lambda: name not in nodes(p), 30, "the node to deregister")
+    assert p.proc is not None and p.proc.wait(30) == 0
+
+
+def test_lost_node_jobs_run_elsewhere_once(
+    private_platform: Platform, siblings: list[Platform], docker_client: docker.DockerClient
+) -> None:
+    p = private_platform
+    p.env.update(WORKER, OFFLOAD_LOST_AFTER="3")
+    p.start_worker()
+    lost = p.settings.node_name
+    script = "echo attempt start; sleep 10; echo done > /offload/out/result.txt"
+    job = p.client.submit("offload/base", ["sh", "-c", script], name="lost-node")
+    wait_for(lambda: running_on(p, job.id, lost, 1), 60, "the job to run on the first node")
+    first = {str(c["Id"]) for c in job_containers(docker_client, job.id)}
+
+    # two live nodes of the same class; whichever is idle gets the stale message later
+    for _ in range(2):
+        siblings.append(sibling(p))
+        siblings[-1].start_worker()
+    live = {s.settings.node_name for s in siblings}
+    assert live <= set(nodes(p))
+
+    p.kill_worker()  # SIGKILL the whole node: no requeue, no deregistration
+    t0 = time.monotonic()
+
+    def recovered() -> str | None:
+        rec = job.record()
+        ok = rec.status is JobStatus.RUNNING and rec.attempt == 2 and rec.node in live
+        return rec.node if ok else None
+
+    second = wait_for(recovered, 20, "the job to run again on a live node")
+    assert time.monotonic() - t0 < 15
+    assert lost not in nodes(p)
+    assert nodes(p)[second]["running"] == [job.id]
+
+    # the broker hands the dead node's message out again (as after the visibility timeout)
+    rec = job.record()
+    route(p.client.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
+    wait_for(lambda: p.client.redis.llen("cpu-small") == 0, 10, "the stale message taken")
+    time.sleep(1)
+    assert running_on(p, job.id, second, 2), "the stale delivery must not start attempt 3"
+
+    result = job.result(timeout=60)
+    assert result.ok and result.attempt == 2
+    assert p.client.read(result.outputs["result.txt"]) == b"done\n"
+    timeline = job.timeline()
+    assert [e.status for e in timeline].count(JobStatus.SUCCEEDED) == 1
+    assert [e.attempt for e in timeline if e.status is JobStatus.RUNNING] == [1, 2]
+    requeued = [e for e in timeline if e.status is JobStatus.QUEUED and e.attempt == 1]
+    assert [e.reason for e in requeued] == ["node_lost"]
+    assert job_containers(docker_client, job.id) == []
+    assert not first & {c["Id"] for c in docker_client.api.containers(all=True)}
+    assert "acknowledging this delivery without running" in p.worker_log()
+
+
+def test_pool_process_killed_with_another_node_up(
+    private_platform: Platform, siblings: list[Platform]
+) -> None:
+    """Celery requeues the dead process's message; wherever it lands, the job runs once more."""
+    p = private_platform
+    p.env.update(WORKER)
+    p.start_worker()
+    name = p.settings.node_name
+    job = p.client.submit("offload/base", ["sh", "-c", "sleep 4; echo ok"], name="pool-kill")
+    wait_for(lambda: running_on(p, job.id, name, 1), 60, "the job to run")
+    siblings.append(sibling(p))
+    siblings[-1].start_worker()
+    (child,) = p.pool_children()
+    os.kill(child.pid, signal.SIGKILL)
+    result = job.result(timeout=60)
+    assert result.ok and result.attempt == 2
+    timeline = job.timeline()
+    assert [e.status for e in timeline].count(JobStatus.SUCCEEDED) == 1
+    assert [e.attempt for e in timeline if e.status is JobStatus.RUNNING] == [1, 2]
+    wait_for(lambda: all(not n["running"] for n in nodes(p).values()), 10, "running sets empty")
+
+
+def test_recover_lost_is_done_once_among_concurrent_callers(
+    redis_server: str, tmp_path: Path
+) -> None:
+    p = make_platform(redis_server, tmp_path / "home")
+    r = redis_client(p.settings)
+    registry = NodeRegistry(r, lost_after=3)
+    records = JobRecords(r, record_ttl=3600, log_max_entries=1000)
+    spec = JobSpec(image="offload/base", command=("true",))
+    registry.register(
+        "ghost", provider="manual", classes=["cpu-small"], slots=1, cpus=1, memory=2**30, gpus=0
+    )
+    registry.register(
+        "alive", provider="manual", classes=["cpu-small"], slots=1, cpus=1, memory=2**30, gpus=0
+    )
+    jobs = []
+    for _ in range(3):
+        job_id = uuid.uuid4().hex
+        records.create(job_id, spec, "cpu-small")
+        records.begin_attempt(job_id, "ghost")
+        registry.job_started("ghost", job_id, 1, 1)
+        jobs.append(job_id)
+    records.transition(jobs[1], JobStatus.SUCCEEDED)  # finished: left alone
+    records.begin_attempt(jobs[2], "alive")  # already taken over: left alone
+    r.hset("offload:node:ghost", "heartbeat_at", str(time.time() - 10))
+    assert [n.name for n in registry.lost()] == ["ghost"]
+
+    app = make_app(p.settings)
+    results: list[list[str]] = []
+    barrier = threading.Barrier(8)
+
+    def call() -> None:
+        barrier.wait()
+        results.append(recover_lost(registry, records, app, time.time()))
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results, key=len)[-1] == [jobs[0]] and sum(map(len, results)) == 1
+    assert r.llen("cpu-small") == 1  # one fresh message, not eight
+    rec = records.get(jobs[0])
+    assert rec.status is JobStatus.QUEUED and rec.message == "node ghost lost"
+    assert records.get(jobs[1]).status is JobStatus.SUCCEEDED
+    assert records.get(jobs[2]).node == "alive"
+    assert [n.name for n in registry.nodes()] == ["alive"]
+    payload = json.loads(str(r.lindex("cpu-small", 0)))
+    assert payload["headers"]["id"] == f"{jobs[0]}.r2"
