@@ -5,7 +5,8 @@
 #   b. a running Docker engine (dockerd started in the background if none answers)
 #   c. the virtualenv .venv with `pip install -e '.[dev]'` -- only when pyproject.toml
 #      changed since the last successful install (stamp: .venv/.offload-stamp)
-#   d. the local job images (infra/images/build.sh; rebuilds only what changed)
+#   d. the local job images and the worker node image offload/worker
+#      (infra/images/build.sh; rebuilds only what changed)
 # Idempotent, and quick (seconds) when everything is already in place. Redis is not
 # started here: tests and `offload up` start their own.
 #

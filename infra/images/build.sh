@@ -6,9 +6,11 @@
 #   offload/python       offload/base + python3 + python3-pil
 #   offload/fingerprint  offload/python + fingerprint.py (perceptual hash of one photo)
 #   offload/dedupe       offload/python + dedupe.py (groups near-duplicate fingerprints)
-#   offload/worker       offload/python + a venv (/opt/offload) with offload and its
+#   offload/worker-deps  offload/python + a venv (/opt/offload) with offload's
 #                        dependencies, installed offline from a wheelhouse built on the
-#                        host (infra/.build/wheels) -- what a node of the docker provider runs
+#                        host (infra/.build/wheels; rebuilt when pyproject.toml changes)
+#   offload/worker       offload/worker-deps + offload itself (a wheel of the working
+#                        tree): a node of the docker provider
 #
 # Every image built from a Dockerfile carries the label offload.context-hash: the
 # sha256 of its build context files, its Dockerfile, the recipe version below and
@@ -244,6 +246,10 @@ ensure_image() {  # image context_dir parent_image [extra docker build args...]
 
 VENV=${OFFLOAD_VENV:-$ROOT/.venv}
 
+link() {  # files... dir: hard links where possible
+    cp -l "$@" 2>/dev/null || cp "$@"
+}
+
 tree_hash() {  # files... (dirs are walked) -> one sha256
     find "$@" -type f -not -name '*.pyc' -not -path '*/__pycache__/*' \
         -not -path '*.egg-info/*' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum |
@@ -317,13 +323,16 @@ ensure_wheels() {
         mv "$tmp/out" "$BUILD_DIR/offload-wheel"
         rm -rf "$tmp"
     fi
-    # The context: same files, same bytes -> same context hash -> no rebuild.
-    local ctx="$BUILD_DIR/worker"
-    rm -rf "$ctx"
-    mkdir -p "$ctx/wheels"
-    cp -a "$HERE/worker/." "$ctx/"
-    cp -l "$BUILD_DIR"/wheels/*.whl "$BUILD_DIR"/offload-wheel/*.whl "$ctx/wheels/" 2>/dev/null ||
-        cp "$BUILD_DIR"/wheels/*.whl "$BUILD_DIR"/offload-wheel/*.whl "$ctx/wheels/"
+    # The contexts: same files, same bytes -> same context hash -> no rebuild.
+    local ctx
+    for ctx in worker-deps worker; do
+        rm -rf "${BUILD_DIR:?}/$ctx"
+        mkdir -p "$BUILD_DIR/$ctx/wheels"
+    done
+    cp "$HERE/worker/Dockerfile.deps" "$BUILD_DIR/worker-deps/Dockerfile"
+    cp "$HERE/worker/Dockerfile" "$BUILD_DIR/worker/Dockerfile"
+    link "$BUILD_DIR"/wheels/*.whl "$BUILD_DIR/worker-deps/wheels/"
+    link "$BUILD_DIR"/offload-wheel/*.whl "$BUILD_DIR"/wheels/pip-*.whl "$BUILD_DIR/worker/wheels/"
 }
 
 t_start=$SECONDS
@@ -334,7 +343,8 @@ ensure_image offload/fingerprint "$HERE/fingerprint" offload/python
 ensure_image offload/dedupe "$HERE/dedupe" offload/python
 if [ "${OFFLOAD_SKIP_WORKER:-0}" != 1 ]; then
     ensure_wheels
-    ensure_image offload/worker "$BUILD_DIR/worker" offload/python
+    ensure_image offload/worker-deps "$BUILD_DIR/worker-deps" offload/python
+    ensure_image offload/worker "$BUILD_DIR/worker" offload/worker-deps
 fi
 # Layers left dangling by rebuilds.
 docker image prune -f --filter "label=$LABEL_KEY" >/dev/null 2>&1 || true

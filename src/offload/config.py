@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     autoscale_jobs_per_node: int | None = Field(default=None, ge=1)
     # per class overrides, e.g. '{"cpu-small": {"min_nodes": 1, "max_nodes": 8}}'
     autoscale: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    docker_worker_image: str = "offload/worker"
+    aws_group_name: str = "offload-{class}"
+    aws_region: str | None = None  # None: s3_region
+    aws_endpoint_url: str | None = None
+    aws_key_parameter: str = "/offload/cluster-key"
+    aws_env_parameter: str | None = None
+    aws_install: str = "offload"
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
     provider: str = "manual"  # who started this node: manual, local, docker, aws
