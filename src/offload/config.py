@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=2.0, gt=0)
     lost_after: float = Field(default=15.0, gt=0)  # no heartbeat this long: the node is lost
 
-    @field_validator("classes", mode="before")
+    @field_validator("classes", "autoscale", mode="before")
     @classmethod
     def _classes(cls, value: Any) -> Any:
         if isinstance(value, str):
