@@ -38,11 +38,10 @@ def test_up_runs_a_job_and_down_stops_everything(
     try:
         up = run(env, "up")
         assert up.returncode == 0, up.stdout + up.stderr
-        for service in ("redis", "worker", "flower"):
+        services = ("redis", "worker", "autoscaler", "flower")
+        for service in services:
             assert service in up.stdout and "started" in up.stdout
-        pids = {
-            s: int((home / "run" / f"{s}.pid").read_text()) for s in ("redis", "worker", "flower")
-        }
+        pids = {s: int((home / "run" / f"{s}.pid").read_text()) for s in services}
         assert all(psutil.pid_exists(p) for p in pids.values())
         url = f"http://127.0.0.1:{env['OFFLOAD_FLOWER_PORT']}/healthcheck"
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -57,7 +56,7 @@ def test_up_runs_a_job_and_down_stops_everything(
     finally:
         down = run(env, "down")
     assert down.returncode == 0, down.stderr
-    for service in ("flower", "worker", "redis"):
+    for service in ("flower", "autoscaler", "worker", "redis"):
         assert f"{service}" in down.stdout
     for pid in pids.values():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

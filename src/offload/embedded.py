@@ -1,7 +1,8 @@
 """The embedded default: the whole platform on one machine, started by ``offload up``.
 
 A local ``redis-server`` (only when the configured Redis is on loopback and not already
-answering), one worker node, and Flower — all bound to 127.0.0.1. Process ids are kept in
+answering), one worker node, the autoscaler with the local provider (more worker processes
+while work piles up), and Flower — all bound to 127.0.0.1. Process ids are kept in
 ``<home>/run/`` and logs in ``<home>/logs/`` so ``offload down`` can stop what ``up`` started.
 """
 
@@ -25,7 +26,7 @@ from offload.config import Settings
 from offload.errors import BrokerError, ConfigError, OffloadError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-SERVICES = ("flower", "worker", "redis")
+SERVICES = ("flower", "autoscaler", "worker", "redis")
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,46 @@ def ensure_key(settings: Settings) -> Service:
     return Service("key", "created", f"{path} ({load_key(path).fingerprint})")
 
 
+def start_autoscaler(settings: Settings) -> Service:
+    """The autoscaler with the local provider: more worker processes when work piles up."""
+    if running_pid(settings, "autoscaler"):
+        return Service("autoscaler", "running", "local provider")
+    _spawn(settings, "autoscaler", [sys.executable, "-m", "offload", "autoscaler",
+                                    "--provider", "local", "--metrics-port", "0"])  # fmt: skip
+    from offload.autoscaler.loop import read_status
+    from offload.broker.app import redis_client
+
+    r = redis_client(settings)
+
+    def ready() -> bool:
+        if not running_pid(settings, "autoscaler"):
+            raise OffloadError("the autoscaler exited")
+        return read_status(r, settings.classes[0].name) is not None
+
+    _wait("the autoscaler", ready, 30, settings.home / "logs/autoscaler.log")
+    return Service("autoscaler", "started", "local provider")
+
+
+def drain_local_nodes(settings: Settings, timeout: float) -> list[Service]:
+    """Drain the worker processes the autoscaler started; they finish their jobs first."""
+    from offload.autoscaler.local import LocalProvider
+
+    provider = LocalProvider(settings)
+    nodes = provider.nodes()
+    for node in nodes:
+        provider.drain(node.name)
+    deadline = time.monotonic() + timeout
+    while provider.nodes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [Service(n.name, "stopped", "local node") for n in nodes]
+
+
 def up(settings: Settings) -> list[Service]:
     return [
         ensure_key(settings),
         start_redis(settings),
         start_worker(settings),
+        start_autoscaler(settings),
         start_flower(settings),
     ]
 
@@ -195,6 +231,8 @@ def down(settings: Settings, timeout: float = 60) -> list[Service]:
     """Stop what ``up`` started: Flower, the worker (after its running jobs), then Redis."""
     stopped = []
     for name in SERVICES:
+        if name == "worker":  # the autoscaler is gone: its nodes can drain now
+            stopped += drain_local_nodes(settings, timeout)
         pid = running_pid(settings, name)
         if pid is None:
             _pid_file(settings, name).unlink(missing_ok=True)
@@ -206,5 +244,5 @@ def down(settings: Settings, timeout: float = 60) -> list[Service]:
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
         _pid_file(settings, name).unlink(missing_ok=True)
-        stopped.append(Service(name, "stopped", str(pid)))
+        stopped.append(Service(name, "stopped", f"pid {pid}"))
     return stopped

@@ -42,9 +42,9 @@ def flower(ctx: click.Context) -> None:
 @click.pass_context
 @handle_errors
 def up(ctx: click.Context) -> None:
-    """Start the embedded platform: local Redis, one worker, Flower (all on loopback)."""
+    """Start the embedded platform: local Redis, one worker, the autoscaler, Flower."""
     for s in embedded.up(settings_of(ctx)):
-        console.print(f"[green]{s.name:7}[/] {s.state:8} {s.detail}")
+        console.print(f"[green]{s.name:10}[/] {s.state:8} {s.detail}")
 
 
 @cli.command()
@@ -54,6 +54,6 @@ def down(ctx: click.Context) -> None:
     """Stop what `offload up` started (the worker finishes its running jobs first)."""
     stopped = embedded.down(settings_of(ctx))
     for s in stopped:
-        console.print(f"[yellow]{s.name:7}[/] stopped (pid {s.detail})")
+        console.print(f"[yellow]{s.name:10}[/] stopped ({s.detail})")
     if not stopped:
         console.print("nothing was running")
