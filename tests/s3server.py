@@ -105,6 +105,12 @@ class MotoServer:
         """Start the server (on the same port as before) and re-create the known buckets."""
         if self.running:
             return
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                raise AssertionError(
+                    f"port {self.port} is already taken by another process; cannot (re)start "
+                    "the moto server there"
+                )
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(DUMMY_ENV)

@@ -89,7 +89,7 @@ def test_create_if_absent_keeps_the_first(store: S3BlobStore, tmp_path: Path) ->
 
 def test_moto_enforces_conditional_writes(store: S3BlobStore, tmp_path: Path) -> None:
     store.put(blob_name("probe"), write(tmp_path / "a", b"a"))
-    assert store._conditional is True  # the probe found If-None-Match honoured
+    assert store.conditional_writes is True  # the probe found If-None-Match honoured
 
 
 def test_head_fallback_when_conditional_writes_are_off(s3_bucket: S3Config, tmp_path: Path) -> None:
@@ -102,20 +102,21 @@ def test_head_fallback_when_conditional_writes_are_off(s3_bucket: S3Config, tmp_
 
 
 def test_multipart_64_mib(s3_bucket: S3Config, s3_server: MotoServer, tmp_path: Path) -> None:
-    config = replace(s3_bucket, multipart_threshold=16 * MiB, part_size=16 * MiB)
-    store = S3BlobStore(config)
+    store = S3BlobStore(s3_bucket)  # the default config: 64 MiB threshold, 16 MiB parts
     name = blob_name("big")
     src = tmp_path / "big"
     with src.open("wb") as f:
         for _ in range(64):
             f.write(os.urandom(MiB))
     assert store.put(name, src) is True
-    head = s3_server.client().head_object(Bucket=config.bucket, Key=store.key(name))
-    assert head["ETag"].strip('"').endswith("-4")  # went up as four parts
-    other = write(tmp_path / "other", os.urandom(20 * MiB))
-    assert store.put(name, other) is False  # multipart completion honours If-None-Match
     client = s3_server.client()
-    assert client.list_multipart_uploads(Bucket=config.bucket).get("Uploads", []) == []
+    head = client.head_object(Bucket=s3_bucket.bucket, Key=store.key(name))
+    assert head["ETag"].strip('"').endswith("-4")  # went up as four parts
+    assert head["ContentLength"] == 64 * MiB
+    # A second multipart upload of the same name: the completion honours If-None-Match.
+    small_parts = S3BlobStore(replace(s3_bucket, multipart_threshold=5 * MiB, part_size=5 * MiB))
+    assert small_parts.put(name, write(tmp_path / "other", os.urandom(12 * MiB))) is False
+    assert client.list_multipart_uploads(Bucket=s3_bucket.bucket).get("Uploads", []) == []
     store.get(name, tmp_path / "got")
     assert _digest(tmp_path / "got") == _digest(src)
 

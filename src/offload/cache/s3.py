@@ -21,15 +21,50 @@ refused credentials: plain ``CacheError``). Retries: botocore's standard mode wi
 within a few seconds.
 
 Transfers. s3transfer's ``upload_file`` does not accept ``IfNoneMatch`` in ``ExtraArgs``
-(s3transfer 0.19: not in ``ALLOWED_UPLOAD_ARGS`` nor ``COMPLETE_MULTIPART_ARGS``), so large
-files go up through our own multipart upload (parts streamed from the file, never held in
-memory; ``If-None-Match`` on the completion). Downloads are one streamed ``GetObject``
-(resumed with a ranged ``GetObject`` pinned by ``If-Match: <etag>`` when the stream breaks).
-Chosen by measurement against moto 5.2.5's server on loopback (2-core VM, shared;
-MiB/s, best of 2 runs; sizes 256 MiB / 1 GiB):
+(s3transfer 0.19.3: not in ``ALLOWED_UPLOAD_ARGS`` nor ``COMPLETE_MULTIPART_ARGS``), so large
+files go up through our own multipart upload: parts streamed from the file (never held in
+memory), sent by a small thread pool, ``If-None-Match: *`` on the completion, the upload
+aborted on any failure. Downloads are one streamed ``GetObject`` copied in 1 MiB chunks,
+resumed after a broken stream with a ranged ``GetObject`` pinned by ``If-Match: <etag>``.
 
-    MEASUREMENTS_TABLE
+Chosen by measurement: moto 5.2.5 server on loopback, boto3/botocore 1.44.8, s3transfer
+0.19.3, a 2-core VM shared with other jobs (hence the spread). MiB/s, median and range of
+2-8 runs; RSS = the client process's peak (74 MiB after importing boto3 and offload)::
 
+    upload                                          256 MiB          1 GiB        peak RSS
+    one put_object (file streamed)                  178 (79-249)     164 (107-196)    75
+    upload_file, default TransferConfig             192 (107-215)    135 (80-211)    105
+      (8 MiB parts, 10 threads)
+    upload_file, use_threads=False                   75 (60-90)      122 (108-135)    75
+    upload_file, 64 MiB parts, 4 threads             72 (53-91)      105 (92-117)     86
+    ours, 64 MiB parts x 1 thread                   104 (90-120)     108 (58-120)     87
+    ours, 64 MiB x 2                                133 (73-151)     108 (57-136)     93
+    ours, 128 MiB x 2                               150 (128-152)    143 (124-153)    93
+    ours, 32 MiB x 4                                  -              156 (139-169)   100
+    ours, 16 MiB x 2                                  -              189 (166-199)    93
+    ours, 16 MiB x 4   <- chosen                    160 (92-221)     187 (89-235)    100
+      (last 6 runs at 1 GiB, quieter machine:                        209 (172-235))
+    ours, 16 MiB x 8                                  -              228 (216-229)   112
+    ours, 8 MiB x 4                                   -              209 (141-220)   100
+
+    download                                        256 MiB          1 GiB        peak RSS
+    download_file, default TransferConfig            56 (55-59)       14 (12-15)     164
+      (8 MiB ranged GETs, 10 threads)
+    download_file, use_threads=False                 50 (49-52)       13 (12-14)     113
+    download_file, 64 MiB ranges, 4 threads         334 (282-340)    102 (94-111)    186
+    one get_object, shutil.copyfileobj 1 MiB       1262 (338-1348)   424 (306-824)    75
+    ours: one get_object, iter_chunks(1 MiB)        620 (257-688)    352 (278-605)    87
+      (then fsync + rename; the fsync is the gap to copyfileobj at 256 MiB: since dropped,
+       the caller, LocalBlobStore, fsyncs when it commits the blob)
+
+Ranged downloads are slow against moto because it materialises the whole object for every
+range (cost grows with the object: 1 GiB default ranged download is 30x slower than one GET).
+Real S3 serves ranges cheaply and parallel ranges help a single large download over a WAN;
+that would be a ``download_concurrency`` knob, not needed for a local server. Uploads: moto
+plus client-side hashing (SigV4 payload SHA-256 over http, CRC32 part checksums) saturate
+the two cores near 200 MiB/s whatever the strategy; small parts pipelined over 4 threads are
+the best multipart, and one PUT is as fast below a few hundred MiB, hence the 64 MiB
+threshold (a failed PUT resends at most that much). Knobs are in :class:`S3Config`.
 """
 
 from __future__ import annotations
@@ -83,8 +118,8 @@ class S3Config:
     max_attempts: int = 3
     #: Files of at least this size go up as multipart uploads of ``part_size`` parts.
     multipart_threshold: int = 64 * MiB
-    part_size: int = 64 * MiB
-    upload_concurrency: int = 2
+    part_size: int = 16 * MiB
+    upload_concurrency: int = 4
     #: Keys per ListObjectsV2 page (S3's maximum is 1000).
     list_page_size: int = 1000
 
@@ -202,6 +237,11 @@ class S3BlobStore(BlobStore):
         config = S3Config.from_settings(settings)
         return None if config is None else cls(config)
 
+    @property
+    def conditional_writes(self) -> bool | None:
+        """Whether puts rely on ``If-None-Match`` (None until the first put has detected it)."""
+        return self._conditional
+
     def __repr__(self) -> str:
         return f"S3BlobStore({self.config.where})"
 
@@ -272,9 +312,7 @@ class S3BlobStore(BlobStore):
         try:
             with tmp.open("wb") as out:
                 self._stream(name, key, resp, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
+            os.replace(tmp, dest)  # no fsync: durability is the caller's (LocalBlobStore's)
         except OSError as exc:
             resp["Body"].close()
             raise CacheError(f"cannot write {dest} from {self.config.where}: {exc}") from None
