@@ -431,7 +431,10 @@ class LocalBlobStore(BlobStore):
         with _fs(f"create a temp folder in {self._tmp_root}"):
             while True:
                 path = Path(tempfile.mkdtemp(dir=self._tmp_root, prefix=f"{os.getpid()}-"))
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                except FileNotFoundError:
+                    continue  # another instance's sweep removed it before we opened it
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 with contextlib.suppress(FileNotFoundError):
                     if os.stat(path).st_ino == os.fstat(fd).st_ino:

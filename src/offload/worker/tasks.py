@@ -6,10 +6,13 @@ one Redis connection pool) at its first job and keeps it.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from offload.broker.app import TASK_NAME, redis_client, route
 from offload.broker.nodes import NodeRegistry
@@ -17,10 +20,13 @@ from offload.broker.records import JobRecords
 from offload.cache.actions import ActionCache
 from offload.cache.factory import open_store
 from offload.config import Settings
+from offload.errors import BrokerError
 from offload.spec import JobSpec
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import DockerRuntime, connect
 from offload.worker.executor import Node, execute
+
+log = logging.getLogger(__name__)
 
 
 def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
@@ -60,6 +66,17 @@ def register(app: Celery, settings: Settings, capacity: Capacity) -> None:
     def run_job(self: Any, job_id: str) -> str | None:
         pid = os.getpid()
         if pid not in nodes:
-            nodes[pid] = build_node(app, settings, capacity)
-        status = execute(nodes[pid], job_id)
+            try:
+                nodes[pid] = build_node(app, settings, capacity)
+            except Exception as exc:
+                # This process cannot run jobs now; hand the job back rather than lose it.
+                log.exception("cannot set up this worker process; job %s goes back", job_id)
+                time.sleep(1)
+                raise Reject(f"worker process set-up failed: {exc}", requeue=True) from exc
+        try:
+            status = execute(nodes[pid], job_id)
+        except BrokerError as exc:  # Redis went away mid-job: the record is unreachable
+            log.error("job %s: broker error, handing the job back: %s", job_id, exc)
+            time.sleep(1)
+            raise Reject(str(exc), requeue=True) from exc
         return status.value if status is not None else None
