@@ -391,3 +391,22 @@ def test_concurrent_writers_keep_the_total_exact(tmp_path: Path) -> None:
     assert sum(store.size(n) for n in store.names()) == store.stats().bytes
     assert list((root / "tmp").iterdir()) == [store.tmp_dir]
     assert os.listdir(store.tmp_dir) == []
+
+
+def _open_many(root: str, rounds: int) -> None:
+    for _ in range(rounds):
+        LocalBlobStore(Path(root)).close()
+
+
+def test_stores_opening_together_on_one_folder_do_not_trip_over_each_other(
+    tmp_path: Path,
+) -> None:
+    # Nodes starting at once share a cache: each sweeps dead instances' temp folders while
+    # the others create theirs. Seen once as "cannot create a temp folder … No such file".
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_open_many, args=(str(tmp_path), 150)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
