@@ -153,30 +153,27 @@ def test_docker_provider_from_zero_and_back(
         pytest.fail("offload/worker is not built; run `make setup`", pytrace=False)
     p = scaled_platform(redis_server, tmp_path / "home")
     s = Scaled(p, "docker")
+    seen: set[str] = set()
+
+    def node_containers() -> list[dict[str, object]]:
+        found = docker_client.api.containers(all=True, filters={"label": "offload.provider=docker"})
+        mine = [c for c in found if c["Labels"].get("offload.node") in seen]
+        return mine
+
     try:
         jobs = [
             p.client.submit("offload/base", ["sh", "-c", f"echo {i}"], cache=False)
-            for i in range(6)
+            for i in range(20)
         ]
-        results = [job.result(timeout=180) for job in jobs]
+        results = [job.result(timeout=240) for job in jobs]
         assert all(r.ok for r in results), s.log()
-        nodes = {r.node for r in results}
-        containers = docker_client.api.containers(filters={"label": "offload.provider=docker"})
-        names = {c["Labels"].get("offload.node") for c in containers}
-        assert nodes <= names | set()  # the jobs ran on the provider's containers
-        wait_for(
-            lambda: not docker_client.api.containers(
-                all=True, filters={"label": "offload.node"}
-            ) or s.nodes() == [],
-            90, "the node containers to drain", interval=1,
-        )  # fmt: skip
+        seen.update(str(r.node) for r in results)
+        assert 1 <= len(seen) <= 2  # at most max_nodes containers ran the burst
+        assert node_containers()  # the jobs ran in the provider's node containers
+        # idle window over: the nodes drain, their containers exit and are removed
+        wait_for(lambda: s.nodes() == [] and node_containers() == [], 120,
+                 "the node containers to drain", interval=1)  # fmt: skip
     finally:
         s.stop()
-        for c in docker_client.api.containers(
-            all=True, filters={"label": "offload.provider=docker"}
-        ):
-            if c["Labels"].get("offload.node", "").startswith("cpu-"):
-                env_home = str(p.settings.home)
-                mounts = docker_client.api.inspect_container(c["Id"])["Mounts"]
-                if any(env_home in (m.get("Source") or "") for m in mounts):
-                    docker_client.api.remove_container(c["Id"], force=True)
+        for c in node_containers():  # only when the test failed midway
+            docker_client.api.remove_container(c["Id"], force=True)

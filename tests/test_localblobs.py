@@ -403,10 +403,15 @@ def test_stores_opening_together_on_one_folder_do_not_trip_over_each_other(
 ) -> None:
     # Nodes starting at once share a cache: each sweeps dead instances' temp folders while
     # the others create theirs. Seen once as "cannot create a temp folder … No such file".
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: forking a test process that runs threads can inherit a held lock
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_open_many, args=(str(tmp_path), 150)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        p.join(120)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+    assert codes == [0, 0, 0, 0]
