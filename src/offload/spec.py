@@ -203,6 +203,7 @@ class JobSpec(BaseModel):
     cache: bool = True
     name: str | None = Field(default=None, min_length=1, max_length=200)
     labels: dict[str, str] = Field(default_factory=dict)
+    task: tuple[int, int] | None = None  # (index, count) of a fan-out made by Client.map
 
     @field_validator("image")
     @classmethod
@@ -296,6 +297,13 @@ class JobSpec(BaseModel):
     @classmethod
     def _utf8(cls, value: Any) -> Any:
         _check_utf8(value)  # the wire form is UTF-8 JSON
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not (value[1] >= 1 and 0 <= value[0] < value[1]):
+            raise ValueError(f"expected (index, count) with 0 <= index < count, got {value}")
         return value
 
     @model_validator(mode="after")

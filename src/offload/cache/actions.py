@@ -29,6 +29,7 @@ def action_key(spec: JobSpec, image_digest: str) -> str:
         "env": spec.env,
         "inputs": spec.inputs,
         "network": spec.network,
+        "task": list(spec.task) if spec.task is not None else None,  # OFFLOAD_TASK_* env
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -19,7 +20,7 @@ from offload.cache.imports import import_s3
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import BrokerError, CacheError, SpecError
-from offload.producer.job import Job
+from offload.producer.job import Job, JobResult
 from offload.spec import OBJECT_ID_RE, JobSpec, resolve_class
 
 InputRef = str | os.PathLike[str]
@@ -84,6 +85,7 @@ class Client:
         cache: bool = True,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
+        task: tuple[int, int] | None = None,
     ) -> Job:
         """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued."""
         fields: dict[str, Any] = dict(
@@ -103,6 +105,7 @@ class Client:
             cache=cache,
             name=name,
             labels=dict(labels or {}),
+            task=task,
         )
         refs = dict(inputs or {})
         # Everything but the inputs' content is checked before any input is read.
@@ -111,6 +114,62 @@ class Client:
         cls = resolve_class(draft.resources, self.settings.classes)
         spec = JobSpec.create(**fields, inputs=self._upload_inputs(refs))
         return self._publish(spec, cls.name)
+
+    def map(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        each: Sequence[Mapping[str, Any]],
+        **common: Any,
+    ) -> list[Job]:
+        """Fan out: one job per item of ``each`` (its ``inputs`` / ``params`` / ``name``
+        merged over ``common``), with ``OFFLOAD_TASK_INDEX`` / ``OFFLOAD_TASK_COUNT`` set.
+
+        Every item is validated before the first job is queued: a bad item raises
+        :class:`SpecError` naming its index, and nothing is queued.
+        """
+        if not each:
+            raise SpecError("each", "expected at least one item to map over")
+        merged = []
+        for i, item in enumerate(each):
+            unknown = set(item) - {"inputs", "params", "secrets", "env", "name", "labels"}
+            if unknown:
+                raise SpecError(f"each[{i}]", f"unknown keys {sorted(unknown)}")
+            kwargs = dict(common)
+            for key in ("inputs", "params", "secrets", "env", "labels"):
+                if key in item:
+                    kwargs[key] = {**(common.get(key) or {}), **item[key]}
+            if "name" in item:
+                kwargs["name"] = item["name"]
+            kwargs["task"] = (i, len(each))
+            merged.append(kwargs)
+        for i, kwargs in enumerate(merged):  # validate all first: nothing queued on a bad item
+            fields = {k: v for k, v in kwargs.items() if k != "inputs"}
+            try:
+                JobSpec.create(
+                    image=image,
+                    command=command,
+                    params={**(fields.get("params") or {}), **(fields.get("secrets") or {})},
+                    inputs={n: PLACEHOLDER_ID for n in kwargs.get("inputs") or {}},
+                    task=kwargs["task"],
+                )
+            except SpecError as exc:
+                raise SpecError(f"each[{i}].{exc.field}", exc.message) from None
+            for name, ref in (kwargs.get("inputs") or {}).items():
+                local = not (isinstance(ref, str) and ref.startswith(("sha256:", "s3://")))
+                if local and not Path(ref).is_file():
+                    raise SpecError(f"each[{i}].inputs.{name}", f"no such file: {str(ref)!r}")
+        return [self.submit(image, command, **kwargs) for kwargs in merged]
+
+    def wait(self, jobs: Sequence[Job], timeout: float | None = None) -> list[JobResult]:
+        """Every job's result, in order (failures included, not raised)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = []
+        for job in jobs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            results.append(job.result(left, raise_on_failure=False))
+        return results
 
     def submit_spec(self, spec: JobSpec) -> Job:
         """Queue an already-built spec (inputs must be content ids in the store)."""

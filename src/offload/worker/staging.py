@@ -91,6 +91,8 @@ def job_env(job_id: str, spec: JobSpec) -> dict[str, str]:
     for key, value in spec.params.items():
         env[f"OFFLOAD_PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     env["OFFLOAD_JOB_ID"] = job_id
+    if spec.task is not None:
+        env["OFFLOAD_TASK_INDEX"], env["OFFLOAD_TASK_COUNT"] = map(str, spec.task)
     return env
 
 
