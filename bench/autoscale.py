@@ -32,27 +32,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import logging
 import math
 import os
-import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import redis
-
+from common import (
+    Services,
+    bench_run,
+    finish,
+    first_at,
+    machine,
+    output_options,
+    say,
+    start_cluster,
+    wait_for,
+)
 from offload.autoscaler.local import LocalProvider
 from offload.autoscaler.loop import Autoscaler, recovery_hook
 from offload.autoscaler.policy import ClassLimits, Limits
@@ -70,22 +72,6 @@ GOAL_FIRST_RUNNING = 5.0  # seconds, cold, local provider
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll ``check`` until true; returns the wall time (time.time()) it first was."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return time.time()
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 class RecordingProvider(LocalProvider):
@@ -161,54 +147,15 @@ class Loop:
 class Platform:
     """A private redis-server and an OFFLOAD_HOME with a key; nodes come from the provider."""
 
-    root: Path
+    svc: Services
     slots: int
-    redis_proc: subprocess.Popen[bytes] | None = None
     settings: Settings | None = None
     provider: RecordingProvider | None = None
     loops: list[Loop] = field(default_factory=list)
 
     def start(self) -> Client:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (see `make setup`)")
-        port = free_port()
-        data = self.root / "redis"
-        data.mkdir()
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(data)]
-        self.redis_proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        r = redis.Redis.from_url(url)
-
-        def redis_up() -> bool:
-            assert self.redis_proc is not None
-            if self.redis_proc.poll() is not None:
-                raise RuntimeError("redis-server exited at start")
-            try:
-                return bool(r.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(redis_up, 10, "redis-server")
-        r.close()
-
-        home = self.root / "home"
-        home.mkdir()
-        env = {**os.environ, "OFFLOAD_REDIS_URL": url, "OFFLOAD_HOME": str(home)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "offload", "key", "init"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"`offload key init` failed:\n{proc.stdout}{proc.stderr}")
         # Other OFFLOAD_* variables of the caller's environment apply to the nodes too.
-        self.settings = Settings(redis_url=url, home=home)
+        self.settings = start_cluster(self.svc).settings
         self.provider = RecordingProvider(self.settings, slots=self.slots, loglevel="WARNING")
         return Client(self.settings)
 
@@ -254,16 +201,6 @@ class Platform:
                 if pid:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
-        proc = self.redis_proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
 
 
 # -- the measurements ------------------------------------------------------------------------
@@ -291,9 +228,7 @@ def burst(client: Client, plat: Platform, n: int, timeout: float) -> dict[str, A
     first: dict[str, float] = {}
     last_succeeded = 0.0
     for job in jobs:
-        seen: dict[str, float] = {}
-        for ev in job.timeline():
-            seen.setdefault(ev.status.value, ev.at)
+        seen = first_at(job.timeline())
         for status, at in seen.items():
             first[status] = min(first.get(status, math.inf), at)
         last_succeeded = max(last_succeeded, seen.get("succeeded", 0.0))
@@ -325,6 +260,7 @@ def scale_back(plat: Platform, t_last: float, idle_window: float) -> dict[str, A
         lambda: not p.nodes() and not registry.nodes(),
         idle_window + 120,
         "the nodes to drain back to zero",
+        interval=0.05,
     )
     drains = p.drained[drained_before:]
     return {
@@ -346,59 +282,18 @@ def warm_docker(image: str) -> None:
         )
 
 
-def machine() -> dict[str, Any]:
-    mem = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    return {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "nproc": os.cpu_count(),
-        "memory_gib": round(mem / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def bench_env(slots: int, keep: bool) -> Iterator[tuple[Platform, Client]]:
-    root = Path(tempfile.mkdtemp(prefix="offload-bench-autoscale-"))
-    os.chmod(root, 0o755)  # job workspaces live under it; the container user must reach them
-    plat = Platform(root=root, slots=slots)
-    old_int = signal.signal(signal.SIGINT, _raise_interrupt)
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        client = plat.start()
-        yield plat, client
-    except Exception:
-        print(f"node logs (tails):\n{plat.node_logs()}", file=sys.stderr)
-        raise
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # no second interrupt mid-cleanup
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            plat.close()
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            if keep:
-                print(f"kept {root} (node logs under home/logs)", file=sys.stderr)
-            else:
-                shutil.rmtree(root, ignore_errors=True)
+    # job workspaces live under the temp folder; the container user must reach them
+    note = " (node logs under home/logs)"
+    with bench_run("offload-bench-autoscale-", keep, note, mode=0o755) as br:
+        plat = Platform(br.svc, slots)
+        br.error_logs = lambda: f"node logs (tails):\n{plat.node_logs()}"
+        br.cleanup.callback(plat.close)  # drain the nodes before redis-server stops
+        yield plat, plat.start()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
     info = machine()
     cold_limits = ClassLimits(
         min_nodes=0, max_nodes=args.max_nodes, idle_window=args.idle_window, max_step=4
@@ -406,16 +301,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     warm_limits = ClassLimits(
         min_nodes=1, max_nodes=args.max_nodes, idle_window=args.idle_window, max_step=4
     )
-    say("warming docker (one container, untimed) ...")
+    say(args, "warming docker (one container, untimed) ...")
     warm_docker(IMAGE)
-    say("starting redis-server ...")
+    say(args, "starting redis-server ...")
     with bench_env(args.slots, args.keep) as (plat, client):
         assert plat.provider is not None and plat.settings is not None
         registry = NodeRegistry(redis_client(plat.settings))
 
         # 1. cold: the autoscaler runs, no node is up
-        say(f"cold: autoscaler min 0 max {args.max_nodes}, tick {args.interval:g}s; "
-            f"{args.jobs} jobs at zero nodes ...")  # fmt: skip
+        msg = f"cold: autoscaler min 0 max {args.max_nodes}, tick {args.interval:g}s; "
+        say(args, f"{msg}{args.jobs} jobs at zero nodes ...")
         loop = plat.run_loop(cold_limits, args.interval)
         time.sleep(max(1.0, 2 * args.interval))  # a few idle ticks at zero nodes first
         if plat.provider.nodes() or registry.nodes():
@@ -423,20 +318,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cold = burst(client, plat, args.jobs, args.timeout)
 
         # 2. back to the minimum after the idle window
-        say(f"scale back: waiting for the idle window ({args.idle_window:g}s) and the drain ...")
+        say(
+            args,
+            f"scale back: waiting for the idle window ({args.idle_window:g}s) and the drain ...",
+        )
         back = scale_back(plat, cold.pop("t_drained"), args.idle_window)
         loop.stop()
 
         # 3. warm: one node up and registered before the burst
-        say(f"warm: autoscaler min 1 max {args.max_nodes}; waiting for its node ...")
+        say(args, f"warm: autoscaler min 1 max {args.max_nodes}; waiting for its node ...")
         plat.run_loop(warm_limits, args.interval)
         wait_for(
             lambda: any(n.state == "up" for n in registry.nodes()),
             120,
             "the warm node to register",
+            interval=0.05,
         )
         time.sleep(args.settle)  # registered = consuming; let it sit idle a moment
-        say(f"warm: {args.jobs} jobs on a running node ...")
+        say(args, f"warm: {args.jobs} jobs on a running node ...")
         warm = burst(client, plat, args.jobs, args.timeout)
         warm.pop("t_drained")
 
@@ -534,9 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=0.5, help="autoscaler tick, seconds")
     p.add_argument("--settle", type=float, default=1.0, help="warm node idle before the burst")
     p.add_argument("--timeout", type=float, default=300.0, help="per job result, seconds")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    p.add_argument("--keep", action="store_true", help="keep the temp folder (node logs)")
+    output_options(p, keep="keep the temp folder (node logs)")
     p.add_argument("--verbose", action="store_true", help="the autoscaler's log on stderr")
     args = p.parse_args(argv)
     for name in ("jobs", "slots", "max_nodes"):
@@ -553,16 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        res = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; nodes and redis-server cleaned up", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(report(res))
-    return 0
+    return finish(args, run, report, "nodes and redis-server cleaned up")
 
 
 if __name__ == "__main__":

@@ -33,14 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
-import math
 import os
-import platform
-import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,7 +47,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MiB = 1024 * 1024
+from common import (
+    MiB,
+    Services,
+    bench_run,
+    finish,
+    free_port,
+    human,
+    machine,
+    output_options,
+    parse_size,
+    say,
+    start_cluster,
+    start_worker,
+    stats_header,
+    stats_row,
+    summary,
+)
+
 CHUNK = 1 * MiB
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "offload/base"
@@ -233,69 +245,6 @@ def phase(name: str, env: dict[str, str], **spec: Any) -> dict[str, Any]:
 # -- services ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-class Services:
-    """Processes this run started (each in its own session), stopped in reverse order."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
-        self.procs.append((name, proc))
-        return proc
-
-    def log_tail(self, name: str) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def up(self, name: str, proc: subprocess.Popen[bytes], check: Callable[[], bool]) -> None:
-        def ok() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited at start:\n{self.log_tail(name)}")
-            return check()
-
-        wait_for(ok, 90, name)
-
-    def close(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        self.procs.clear()
-
-
 def start_moto(svc: Services, env: dict[str, str]) -> str:
     port = free_port()
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
@@ -310,99 +259,20 @@ def start_moto(svc: Services, env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def start_redis(svc: Services) -> str:
-    import redis
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is not installed")
-    port = free_port()
-    data = svc.root / "redis"
-    data.mkdir()
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    proc = svc.spawn("redis", [*argv, "--appendonly", "no", "--dir", str(data)], dict(os.environ))
-    url = f"redis://127.0.0.1:{port}/0"
-    r = redis.Redis.from_url(url)
-
-    def ping() -> bool:
-        try:
-            return bool(r.ping())
-        except redis.ConnectionError:
-            return False
-
-    svc.up("redis", proc, ping)
-    r.close()
-    return url
-
-
 # -- statistics and reporting ------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "p90": pct(values, 90),
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text.lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1GiB, 256m, 1048576)")
-    mult = {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB, "t": 1024**4}[m.group(2)]
-    size = int(float(m.group(1)) * mult)
-    if size < 1:
-        raise argparse.ArgumentTypeError("the size must be at least 1 byte")
-    return size
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def machine(workdir: Path) -> dict[str, Any]:
-    mem = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    cpu = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+def machine_info(workdir: Path) -> dict[str, Any]:
     import nacl
     import nacl.bindings
 
-    return {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(mem / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "pynacl": getattr(nacl, "__version__", "?"),
-        "libsodium": nacl.bindings.sodium_version_string().decode()
+    libsodium = (
+        nacl.bindings.sodium_version_string().decode()
         if hasattr(nacl.bindings, "sodium_version_string")
-        else "?",
-        "workdir": str(workdir),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
+        else "?"
+    )
+    extra = {"pynacl": getattr(nacl, "__version__", "?"), "libsodium": libsodium}
+    return machine(cpu=True, extra={**extra, "workdir": str(workdir)})
 
 
 def report(res: dict[str, Any]) -> str:
@@ -473,14 +343,10 @@ def report(res: dict[str, Any]) -> str:
         lines += [
             "",
             f"memoized job: {IMAGE} {JOB_COMMAND!r}, submit → result; milliseconds",
-            f"  {'path':<42}{'median':>8}{'p90':>8}{'mean':>8}{'min':>8}{'max':>8}",
+            stats_header(42),
         ]
         for key, label in (("hit", "cache hit"), ("nocache", "cache=False (runs a container)")):
-            s = jobs[key]
-            lines.append(
-                f"  {label + ' (n=' + str(s['n']) + ')':<42}"
-                + "".join(f"{s[k] * ms:>8.1f}" for k in ("median", "p90", "mean", "min", "max"))
-            )
+            lines.append(stats_row(f"{label} (n={jobs[key]['n']})", jobs[key], 42))
         lines.append(
             f"  hits reported: {jobs['hits']}/{jobs['hit']['n']}; first run "
             f"{jobs['first'] * ms:.0f} ms   (goal: median hit ≤ 20 ms)"
@@ -510,6 +376,18 @@ def make_file(path: Path, size: int) -> None:
             left -= n
         f.flush()
         os.fsync(f.fileno())
+
+
+def aggregate(rs: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """A path's runs: median seconds and MiB/s, the largest peak RSS and floor, each run."""
+    secs = statistics.median(r["seconds"] for r in rs)
+    return {
+        "seconds": secs,
+        "mib_s": size / MiB / secs,
+        "peak": max(r["peak"] for r in rs),
+        "floor": max(r.get("floor", 0) for r in rs),
+        "runs": [r["seconds"] for r in rs],
+    }
 
 
 def bench_throughput(
@@ -549,14 +427,7 @@ def bench_throughput(
                 out.unlink()
     res: dict[str, Any] = {"repeat": args.repeat, "oid": oid}
     for kind, rs in runs.items():
-        secs = statistics.median(r["seconds"] for r in rs)
-        res[kind] = {
-            "seconds": secs,
-            "mib_s": size / MiB / secs,
-            "peak": max(r["peak"] for r in rs),
-            "floor": max(r.get("floor", 0) for r in rs),
-            "runs": [r["seconds"] for r in rs],
-        }
+        res[kind] = aggregate(rs, size)
     res["ratio_put"] = res["put"]["mib_s"] / res["raw_enc"]["mib_s"]
     res["ratio_get"] = res["get"]["mib_s"] / res["raw_enc"]["mib_s"]
     res["ratio_get_vs_raw_dec"] = res["get"]["mib_s"] / res["raw_dec"]["mib_s"]
@@ -608,18 +479,8 @@ def bench_staging(
         shutil.rmtree(node)
 
     def agg(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        secs = statistics.median(r["seconds"] for r in rs)
-        return {
-            "seconds": secs,
-            "mib_s": args.size / MiB / secs,
-            "peak": max(r["peak"] for r in rs),
-            "floor": max(r["floor"] for r in rs),
-            "runs": [r["seconds"] for r in rs],
-            "parts": {
-                k: statistics.median(r["parts"].get(k, 0.0) for r in rs)
-                for k in rs[0].get("parts", {})
-            },
-        }
+        parts = {k: statistics.median(r["parts"].get(k, 0.0) for r in rs) for k in rs[0]["parts"]}
+        return {**aggregate(rs, args.size), "parts": parts}
 
     res = {"repeat": args.repeat, "upload": agg([up]), "cold": agg(cold), "warm": agg(warm)}
     res["ratio"] = res["warm"]["seconds"] / res["cold"]["seconds"]
@@ -627,37 +488,9 @@ def bench_staging(
     return res
 
 
-def bench_jobs(
-    args: argparse.Namespace, root: Path, svc: Services, env: dict[str, str]
-) -> dict[str, Any]:
-    from offload.cache.keys import init_key
-    from offload.config import Settings
-    from offload.producer.client import Client
-
-    url = start_redis(svc)
-    home = root / "home"
-    home.mkdir()
-    init_key(home / "key")
-    node = f"bench-{uuid.uuid4().hex[:8]}"
-    wenv = {
-        **env,
-        "OFFLOAD_REDIS_URL": url,
-        "OFFLOAD_HOME": str(home),
-        "OFFLOAD_NODE_NAME": node,
-        "OFFLOAD_WORKER_SLOTS": "2",
-    }
-    for k in ("OFFLOAD_S3_BUCKET", "OFFLOAD_CACHE_DIR", "OFFLOAD_KEY_FILE"):
-        wenv.pop(k, None)
-    proc = svc.spawn(
-        "worker", [sys.executable, "-m", "offload", "worker", "--loglevel", "WARNING"], wenv
-    )
-    settings = Settings(redis_url=url, home=home, node_name=node, worker_slots=2)
-    client = Client(settings)
-    svc.up(
-        "worker",
-        proc,
-        lambda: any(f"offload@{node}" in r for r in client.app.control.ping(timeout=0.3)),
-    )
+def bench_jobs(args: argparse.Namespace, svc: Services, env: dict[str, str]) -> dict[str, Any]:
+    drop = ("OFFLOAD_S3_BUCKET", "OFFLOAD_CACHE_DIR", "OFFLOAD_KEY_FILE")
+    client = start_worker(svc, start_cluster(svc, 2, env, drop))
 
     def once(cache: bool) -> tuple[float, Any]:
         t0 = time.perf_counter()
@@ -693,31 +526,20 @@ def bench_jobs(
     }
 
 
-def say(args: argparse.Namespace, msg: str) -> None:
-    if not args.quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = pick_workdir(args.workdir)
-    root = Path(tempfile.mkdtemp(prefix="offload-bench-cache-", dir=workdir))
-    # no real AWS credentials or config reach boto3 here or in any child
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(DUMMY_AWS)
-    env["AWS_CONFIG_FILE"] = str(root / "no-aws-config")
-    env["AWS_SHARED_CREDENTIALS_FILE"] = str(root / "no-aws-credentials")
-    os.environ.clear()
-    os.environ.update(env)
-    svc = Services(root)
-    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with bench_run("offload-bench-cache-", args.keep, parent=workdir) as br:
+        root, svc = br.root, br.svc
+        # no real AWS credentials or config reach boto3 here or in any child
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(DUMMY_AWS)
+        env["AWS_CONFIG_FILE"] = str(root / "no-aws-config")
+        env["AWS_SHARED_CREDENTIALS_FILE"] = str(root / "no-aws-credentials")
+        os.environ.clear()
+        os.environ.update(env)
         from offload.cache.keys import init_key
 
-        res: dict[str, Any] = {"machine": machine(workdir), "size": args.size}
+        res: dict[str, Any] = {"machine": machine_info(workdir), "size": args.size}
         key = init_key(root / "bench-key")
         data = root / "data.bin"
         say(args, f"writing {human(args.size)} of random bytes to {data} ...")
@@ -735,24 +557,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data.unlink()
         if not args.skip_jobs:
             say(args, "memoized jobs (redis-server, one worker, docker) ...")
-            res["jobs"] = bench_jobs(args, root, svc, env)
+            res["jobs"] = bench_jobs(args, svc, env)
         return res
-    except Exception:
-        for name, _ in svc.procs:
-            print(f"{name}.log (tail):\n{svc.log_tail(name)}", file=sys.stderr)
-        raise
-    finally:
-        for s in old:
-            signal.signal(s, signal.SIG_IGN)
-        try:
-            svc.close()
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            if args.keep:
-                print(f"kept {root}", file=sys.stderr)
-            else:
-                shutil.rmtree(root, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -767,9 +573,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-staging", action="store_true")
     p.add_argument("--skip-jobs", action="store_true", help="no redis-server/worker/docker")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    p.add_argument("--keep", action="store_true", help="keep the temp folder (logs inside)")
+    output_options(p, keep="keep the temp folder (logs inside)")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -784,13 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase:
         return child_main(args.phase, json.loads(args.spec))
-    try:
-        res = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; every process stopped, temp folder removed", file=sys.stderr)
-        return 130
-    print(json.dumps(res, indent=2) if args.json else report(res))
-    return 0
+    return finish(args, run, report, "every process stopped, temp folder removed")
 
 
 if __name__ == "__main__":

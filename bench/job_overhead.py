@@ -31,30 +31,34 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import math
 import os
-import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
-import redis
 from docker.types import LogConfig
 
+from common import (
+    bench_run,
+    finish,
+    first_at,
+    machine,
+    output_options,
+    say,
+    start_cluster,
+    start_worker,
+    stats_header,
+    stats_row,
+    summary,
+)
 from offload.config import Settings
 from offload.producer.client import Client
 
@@ -186,130 +190,7 @@ def engine_once(
     return elapsed
 
 
-# -- the offload platform --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-
-
-@dataclass
-class Platform:
-    """A private redis-server and one worker node, torn down by :meth:`close`."""
-
-    root: Path
-    slots: int
-    loglevel: str = "WARNING"
-    redis_proc: subprocess.Popen[bytes] | None = None
-    worker_proc: subprocess.Popen[bytes] | None = None
-    settings: Settings | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> Client:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (see `make setup`)")
-        port = free_port()
-        data = self.root / "redis"
-        data.mkdir()
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(data)]
-        self.redis_proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        r = redis.Redis.from_url(url)
-
-        def redis_up() -> bool:
-            assert self.redis_proc is not None
-            if self.redis_proc.poll() is not None:
-                raise RuntimeError("redis-server exited at start")
-            try:
-                return bool(r.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(redis_up, 10, "redis-server")
-        r.close()
-
-        home = self.root / "home"
-        home.mkdir()
-        node_name = f"bench-{uuid.uuid4().hex[:8]}"
-        # Other OFFLOAD_* variables of the caller's environment apply to both sides.
-        self.env = {
-            **os.environ,
-            "OFFLOAD_REDIS_URL": url,
-            "OFFLOAD_HOME": str(home),
-            "OFFLOAD_NODE_NAME": node_name,
-            "OFFLOAD_WORKER_SLOTS": str(self.slots),
-        }
-        self.settings = Settings(
-            redis_url=url, home=home, node_name=node_name, worker_slots=self.slots
-        )
-        self.init_key()
-        log = (self.root / "worker.log").open("ab")
-        self.worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "offload", "worker", "--loglevel", self.loglevel],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        client = Client(self.settings)
-        node = f"offload@{self.settings.node_name}"
-
-        def worker_up() -> bool:
-            assert self.worker_proc is not None
-            if self.worker_proc.poll() is not None:
-                raise RuntimeError(f"the worker exited at start:\n{self.worker_log()}")
-            return any(node in reply for reply in client.app.control.ping(timeout=0.3))
-
-        wait_for(worker_up, 90, "the worker to answer ping")
-        return client
-
-    def init_key(self) -> None:
-        """Write the cluster key the worker's store needs (``offload key init``)."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "offload", "key", "init"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if proc.returncode != 0 and "No such command" not in proc.stderr:  # older tree: no key
-            raise RuntimeError(f"`offload key init` failed:\n{proc.stdout}{proc.stderr}")
-
-    def worker_log(self) -> str:
-        path = self.root / "worker.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def close(self) -> None:
-        for proc, grace in ((self.worker_proc, 30), (self.redis_proc, 10)):
-            if proc is None or proc.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+# -- the offload side ------------------------------------------------------------------------
 
 
 def submit_noop(client: Client, image: str) -> Any:
@@ -350,9 +231,7 @@ def job_phases(
     """Seconds per phase, from the client's clock marks (submit called, submit returned,
     result returned) and the job's status timeline (same host, same wall clock)."""
     t_submit, t_returned, t_end = marks
-    at: dict[str, float] = {}
-    for ev in client.records.timeline(job_id):
-        at.setdefault(ev.status.value, ev.at)  # first occurrence of each status
+    at = first_at(client.records.timeline(job_id))
     need = ("queued", "staging", "running", "uploading", "succeeded")
     if not all(s in at for s in need):
         return {}
@@ -379,9 +258,7 @@ def offload_batch(client: Client, image: str, n: int) -> tuple[float, dict[str, 
     # after the clock stopped: from the timelines, how busy the slots were
     first, last, busy = math.inf, 0.0, 0.0
     for job in jobs:
-        at: dict[str, float] = {}
-        for ev in job.timeline():
-            at.setdefault(ev.status.value, ev.at)
+        at = first_at(job.timeline())
         if "staging" in at and "succeeded" in at:
             first, last = min(first, at["staging"]), max(last, at["succeeded"])
             busy += at["succeeded"] - at["staging"]
@@ -422,57 +299,6 @@ def docker_parallel(argv: list[str], n: int, loops: int) -> float:
     return elapsed
 
 
-# -- statistics and reporting ----------------------------------------------------------------
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "p90": pct(values, 90),
-        "mean": statistics.fmean(values),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def machine() -> dict[str, Any]:
-    def docker_says(command: str, fmt: str) -> str:
-        try:
-            out = subprocess.run(
-                ["docker", command, "--format", fmt], capture_output=True, text=True, timeout=30
-            )
-            return out.stdout.strip() or "?"
-        except (OSError, subprocess.SubprocessError):
-            return "?"
-
-    mem = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    return {
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "nproc": os.cpu_count(),
-        "memory_gib": round(mem / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "docker_server": docker_says("version", "{{.Server.Version}}"),
-        "docker_client": docker_says("version", "{{.Client.Version}}"),
-        "docker_setup": docker_says(
-            "info", "{{.Driver}}, cgroup v{{.CgroupVersion}}, {{.DefaultRuntime}}"
-        ),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def report(res: dict[str, Any]) -> str:
     m, lat, thr = res["machine"], res["latency"], res["throughput"]
     jobs, ms = thr["jobs"], 1000.0
@@ -482,18 +308,14 @@ def report(res: dict[str, Any]) -> str:
         f"{m['docker_setup']}), python {m['python']}, load at start {m['loadavg_at_start']}",
         "",
         f"latency: {lat['runs']} sequential no-op jobs per path, interleaved; milliseconds",
-        f"  {'path':<30}{'median':>8}{'p90':>8}{'mean':>8}{'min':>8}{'max':>8}",
+        stats_header(30),
     ]
     for key, label in (
         ("offload", "offload submit → result"),
         ("docker", "docker run --rm"),
         ("engine", "(engine calls via SDK, no CLI)"),
     ):
-        st = lat[key]
-        lines.append(
-            f"  {label:<30}"
-            + "".join(f"{st[k] * ms:>8.1f}" for k in ("median", "p90", "mean", "min", "max"))
-        )
+        lines.append(stats_row(label, lat[key], 30))
     lines += [
         f"  latency ratio = offload / docker run median = {lat['ratio']:.3f}   (goal ≤ 1.05)",
         f"  (offload / engine-call floor = {lat['ratio_engine']:.3f}, for information)",
@@ -532,10 +354,6 @@ def report(res: dict[str, Any]) -> str:
 # -- main ------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def remove_bench_containers(run_label: str) -> None:
     """Containers a Ctrl-C left behind: the baseline's (by label); the worker removes its own."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -550,57 +368,33 @@ def remove_bench_containers(run_label: str) -> None:
 
 
 @contextlib.contextmanager
-def bench_env(slots: int, keep: bool) -> Iterator[tuple[Platform, Client, Path, str]]:
-    root = Path(tempfile.mkdtemp(prefix="offload-bench-"))
-    os.chmod(root, 0o755)
-    run_label = uuid.uuid4().hex[:12]
-    plat = Platform(root=root, slots=slots)
-    # Ctrl-C and kill both end the run through the cleanup below (SIGINT is ignored by
-    # default in a background job of a non-interactive shell; take it back).
-    old_int = signal.signal(signal.SIGINT, _raise_interrupt)
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        client = plat.start()
-        yield plat, client, make_docker_workspace(root), run_label
-    except Exception:
-        print(f"worker.log (tail):\n{plat.worker_log()}", file=sys.stderr)
-        raise
-    finally:
-        STOP.set()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # no second interrupt mid-cleanup
-            signal.signal(sig, signal.SIG_IGN)
-        try:
-            plat.close()
-            remove_bench_containers(run_label)
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            if keep:
-                print(f"kept {root} (worker.log inside)", file=sys.stderr)
-            else:
-                shutil.rmtree(root, ignore_errors=True)
+def bench_env(slots: int, keep: bool) -> Iterator[tuple[Settings, Client, Path, str]]:
+    """A redis-server and a worker with ``slots`` slots, the baseline's workspace and label."""
+    with bench_run("offload-bench-", keep, " (worker.log inside)", mode=0o755) as br:
+        run_label = uuid.uuid4().hex[:12]
+        br.cleanup.callback(remove_bench_containers, run_label)
+        br.cleanup.callback(STOP.set)
+        cluster = start_cluster(br.svc, slots)
+        client = start_worker(br.svc, cluster)
+        yield cluster.settings, client, make_docker_workspace(br.root), run_label
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    info = machine()
-    say("starting redis-server and a worker ...")
+    info = machine(docker=True)
+    say(args, "starting redis-server and a worker ...")
     with (
         contextlib.closing(docker.APIClient(version="auto")) as api,
-        bench_env(args.slots, args.keep) as (plat, client, ws, run_label),
+        bench_env(args.slots, args.keep) as (settings, client, ws, run_label),
     ):
-        assert plat.settings is not None
-        settings = plat.settings
         argv = docker_argv(args.image, ws, settings, run_label)
         baselines: dict[str, Callable[[], float]] = {
             "docker": lambda: docker_once(argv),
             "engine": lambda: engine_once(api, args.image, ws, settings, run_label),
         }
 
-        say(f"warming up ({args.warmup} of each, then {args.slots * args.warmup} at once) ...")
+        say(
+            args, f"warming up ({args.warmup} of each, then {args.slots * args.warmup} at once) ..."
+        )
         if args.warmup:
             offload_batch(client, args.image, args.slots * args.warmup)  # every pool process
         for _ in range(args.warmup):
@@ -609,7 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             baselines["engine"]()
         docker_parallel(argv, args.slots * args.warmup, args.slots)
 
-        say(f"latency: {args.latency_runs} runs of each path, interleaved ...")
+        say(args, f"latency: {args.latency_runs} runs of each path, interleaved ...")
         kinds = ["offload", *baselines]
         samples: dict[str, list[float]] = {k: [] for k in kinds}
         phase_rows: list[dict[str, float]] = []
@@ -624,7 +418,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     samples[kind].append(baselines[kind]())
 
-        say(f"throughput: {args.jobs} jobs, {args.slots} slots vs {args.slots} docker loops ...")
+        say(
+            args,
+            f"throughput: {args.jobs} jobs, {args.slots} slots vs {args.slots} docker loops ...",
+        )
         t_off: list[float] = []
         t_dock: list[float] = []
         batch_stats: list[dict[str, float]] = []
@@ -683,9 +480,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--throughput-rounds", type=int, default=1, help="repeat the throughput test (median)"
     )
     p.add_argument("--image", default=IMAGE, help="no-op image (runs `true`)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    p.add_argument("--keep", action="store_true", help="keep the temp folder (worker.log)")
+    output_options(p, keep="keep the temp folder (worker.log)")
     args = p.parse_args(argv)
     for name in ("latency_runs", "jobs", "slots", "warmup", "throughput_rounds"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
@@ -694,17 +489,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        res = run(args)
-    except KeyboardInterrupt:
-        print("interrupted; worker, redis-server and containers cleaned up", file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(report(res))
-    return 0
+    interrupted = "worker, redis-server and containers cleaned up"
+    return finish(parse_args(argv), run, report, interrupted)
 
 
 if __name__ == "__main__":
