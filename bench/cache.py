@@ -180,7 +180,7 @@ def child_main(phase: str, spec: dict[str, Any]) -> int:
     }
     parts: dict[str, float] = {}
     if phase == "stage":  # where the time goes: S3 download, verification pass, export
-        _time_calls(store, "_fetch", parts, "fetch (S3 GET + verify + keep)")
+        _time_calls(store, "_fetch", parts, "fetch (S3 GET + verify and decrypt to the job + keep)")
         _time_calls(store, "_export_local", parts, "export (decrypt + verify + write)")
         if store.remote is not None:
             _time_calls(store.remote, "get", parts, "S3 GET to a file")

@@ -169,6 +169,22 @@ class TestTiered(ContentContract):
         assert store.read_bytes(oid) == b"y" * 5000
         assert store.local.quarantined() == [self.key.name_of(oid)]
 
+    def test_a_damaged_remote_blob_is_neither_served_nor_kept(
+        self, store: SealedStore, tmp_path: Path
+    ) -> None:
+        oid = store.put_bytes(b"z" * 5000)
+        name = self.key.name_of(oid)
+        assert store.remote is not None
+        store.local.delete(name)
+        bad = tmp_path / "bad"
+        bad.write_bytes(b"\0" * 200)
+        store.remote.delete(name)
+        store.remote.put(name, bad)
+        with pytest.raises(IntegrityError):
+            store.export(oid, tmp_path / "out")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "cache"]  # no partial out
+        assert not store.local.has(name)
+
     def test_two_nodes_sharing_a_bucket_see_each_others_objects(
         self, store: SealedStore, tmp_path: Path, s3_bucket: S3Config
     ) -> None:

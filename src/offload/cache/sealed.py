@@ -112,8 +112,7 @@ class SealedStore(Store):
                 raise IntegrityError(
                     f"object {oid} is damaged in this node's cache and was quarantined: {exc}"
                 ) from exc
-        self._fetch(name, oid)
-        self._export_local(name, oid, dest)
+        self._fetch(name, oid, dest)
 
     def _export_local(self, name: str, oid: str, dest: Path) -> None:
         part = dest.with_name(f".{dest.name}.part")
@@ -124,9 +123,11 @@ class SealedStore(Store):
         finally:
             part.unlink(missing_ok=True)
 
-    def _fetch(self, name: str, oid: str) -> None:
-        """Copy a blob from the remote tier, verify it, keep it locally."""
+    def _fetch(self, name: str, oid: str, dest: Path) -> None:
+        """Copy a blob from the remote tier; in one pass verify it and decrypt it to ``dest``;
+        then keep it locally. Nothing is kept or written to ``dest`` unless it verified."""
         assert self.remote is not None
+        part = dest.with_name(f".{dest.name}.part")
         fd, tmp_name = tempfile.mkstemp(dir=self.local.tmp_dir, prefix="fetch-")
         os.close(fd)
         tmp = Path(tmp_name)
@@ -136,11 +137,13 @@ class SealedStore(Store):
                 self.remote.get(name, tmp)
             except ObjectNotFound:
                 raise ObjectNotFound(oid) from None
-            with tmp.open("rb") as src, open(os.devnull, "wb") as sink:
-                envelope.unseal(src, sink, self.key, oid, total_size=tmp.stat().st_size)
+            with tmp.open("rb") as src, part.open("wb") as out:
+                envelope.unseal(src, out, self.key, oid, total_size=tmp.stat().st_size)
             self.local.put_owned(name, tmp)
+            os.replace(part, dest)
         finally:
             tmp.unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
 
     # -- housekeeping ----------------------------------------------------------------------
 
