@@ -1,5 +1,8 @@
 """The Redis key schema — every key offload writes, in one place.
 
+Every key is built by a function of this module; nothing else spells ``offload:`` keys.
+Each entry says who writes it and when it goes away (its TTL, or why it has none).
+
 Job records (written by the producer at submit, then by the worker; read by everyone)::
 
     offload:job:<id>             HASH   the job record
@@ -9,21 +12,24 @@ Job records (written by the producer at submit, then by the worker; read by ever
         name          display name (spec.name or the image)
         image         image reference
         class         resource class / queue name
-        status        JobStatus value
+        status        JobStatus value (transitions: :mod:`offload.broker.status`)
         created_at    unix time, float, of submit
         updated_at    unix time of the last transition
         started_at    unix time the container started (current attempt)
         finished_at   unix time the job reached a terminal status
         node          node name of the current / last attempt
-        attempt       attempt number, 0 while queued, 1.. once a worker took it
+        attempt       attempt number, 0 while queued, 1.. once a worker took it; the fencing
+                      token: a write of an attempt that is no longer current is refused
+        pid           pool process of the current attempt on its node
         container     container id of the current attempt
         exit_code     container exit code (int) when it exited
-        reason        machine-readable failure reason (JobStatus docs list them)
+        reason        machine-readable failure reason (:class:`~offload.broker.status.Reason`)
         message       human-readable detail for the reason
         outputs       JSON object {relative path: "sha256:<hex>"}
         timings       JSON object of seconds spent {staging, running, uploading}
         cancel        "1" once cancellation of a started job was asked for
         cache_hit     id of the earlier job whose outputs this one reused (memoized)
+        gpus          comma list of the GPU UUIDs the current attempt was given
     offload:job:<id>:events      STREAM the status timeline; one entry per transition:
                                         status, at, node, attempt[, reason]
                                  readers block on it (XREAD) to wait for a result
@@ -31,26 +37,54 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         s=out|err, l=<line>  — a line of output
                                         a=<attempt>          — an attempt begins
                                         eof=<status>         — the job reached a terminal status
-    offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`)
+    offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`);
+                                        no TTL (one index), pruned lazily by readers of ids
+                                        whose record expired
+
+Terminal jobs' three keys expire after ``Settings.record_ttl`` seconds. A non-terminal job's
+keys have no TTL: the job is still owed an outcome.
+
+The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbeat)::
+
+    offload:nodes                   SET    names of registered nodes; no TTL (one set),
+                                           pruned by readers of names whose hash is gone
+    offload:node:<name>             HASH   name, provider, classes (comma list), slots, cpus,
+                                           memory, gpus, started_at, heartbeat_at, draining;
+                                           no TTL: removed at deregistration, or by the recovery
+                                           of a lost node
+    offload:node:<name>:running     SET    ids of the jobs this node runs now — written in the
+                                           same atomic call as the job's transitions
+                                           (:mod:`offload.broker.records`); removed with the node
+    offload:node:<name>:owners      HASH   job id -> "<pid>:<attempt>", the pool process running
+                                           that attempt (to tell a live attempt from a dead one);
+                                           written and removed with ``:running``
+    offload:node:<name>:recovering  STRING lock (SET NX EX 60) held by whoever redelivers the jobs
+                                           of this node once it is lost; expires by itself
+
+The autoscaler (:mod:`offload.broker.scaling`)::
+
     offload:autoscaler:<class>   HASH   the autoscaler's last word on a class, rewritten each tick
                                         and expiring after 60 s (absent: no autoscaler runs):
                                         desired, up, starting, draining, work, reason, at
-                                        (:mod:`offload.autoscaler.loop`)
-    offload:nodes, offload:node:<name>[:running|:owners|:recovering]
-                                        the node registry (:mod:`.nodes`)
-    offload:memo:<key>           STRING the action cache (:mod:`offload.cache.actions`): JSON
-                                        {outputs, job_id} of the successful job whose image
-                                        digest, command, params, env and inputs hash to <key>
 
-Terminal jobs' keys expire after ``Settings.record_ttl`` seconds; ``offload:jobs`` is
-pruned lazily by readers. Celery owns the queue keys (one list per resource class, named
-after the class, plus kombu's ``unacked`` bookkeeping); offload never writes them directly.
+The data tier's shared indexes (:mod:`offload.cache.actions`, :mod:`offload.cache.imports`)::
+
+    offload:memo:<key>           STRING the action cache: JSON {outputs, job_id} of the successful
+                                        job whose image digest, command, params, env and inputs
+                                        hash to <key>; expires after ``Settings.memo_ttl``
+    offload:import:<hash>        STRING the content id an ``s3://`` URI (at one ETag) was imported
+                                        as; expires after ``Settings.memo_ttl`` (an import is a
+                                        memo of the same kind; re-imported when gone)
+
+Celery owns the queue keys (one list per resource class, named after the class, plus kombu's
+``unacked`` bookkeeping); offload never writes them directly.
 """
 
 from __future__ import annotations
 
 PREFIX = "offload"
 JOBS_INDEX = f"{PREFIX}:jobs"
+NODES = f"{PREFIX}:nodes"
 
 
 def job(job_id: str) -> str:
@@ -63,3 +97,31 @@ def events(job_id: str) -> str:
 
 def logs(job_id: str) -> str:
     return f"{PREFIX}:logs:{job_id}"
+
+
+def node(name: str) -> str:
+    return f"{PREFIX}:node:{name}"
+
+
+def node_running(name: str) -> str:
+    return f"{PREFIX}:node:{name}:running"
+
+
+def node_owners(name: str) -> str:
+    return f"{PREFIX}:node:{name}:owners"
+
+
+def node_recovering(name: str) -> str:
+    return f"{PREFIX}:node:{name}:recovering"
+
+
+def autoscaler_status(resource_class: str) -> str:
+    return f"{PREFIX}:autoscaler:{resource_class}"
+
+
+def memo(key: str) -> str:
+    return f"{PREFIX}:memo:{key}"
+
+
+def s3_import(digest: str) -> str:
+    return f"{PREFIX}:import:{digest}"
