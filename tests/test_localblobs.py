@@ -1,4 +1,6 @@
-"""LocalBlobStore on the real filesystem: write-once, atomicity, LRU budget, pins, quarantine."""
+"""LocalBlobStore on the real filesystem, beyond the BlobStore contract
+(test_store_conformance.py): streaming, owned puts, atomicity, LRU budget, pins, holds,
+quarantine, several processes on one folder."""
 
 from __future__ import annotations
 
@@ -45,44 +47,35 @@ def store(tmp_path: Path) -> Iterator[LocalBlobStore]:
         yield s
 
 
-def test_put_get_open_has_size_names_delete(store: LocalBlobStore, tmp_path: Path) -> None:
+def test_layout_open_size_and_the_byte_total(store: LocalBlobStore) -> None:
     assert put(store, A, b"alpha")
     assert put(store, B, b"bravo!")
-    assert store.has(A) and not store.has(C)
-    assert store.size(B) == 6
-    assert list(store.names()) == sorted([A, B])
     assert store.path(A) == store.root / "blobs" / A[:2] / A
-    dest = tmp_path / "out"
-    store.get(A, dest)
-    assert dest.read_bytes() == b"alpha"
+    assert store.size(B) == 6
     with store.open(B) as f:
         assert f.read() == b"bravo!"
+    with store.inspect(B) as f:
+        assert f.read() == b"bravo!"
+    assert store.used() == 11
     store.delete(A)
-    store.delete(A)  # absent: nothing to do
-    assert not store.has(A)
-    assert list(store.names()) == [B]
     assert store.used() == 6
 
 
-def test_absent_blob_is_object_not_found(store: LocalBlobStore, tmp_path: Path) -> None:
-    dest = tmp_path / "out"
-    with pytest.raises(ObjectNotFound):
-        store.get(A, dest)
-    assert not dest.exists() and list(tmp_path.glob(".out*")) == []
+def test_an_absent_blob_cannot_be_opened_pinned_or_held(store: LocalBlobStore) -> None:
     with pytest.raises(ObjectNotFound):
         store.open(A)
     with pytest.raises(ObjectNotFound):
         store.size(A)
     with pytest.raises(ObjectNotFound), store.pin(A):
         pass
+    with pytest.raises(ObjectNotFound), store.inspect(A):
+        pass
     with pytest.raises(ObjectNotFound):
         store.hold(A)
 
 
-def test_write_once_keeps_the_first_bytes(store: LocalBlobStore, tmp_path: Path) -> None:
+def test_put_owned_is_write_once_and_takes_its_file(store: LocalBlobStore) -> None:
     assert put(store, A, b"first")
-    assert not put(store, A, b"second, longer")
-    assert store.open(A).read() == b"first"
     tmp = store.tmp_dir / "sealed"
     tmp.write_bytes(b"third")
     assert not store.put_owned(A, tmp)
@@ -110,20 +103,18 @@ def test_put_owned_links_without_copying(store: LocalBlobStore, tmp_path: Path) 
 @pytest.mark.parametrize(
     "bad", ["", "abc", A.upper(), A[:63], A + "0", f"../{A[3:]}", "g" * 64, A[:62] + "/x"]
 )
-def test_malformed_names_are_refused(store: LocalBlobStore, tmp_path: Path, bad: str) -> None:
-    src = src_file(tmp_path, b"data")
+def test_malformed_names_are_refused_by_the_local_tier_calls(
+    store: LocalBlobStore, tmp_path: Path, bad: str
+) -> None:
     calls = [
-        lambda: store.put(bad, src),
         lambda: store.put_owned(bad, store.tmp_dir / "x"),
-        lambda: store.get(bad, tmp_path / "out"),
         lambda: store.open(bad),
-        lambda: store.has(bad),
         lambda: store.size(bad),
-        lambda: store.delete(bad),
         lambda: store.hold(bad),
         lambda: store.release(bad),
         lambda: store.quarantine(bad, "why"),
         lambda: store.pin(bad).__enter__(),
+        lambda: store.inspect(bad).__enter__(),
     ]
     for call in calls:
         with pytest.raises(CacheError, match="malformed blob name"):

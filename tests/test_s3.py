@@ -1,4 +1,6 @@
-"""S3BlobStore against a real S3-compatible server process (moto's server mode, tests/s3server.py)."""
+"""S3BlobStore against a real S3-compatible server process (moto's server mode,
+tests/s3server.py), beyond the BlobStore contract (test_store_conformance.py): key layout,
+listing, conditional writes, multipart, errors, outages, broken streams, configuration."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from offload.cache.factory import remote_tier
 from offload.cache.s3 import MiB, S3BlobStore, S3Config, S3Unavailable
-from offload.errors import CacheError, ObjectNotFound
+from offload.config import Settings
+from offload.errors import CacheError
 from tests.s3server import MotoServer
 
 
@@ -31,24 +35,6 @@ def write(path: Path, data: bytes) -> Path:
 @pytest.fixture
 def store(s3_bucket: S3Config) -> S3BlobStore:
     return S3BlobStore(s3_bucket)
-
-
-def test_round_trip(store: S3BlobStore, tmp_path: Path) -> None:
-    name = blob_name("one")
-    src = write(tmp_path / "src", b"ciphertext" * 1000)
-    assert not store.has(name)
-    assert store.put(name, src) is True
-    assert store.has(name)
-    dest = tmp_path / "out" / "dest"
-    dest.parent.mkdir()
-    store.get(name, dest)
-    assert dest.read_bytes() == src.read_bytes()
-    assert list(dest.parent.iterdir()) == [dest]  # no temp file left behind
-    assert list(store.names()) == [name]
-    store.delete(name)
-    assert not store.has(name)
-    assert list(store.names()) == []
-    store.delete(name)  # deleting an absent blob is not an error
 
 
 def test_key_layout_and_empty_blob(
@@ -77,14 +63,6 @@ def test_names_paginates_and_ignores_foreign_keys(
         client.put_object(Bucket=store.config.bucket, Key=key, Body=b"x")
     store.put(blob_name("via-put"), src)  # also writes the conditional-write probe object
     assert set(store.names()) == expected | {blob_name("via-put")}
-
-
-def test_create_if_absent_keeps_the_first(store: S3BlobStore, tmp_path: Path) -> None:
-    name = blob_name("twice")
-    assert store.put(name, write(tmp_path / "a", b"first")) is True
-    assert store.put(name, write(tmp_path / "b", b"second")) is False
-    store.get(name, tmp_path / "got")
-    assert (tmp_path / "got").read_bytes() == b"first"
 
 
 def test_moto_enforces_conditional_writes(store: S3BlobStore, tmp_path: Path) -> None:
@@ -129,32 +107,6 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def test_absent_object(store: S3BlobStore, tmp_path: Path) -> None:
-    name = blob_name("missing")
-    dest = tmp_path / "dest"
-    with pytest.raises(ObjectNotFound) as err:
-        store.get(name, dest)
-    assert err.value.object_id == name
-    assert not dest.exists()
-    assert list(tmp_path.iterdir()) == []
-    assert not store.has(name)
-
-
-@pytest.mark.parametrize(
-    "bad", ["", "abc", "A" * 64, "g" * 64, "0" * 63, "0" * 65, "../" + "0" * 61, "0" * 62 + "/x"]
-)
-def test_malformed_names_refused(store: S3BlobStore, tmp_path: Path, bad: str) -> None:
-    src = write(tmp_path / "src", b"x")
-    for call in (
-        lambda: store.put(bad, src),
-        lambda: store.get(bad, tmp_path / "d"),
-        lambda: store.has(bad),
-        lambda: store.delete(bad),
-    ):
-        with pytest.raises(CacheError, match="malformed blob name"):
-            call()
-
-
 def test_missing_bucket_is_a_clear_error(s3_server: MotoServer, tmp_path: Path) -> None:
     store = S3BlobStore(
         S3Config(bucket="offload-no-such-bucket", endpoint_url=s3_server.endpoint_url)
@@ -165,11 +117,6 @@ def test_missing_bucket_is_a_clear_error(s3_server: MotoServer, tmp_path: Path) 
     assert not isinstance(err.value, S3Unavailable)
     with pytest.raises(CacheError, match="does not exist"):
         list(store.names())
-
-
-def test_missing_source_file(store: S3BlobStore, tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="cannot read"):
-        store.put(blob_name("x"), tmp_path / "nope")
 
 
 def test_outage_then_recovery(s3_server: MotoServer, s3_bucket: S3Config, tmp_path: Path) -> None:
@@ -214,9 +161,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - start < 6
 
 
-def test_config_from_settings() -> None:
-    from offload.config import Settings
-
+def test_the_remote_tier_is_built_from_settings() -> None:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         s3_bucket="b-1",
@@ -224,13 +169,13 @@ def test_config_from_settings() -> None:
         s3_endpoint_url="http://127.0.0.1:9",
         s3_region="eu-west-1",
     )
-    config = S3Config.from_settings(settings)
-    assert config == S3Config(
+    store = remote_tier(settings)
+    assert isinstance(store, S3BlobStore)
+    assert store.config == S3Config(
         bucket="b-1", prefix="team/", endpoint_url="http://127.0.0.1:9", region="eu-west-1"
     )
-    assert S3Config.from_settings(Settings(_env_file=None, s3_bucket=None)) is None  # type: ignore[call-arg]
-    store = S3BlobStore(config)
     assert store.key("ab" + "0" * 62) == "team/ab/ab" + "0" * 62
+    assert remote_tier(Settings(_env_file=None, s3_bucket=None)) is None  # type: ignore[call-arg]
 
 
 class CuttingProxy:

@@ -15,9 +15,8 @@ from typing import Any
 
 import redis
 
+from offload.broker import keys
 from offload.spec import JobSpec
-
-PREFIX = "offload:memo:"
 
 
 def action_key(spec: JobSpec, image_digest: str) -> str:
@@ -43,12 +42,14 @@ class Memo:
 
 
 class ActionCache:
+    """The memo entries in Redis; each expires ``ttl`` seconds after it was written."""
+
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.r = client
         self.ttl = ttl
 
     def get(self, key: str) -> Memo | None:
-        raw: Any = self.r.get(PREFIX + key)
+        raw: Any = self.r.get(keys.memo(key))
         if not raw:
             return None
         data = json.loads(raw)
@@ -56,7 +57,7 @@ class ActionCache:
 
     def put(self, key: str, outputs: dict[str, str], job_id: str) -> None:
         value = json.dumps({"outputs": outputs, "job_id": job_id})
-        self.r.set(PREFIX + key, value, ex=self.ttl)
+        self.r.set(keys.memo(key), value, ex=self.ttl)
 
     def drop(self, key: str) -> None:
-        self.r.delete(PREFIX + key)
+        self.r.delete(keys.memo(key))

@@ -3,6 +3,9 @@
 A :class:`BlobStore` never sees plaintext or content ids: callers (the sealed content store)
 give it ciphertext envelopes under names that are keyed hashes. Implementations: the
 node-local folder (:mod:`offload.cache.localblobs`) and S3 (:mod:`offload.cache.s3`).
+
+:class:`LocalTier` is what the sealed store needs of its node-local tier on top: pins,
+holds, quarantine and files it can stream.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import BinaryIO
 
 from offload.errors import CacheError
 
@@ -51,3 +56,58 @@ class BlobStore(ABC):
     @abstractmethod
     def names(self) -> Iterator[str]:
         """Every stored blob name."""
+
+
+class LocalTier(BlobStore):
+    """The node-local tier a :class:`~offload.cache.sealed.SealedStore` reads first.
+
+    Beyond the blob contract it lends files for streaming (:meth:`path`, :meth:`open`,
+    :meth:`size`, read only under :meth:`pin`), takes finished files without a copy
+    (:meth:`put_owned`), keeps blobs that wait for an upload (:meth:`hold` /
+    :meth:`release` / :meth:`held`) and takes damaged ones out of service
+    (:meth:`quarantine`). Implementation: :class:`~offload.cache.localblobs.LocalBlobStore`.
+    """
+
+    @property
+    @abstractmethod
+    def tmp_dir(self) -> Path:
+        """A private folder for files the caller will hand to :meth:`put_owned`."""
+
+    @abstractmethod
+    def put_owned(self, name: str, tmp: Path) -> bool:
+        """Store the finished file ``tmp`` (inside :attr:`tmp_dir`) as ``name``, taking it.
+
+        ``tmp`` is gone afterwards; True when this call created the blob.
+        """
+
+    @abstractmethod
+    def path(self, name: str) -> Path:
+        """Where blob ``name`` lives (maybe absent); read it only while :meth:`pin` is held."""
+
+    @abstractmethod
+    def open(self, name: str) -> BinaryIO:
+        """The blob for streaming, as stored; :class:`ObjectNotFound` when absent."""
+
+    @abstractmethod
+    def size(self, name: str) -> int:
+        """The blob's size in bytes; :class:`ObjectNotFound` when absent."""
+
+    @abstractmethod
+    def pin(self, name: str) -> AbstractContextManager[None]:
+        """Keep ``name`` from eviction while the context is open."""
+
+    @abstractmethod
+    def hold(self, name: str) -> None:
+        """Keep ``name`` durably (across restarts, never evicted) until :meth:`release`."""
+
+    @abstractmethod
+    def release(self, name: str) -> None:
+        """End a :meth:`hold` (nothing to do when there is none)."""
+
+    @abstractmethod
+    def held(self) -> Iterator[str]:
+        """The names of the held blobs."""
+
+    @abstractmethod
+    def quarantine(self, name: str, why: str) -> None:
+        """Take a blob that failed verification out of service, recording ``why``."""

@@ -68,7 +68,6 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 MIN_CHUNK_SIZE = 64
 MAX_CHUNK_SIZE = 16 * 1024 * 1024
 ABYTES = sodium.crypto_secretstream_xchacha20poly1305_ABYTES  # 17
-STREAM_HEADER_BYTES = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES  # 24
 
 _FIELDS = struct.Struct(">7sBIQQ8s24s")  # magic … stream_header: 60 bytes
 _CHECK_BYTES = 8
@@ -282,7 +281,7 @@ def _open(
         check_id(oid)
     hdr = parse_header(_read_full(src, HEADER_SIZE), total_size)
     if hdr.key_id != key.key_id:
-        raise WrongKey(hdr.fingerprint, key, oid)
+        raise WrongKey(hdr.fingerprint, key.fingerprint, key.source, oid)
     state = sodium.crypto_secretstream_xchacha20poly1305_state()
     sodium.crypto_secretstream_xchacha20poly1305_init_pull(
         state, hdr.stream_header, key.sealing_key

@@ -25,8 +25,14 @@ def remote_tier(settings: Settings) -> BlobStore | None:
     )
 
 
+def local_tier(settings: Settings, budget: int | None = None) -> LocalBlobStore:
+    """The node's local cache, bounded by ``budget`` (default: the configured budget)."""
+    return LocalBlobStore(
+        settings.store_dir, budget if budget is not None else settings.cache_budget
+    )
+
+
 def open_store(settings: Settings) -> SealedStore:
     """The node's sealed store: its local cache, plus S3 when configured."""
     key = load_key(settings.key_path)
-    local = LocalBlobStore(settings.store_dir, settings.cache_budget)
-    return SealedStore(key, local, remote_tier(settings))
+    return SealedStore(key, local_tier(settings), remote_tier(settings))

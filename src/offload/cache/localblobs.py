@@ -20,6 +20,9 @@ Protocol between processes:
   ``LOCK_EX | LOCK_NB`` and skips what it cannot lock, and never removes a held blob.
 * A crash leaves at most temp files in the dead instance's tmp folder, whose lock died with
   it; the constructor and :meth:`LocalBlobStore.gc` remove such folders.
+
+The file-level pieces of that protocol (temp folders, the lock and total) are in
+:mod:`offload.cache.localfs`; this class is the :class:`~offload.cache.blobs.LocalTier`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from offload.cache.blobs import NAME_RE, BlobStore, check_name
+from offload.cache.blobs import NAME_RE, LocalTier, check_name
+from offload.cache.localfs import (
+    ByteTotal,
+    claim_tmp,
+    fs,
+    fsync_dir,
+    release_tmp,
+    sweep_tmp,
+    try_lock,
+)
 from offload.errors import CacheError, ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -55,50 +67,7 @@ class CacheStats:
     quarantined: int
 
 
-@contextlib.contextmanager
-def _fs(what: str, missing: str | None = None) -> Iterator[None]:
-    """OSError → :class:`CacheError` saying what failed; ENOENT → ObjectNotFound(missing)."""
-    try:
-        yield
-    except OSError as exc:
-        if missing is not None and isinstance(exc, FileNotFoundError):
-            raise ObjectNotFound(missing) from None
-        raise CacheError(f"cannot {what}: {exc.strerror or exc}") from exc
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tree_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total
-
-
-def _try_lock(f: BinaryIO | int) -> bool:
-    """Take an exclusive flock without waiting; False when someone holds any lock on it."""
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _release_tmp(fd: int, path: Path, pid: int) -> None:
-    if os.getpid() == pid:  # a forked child shares the folder (and its lock) with its parent
-        shutil.rmtree(path, ignore_errors=True)
-    os.close(fd)
-
-
-class LocalBlobStore(BlobStore):
+class LocalBlobStore(LocalTier):
     def __init__(
         self, root: Path, budget: int | None = None, *, clock: Callable[[], int] = time.time_ns
     ) -> None:
@@ -112,14 +81,13 @@ class LocalBlobStore(BlobStore):
         self.held_dir = self.root / "held"
         self.quarantine_dir = self.root / "quarantine"
         self._tmp_root = self.root / "tmp"
-        self._state = self.root / "state"
-        with _fs(f"create the cache folder {self.root}"):
+        with fs(f"create the cache folder {self.root}"):
             for d in (self.blobs_dir, self.held_dir, self.quarantine_dir, self._tmp_root):
                 d.mkdir(parents=True, exist_ok=True)
-            self._state.touch(exist_ok=True)
-        self._sweep_tmp()
-        self.tmp_dir, fd = self._claim_tmp()
-        self._finalizer = weakref.finalize(self, _release_tmp, fd, self.tmp_dir, os.getpid())
+        self._total = ByteTotal(self.root / "state", self._count)
+        sweep_tmp(self._tmp_root)
+        self._tmp_dir, fd = claim_tmp(self._tmp_root)
+        self._finalizer = weakref.finalize(self, release_tmp, fd, self._tmp_dir, os.getpid())
         self._evict(None)  # recount the total; eviction waits for the next put or gc
 
     def close(self) -> None:
@@ -131,6 +99,11 @@ class LocalBlobStore(BlobStore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def tmp_dir(self) -> Path:
+        """This instance's own temp folder (removed when it closes)."""
+        return self._tmp_dir
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -144,28 +117,43 @@ class LocalBlobStore(BlobStore):
 
     def size(self, name: str) -> int:
         path = self.path(name)
-        with _fs(f"stat blob {path}", missing=name):
+        with fs(f"stat blob {path}", missing=name):
             return path.stat().st_size
 
     def open(self, name: str) -> BinaryIO:
         """The blob for streaming, as stored; the caller verifies what it reads."""
         path = self.path(name)
-        with _fs(f"open blob {path}", missing=name):
+        with fs(f"open blob {path}", missing=name):
             f = path.open("rb")
         self._touch(f.fileno())
         return f
 
+    @contextlib.contextmanager
+    def inspect(self, name: str) -> Iterator[BinaryIO]:
+        """The blob for an audit: pinned against eviction like :meth:`pin`, but its recency
+        untouched (a verify pass must not reorder the LRU). ObjectNotFound when it is gone
+        (evicted or deleted meanwhile)."""
+        path = self.path(name)
+        with fs(f"open blob {path}", missing=name):
+            f = path.open("rb")
+        with f:
+            with fs(f"lock blob {path}", missing=name):
+                fcntl.flock(f, fcntl.LOCK_SH)
+                if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                    raise ObjectNotFound(name)  # evicted (and maybe stored again) meanwhile
+            yield f
+
     def get(self, name: str, dest: Path) -> None:
         dest = Path(dest)
         with self.open(name) as src:
-            with _fs(f"create a temp file next to {dest}"):
+            with fs(f"create a temp file next to {dest}"):
                 fd, part = tempfile.mkstemp(
                     dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
                 )
             try:
-                with _fs(f"copy blob {name} to {dest}"), os.fdopen(fd, "wb") as out:
+                with fs(f"copy blob {name} to {dest}"), os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
-                with _fs(f"rename {part} to {dest}"):
+                with fs(f"rename {part} to {dest}"):
                     os.replace(part, dest)
             except BaseException:
                 Path(part).unlink(missing_ok=True)
@@ -180,12 +168,12 @@ class LocalBlobStore(BlobStore):
         if self.has(name):  # write-once: keep the first bytes, skip the copy
             self._touch(self.path(name))
             return False
-        with _fs(f"create a temp file in {self.tmp_dir}"):
+        with fs(f"create a temp file in {self.tmp_dir}"):
             fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="put-")
             os.close(fd)
         tmp = Path(tmp_name)
         try:
-            with _fs(f"copy {src} into the cache at {tmp}"):
+            with fs(f"copy {src} into the cache at {tmp}"):
                 shutil.copyfile(src, tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -208,7 +196,7 @@ class LocalBlobStore(BlobStore):
         final = self.path(name)
         created, total = False, 0
         try:
-            with _fs(f"seal the temp file {tmp}"):
+            with fs(f"seal the temp file {tmp}"):
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -217,10 +205,10 @@ class LocalBlobStore(BlobStore):
                     self._touch(fd)
                 finally:
                     os.close(fd)
-            with _fs(f"create the folder {final.parent}"):
+            with fs(f"create the folder {final.parent}"):
                 new_dir = not final.parent.is_dir()
                 final.parent.mkdir(exist_ok=True)
-            with self._locked() as state:
+            with self._total.locked() as state:
                 try:
                     os.link(tmp, final)  # fails rather than replace: write-once without a race
                 except FileExistsError:
@@ -228,17 +216,17 @@ class LocalBlobStore(BlobStore):
                 except OSError as exc:
                     raise CacheError(f"cannot store blob {final}: {exc.strerror}") from exc
                 else:
-                    created, total = True, self._adjust(state, size)
+                    created, total = True, self._total.adjust(state, size)
         finally:
-            with _fs(f"remove the temp file {tmp}"):
+            with fs(f"remove the temp file {tmp}"):
                 tmp.unlink(missing_ok=True)
         if not created:
             self._touch(final)
             return False
-        with _fs(f"sync the folder {final.parent}"):
-            _fsync_dir(final.parent)
+        with fs(f"sync the folder {final.parent}"):
+            fsync_dir(final.parent)
             if new_dir:
-                _fsync_dir(self.blobs_dir)
+                fsync_dir(self.blobs_dir)
         if self.budget is not None and total > self.budget:
             self._evict(self.budget, protect=name)
         return True
@@ -246,7 +234,7 @@ class LocalBlobStore(BlobStore):
     def delete(self, name: str) -> None:
         """Remove the blob (pinned or not; open readers keep their bytes) and any hold on it."""
         path = self.path(name)
-        with self._locked() as state, _fs(f"delete blob {path}"):
+        with self._total.locked() as state, fs(f"delete blob {path}"):
             self._take_out(state, path, None)
         self.release(name)
 
@@ -257,10 +245,10 @@ class LocalBlobStore(BlobStore):
         """Keep ``name`` from eviction, by any process, while the context is open."""
         path = self.path(name)
         while True:
-            with _fs(f"open blob {path}", missing=name):
+            with fs(f"open blob {path}", missing=name):
                 f = path.open("rb")
             try:
-                with _fs(f"lock blob {path}", missing=name):  # ENOENT: evicted as we waited
+                with fs(f"lock blob {path}", missing=name):  # ENOENT: evicted as we waited
                     fcntl.flock(f, fcntl.LOCK_SH)
                     if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
                         break
@@ -277,13 +265,13 @@ class LocalBlobStore(BlobStore):
     def hold(self, name: str) -> None:
         """Pin ``name`` persistently, across restarts, until :meth:`release`."""
         marker = self.held_dir / check_name(name)
-        with self.pin(name), _fs(f"create the hold marker {marker}"):
+        with self.pin(name), fs(f"create the hold marker {marker}"):
             marker.touch()
-            _fsync_dir(self.held_dir)
+            fsync_dir(self.held_dir)
 
     def release(self, name: str) -> None:
         marker = self.held_dir / check_name(name)
-        with _fs(f"remove the hold marker {marker}"):
+        with fs(f"remove the hold marker {marker}"):
             marker.unlink(missing_ok=True)
 
     def held(self) -> Iterator[str]:
@@ -293,7 +281,7 @@ class LocalBlobStore(BlobStore):
         """Move a blob that failed verification out of service, recording ``why``."""
         path = self.path(name)
         target = self.quarantine_dir / name
-        with self._locked() as state, _fs(f"quarantine blob {path}"):
+        with self._total.locked() as state, fs(f"quarantine blob {path}"):
             if self._take_out(state, path, target):
                 (self.quarantine_dir / f"{name}.why").write_text(why.rstrip() + "\n")
         self.release(name)  # its bytes are bad: an upload waiting on them cannot happen
@@ -305,8 +293,8 @@ class LocalBlobStore(BlobStore):
 
     def used(self) -> int:
         """Total bytes of the stored blobs, from the shared counter (no scan)."""
-        with self._locked() as state:
-            return self._adjust(state, 0)
+        with self._total.locked() as state:
+            return self._total.adjust(state, 0)
 
     def stats(self) -> CacheStats:
         entries = self._scan()
@@ -321,11 +309,11 @@ class LocalBlobStore(BlobStore):
 
     def gc(self) -> int:
         """Drop temp files of dead instances and evict down to the budget; bytes freed."""
-        return self._sweep_tmp() + self._evict(self.budget)
+        return sweep_tmp(self._tmp_root) + self._evict(self.budget)
 
     def _evict(self, limit: int | None, protect: str | None = None) -> int:
         """Recount the total and remove least recently used blobs until it fits ``limit``."""
-        with self._locked() as state:
+        with self._total.locked() as state:
             entries = sorted(self._scan())
             total = sum(size for _, _, size in entries)
             freed = 0
@@ -335,7 +323,7 @@ class LocalBlobStore(BlobStore):
                 if name != protect and self._evict_one(name):
                     total -= size
                     freed += size
-            self._write_total(state, total)
+            self._total.write(state, total)
         if limit is not None and total > limit:
             log.warning(
                 "cache %s over budget (%d > %d): the rest is in use", self.root, total, limit
@@ -345,15 +333,15 @@ class LocalBlobStore(BlobStore):
     def _evict_one(self, name: str) -> bool:
         """Under the store lock: remove ``name`` unless a reader pins it or it is held."""
         path = self.path(name)
-        with _fs(f"evict blob {path}"), path.open("rb") as f:
-            if not _try_lock(f) or (self.held_dir / name).exists():
+        with fs(f"evict blob {path}"), path.open("rb") as f:
+            if not try_lock(f) or (self.held_dir / name).exists():
                 return False
             path.unlink()
             return True
 
     def _pinned(self, name: str) -> bool:
         with contextlib.suppress(FileNotFoundError), self.path(name).open("rb") as f:
-            return not _try_lock(f)
+            return not try_lock(f)
         return False
 
     def _take_out(self, state: BinaryIO, path: Path, target: Path | None) -> bool:
@@ -366,7 +354,7 @@ class LocalBlobStore(BlobStore):
             path.unlink()
         else:
             os.replace(path, target)
-        self._adjust(state, -size)
+        self._total.adjust(state, -size)
         return True
 
     # -- internals -------------------------------------------------------------------------
@@ -374,7 +362,7 @@ class LocalBlobStore(BlobStore):
     def _scan(self) -> list[tuple[int, str, int]]:
         """(mtime_ns, name, size) of every blob."""
         out = []
-        with _fs(f"list the blobs in {self.blobs_dir}"):
+        with fs(f"list the blobs in {self.blobs_dir}"):
             for sub in os.scandir(self.blobs_dir):
                 if not sub.is_dir(follow_symlinks=False):
                     continue
@@ -385,8 +373,11 @@ class LocalBlobStore(BlobStore):
                             out.append((st.st_mtime_ns, entry.name, st.st_size))
         return out
 
+    def _count(self) -> int:
+        return sum(size for _, _, size in self._scan())
+
     def _listdir(self, folder: Path) -> list[str]:
-        with _fs(f"list {folder}"):
+        with fs(f"list {folder}"):
             return sorted(n for n in os.listdir(folder) if NAME_RE.match(n))
 
     def _touch(self, target: Path | int) -> None:
@@ -396,67 +387,3 @@ class LocalBlobStore(BlobStore):
             os.utime(target, ns=(now, now))
         except OSError as exc:  # e.g. another user's file: recency is best effort
             log.debug("cannot mark %s as recently used: %s", target, exc)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[BinaryIO]:
-        """The store-wide lock (a fresh open file each time, so threads exclude too)."""
-        with _fs(f"open {self._state}"):
-            f = self._state.open("r+b")
-        with f:
-            with _fs(f"lock {self._state}"):
-                fcntl.flock(f, fcntl.LOCK_EX)
-            yield f
-
-    def _write_total(self, state: BinaryIO, total: int) -> None:
-        with _fs(f"write {self._state}"):
-            state.seek(0)
-            state.write(b"%d\n" % total)
-            state.truncate()
-            state.flush()
-
-    def _adjust(self, state: BinaryIO, delta: int) -> int:
-        """Under the lock: add ``delta`` to the total (recounting a damaged one)."""
-        with _fs(f"read {self._state}"):
-            state.seek(0)
-            text = state.read()
-        try:
-            total = max(0, int(text) + delta)
-        except ValueError:  # a recount already includes the change just made on disk
-            total = sum(size for _, _, size in self._scan())
-        self._write_total(state, total)
-        return total
-
-    def _claim_tmp(self) -> tuple[Path, int]:
-        """Make this instance's tmp folder and lock it for as long as the instance lives."""
-        with _fs(f"create a temp folder in {self._tmp_root}"):
-            while True:
-                path = Path(tempfile.mkdtemp(dir=self._tmp_root, prefix=f"{os.getpid()}-"))
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-                except FileNotFoundError:
-                    continue  # another instance's sweep removed it before we opened it
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                with contextlib.suppress(FileNotFoundError):
-                    if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                        return path, fd
-                os.close(fd)  # a sweeper removed it before we locked it: make another
-
-    def _sweep_tmp(self) -> int:
-        """Remove the tmp folders of dead instances (their lock is free) and loose files."""
-        freed = 0
-        with _fs(f"clean up {self._tmp_root}"):
-            for entry in os.scandir(self._tmp_root):
-                with contextlib.suppress(FileNotFoundError):
-                    if not entry.is_dir(follow_symlinks=False):
-                        freed += entry.stat(follow_symlinks=False).st_size
-                        os.unlink(entry.path)
-                        continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY)
-                    try:
-                        if not _try_lock(fd):
-                            continue  # its instance is alive (ours included)
-                        freed += _tree_bytes(Path(entry.path))
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    finally:
-                        os.close(fd)
-        return freed

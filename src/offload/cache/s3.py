@@ -20,80 +20,35 @@ refused credentials: plain ``CacheError``). Retries: botocore's standard mode wi
 ``max_attempts`` (default 3) and short connect timeouts, so an endpoint that is down fails
 within a few seconds.
 
-Transfers. s3transfer's ``upload_file`` does not accept ``IfNoneMatch`` in ``ExtraArgs``
-(s3transfer 0.19.3: not in ``ALLOWED_UPLOAD_ARGS`` nor ``COMPLETE_MULTIPART_ARGS``), so large
-files go up through our own multipart upload: parts streamed from the file (never held in
-memory), sent by a small thread pool, ``If-None-Match: *`` on the completion, the upload
-aborted on any failure. Downloads are one streamed ``GetObject`` copied in 1 MiB chunks,
-resumed after a broken stream with a ranged ``GetObject`` pinned by ``If-Match: <etag>``.
-
-Chosen by measurement: moto 5.2.5 server on loopback, boto3/botocore 1.44.8, s3transfer
-0.19.3, a 2-core VM shared with other jobs (hence the spread). MiB/s, median and range of
-2-8 runs; RSS = the client process's peak (74 MiB after importing boto3 and offload)::
-
-    upload                                          256 MiB          1 GiB        peak RSS
-    one put_object (file streamed)                  178 (79-249)     164 (107-196)    75
-    upload_file, default TransferConfig             192 (107-215)    135 (80-211)    105
-      (8 MiB parts, 10 threads)
-    upload_file, use_threads=False                   75 (60-90)      122 (108-135)    75
-    upload_file, 64 MiB parts, 4 threads             72 (53-91)      105 (92-117)     86
-    ours, 64 MiB parts x 1 thread                   104 (90-120)     108 (58-120)     87
-    ours, 64 MiB x 2                                133 (73-151)     108 (57-136)     93
-    ours, 128 MiB x 2                               150 (128-152)    143 (124-153)    93
-    ours, 32 MiB x 4                                  -              156 (139-169)   100
-    ours, 16 MiB x 2                                  -              189 (166-199)    93
-    ours, 16 MiB x 4   <- chosen                    160 (92-221)     187 (89-235)    100
-      (last 6 runs at 1 GiB, quieter machine:                        209 (172-235))
-    ours, 16 MiB x 8                                  -              228 (216-229)   112
-    ours, 8 MiB x 4                                   -              209 (141-220)   100
-
-    download                                        256 MiB          1 GiB        peak RSS
-    download_file, default TransferConfig            56 (55-59)       14 (12-15)     164
-      (8 MiB ranged GETs, 10 threads)
-    download_file, use_threads=False                 50 (49-52)       13 (12-14)     113
-    download_file, 64 MiB ranges, 4 threads         334 (282-340)    102 (94-111)    186
-    one get_object, shutil.copyfileobj 1 MiB       1262 (338-1348)   424 (306-824)    75
-    ours: one get_object, iter_chunks(1 MiB)        620 (257-688)    352 (278-605)    87
-      (then fsync + rename; the fsync is the gap to copyfileobj at 256 MiB: since dropped,
-       the caller, LocalBlobStore, fsyncs when it commits the blob)
-
-Ranged downloads are slow against moto because it materialises the whole object for every
-range (cost grows with the object: 1 GiB default ranged download is 30x slower than one GET).
-Real S3 serves ranges cheaply and parallel ranges help a single large download over a WAN;
-that would be a ``download_concurrency`` knob, not needed for a local server. Uploads: moto
-plus client-side hashing (SigV4 payload SHA-256 over http, CRC32 part checksums) saturate
-the two cores near 200 MiB/s whatever the strategy; small parts pipelined over 4 threads are
-the best multipart, and one PUT is as fast below a few hundred MiB, hence the 64 MiB
-threshold (a failed PUT resends at most that much). Knobs are in :class:`S3Config`.
+Transfers: files below ``S3Config.multipart_threshold`` go up as one streamed ``PutObject``,
+larger ones as a multipart upload (:mod:`offload.cache.s3multipart`). Downloads are one
+streamed ``GetObject`` copied in 1 MiB chunks, resumed after a broken stream with a ranged
+``GetObject`` pinned by ``If-Match: <etag>``. Why these strategies and sizes: the
+measurements in ``docs/benchmarks.md`` (section "S3 transfers").
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
 from offload.cache.blobs import NAME_RE, BlobStore, check_name
+from offload.cache.s3multipart import upload_multipart
 from offload.errors import CacheError, ObjectNotFound, StoreUnavailable
-
-if TYPE_CHECKING:
-    from offload.config import Settings
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-MAX_PARTS = 10_000
 MIN_PART = 5 * MiB
 COPY_CHUNK = 1 * MiB
 PROBE_KEY = ".probe/if-none-match"
@@ -105,7 +60,8 @@ class S3Unavailable(StoreUnavailable):
 
 @dataclass(frozen=True)
 class S3Config:
-    """Where and how to reach the bucket. ``from_settings`` reads offload's ``s3_*`` settings."""
+    """Where and how to reach the bucket (built from offload's ``s3_*`` settings by
+    :func:`offload.cache.factory.remote_tier`)."""
 
     bucket: str
     prefix: str = "offload/"
@@ -133,65 +89,9 @@ class S3Config:
         if self.max_attempts < 1 or self.upload_concurrency < 1:
             raise CacheError("S3 max_attempts and upload_concurrency must be at least 1")
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> S3Config | None:
-        """The S3 tier configured in ``settings``, or None when no bucket is set."""
-        bucket = getattr(settings, "s3_bucket", None)
-        if not bucket:
-            return None
-        return cls(
-            bucket=bucket,
-            prefix=getattr(settings, "s3_prefix", "offload/"),
-            endpoint_url=getattr(settings, "s3_endpoint_url", None) or None,
-            region=getattr(settings, "s3_region", "us-east-1"),
-        )
-
     @property
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint_url or 'AWS ' + self.region}"
-
-
-class _Exists(Exception):
-    """Internal: a conditional write found the key already there."""
-
-
-class _FileSlice:
-    """A seekable read-only window ``[start, start + length)`` of a file: one part's body.
-
-    botocore reads it to sign and checksum, seeks back, then sends it; only small buffers are
-    ever in memory.
-    """
-
-    def __init__(self, path: Path, start: int, length: int) -> None:
-        self._f: IO[bytes] = path.open("rb")
-        self._start = start
-        self._len = length
-        self._pos = 0
-        self._f.seek(start)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def read(self, amt: int | None = -1) -> bytes:
-        left = self._len - self._pos
-        n = left if amt is None or amt < 0 else min(amt, left)
-        if n <= 0:
-            return b""
-        data = self._f.read(n)
-        self._pos += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._len}[whence]
-        self._pos = max(0, min(self._len, base + offset))
-        self._f.seek(self._start + self._pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def _status(exc: bce.ClientError) -> int:
@@ -231,11 +131,6 @@ class S3BlobStore(BlobStore):
             )
         except (bce.BotoCoreError, ValueError) as exc:
             raise CacheError(f"cannot set up an S3 client for {config.where}: {exc}") from None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> S3BlobStore | None:
-        config = S3Config.from_settings(settings)
-        return None if config is None else cls(config)
 
     @property
     def conditional_writes(self) -> bool | None:
@@ -382,94 +277,35 @@ class S3BlobStore(BlobStore):
         conditional = self._conditional_writes()
         if not conditional and self.has(name):
             return False
-        try:
-            if size < self.config.multipart_threshold:
-                self._put_single(name, key, src, conditional)
-            else:
-                self._put_multipart(name, key, src, size, conditional)
-        except _Exists:
-            return False
-        return True
-
-    def _put_single(self, name: str, key: str, src: Path, conditional: bool) -> None:
         extra = {"IfNoneMatch": "*"} if conditional else {}
+        single = size < self.config.multipart_threshold
+        what = f"PUT of {name}" if single else f"multipart upload of {name}"
         try:
-            with src.open("rb") as body:
-                self.client.put_object(Bucket=self.config.bucket, Key=key, Body=body, **extra)
+            if single:
+                with src.open("rb") as body:
+                    self.client.put_object(Bucket=self.config.bucket, Key=key, Body=body, **extra)
+            else:
+                upload_multipart(
+                    self.client,
+                    self.config.bucket,
+                    key,
+                    src,
+                    size=size,
+                    part_size=self.config.part_size,
+                    concurrency=self.config.upload_concurrency,
+                    complete_args=extra,
+                )
         except bce.ClientError as exc:
-            if conditional and _status(exc) == 412:
-                raise _Exists from None
-            if conditional and _status(exc) == 409 and self.has(name):  # a concurrent write
-                raise _Exists from None
-            self._fail(exc, f"PUT of {name}")
+            status = _status(exc)
+            # 412: already there; 409: a concurrent write of the same name (then it is there)
+            if conditional and (status == 412 or (status == 409 and self.has(name))):
+                return False
+            self._fail(exc, what)
         except bce.BotoCoreError as exc:
-            self._fail(exc, f"PUT of {name}")
+            self._fail(exc, what)
         except OSError as exc:
             raise CacheError(f"cannot read {src} to upload it: {exc}") from None
-
-    def _checksum_args(self) -> dict[str, str]:
-        """Mirror s3transfer: name a CRC32 part checksum unless the client opted out."""
-        when = getattr(self.client.meta.config, "request_checksum_calculation", None)
-        return {} if when == "when_required" else {"ChecksumAlgorithm": "CRC32"}
-
-    def _put_multipart(self, name: str, key: str, src: Path, size: int, conditional: bool) -> None:
-        what = f"multipart upload of {name}"
-        part_size = max(self.config.part_size, -(-size // MAX_PARTS))
-        checksum = self._checksum_args()
-        upload = self._call(what, self.client.create_multipart_upload, Key=key, **checksum)
-        upload_id = upload["UploadId"]
-        bucket = self.config.bucket
-
-        def send(number: int) -> dict[str, Any]:
-            start = (number - 1) * part_size
-            body = _FileSlice(src, start, min(part_size, size - start))
-            try:
-                resp = self.client.upload_part(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    **checksum,
-                )
-            finally:
-                body.close()
-            part = {"PartNumber": number, "ETag": resp["ETag"]}
-            if resp.get("ChecksumCRC32"):
-                part["ChecksumCRC32"] = resp["ChecksumCRC32"]
-            return part
-
-        count = max(1, -(-size // part_size))
-        try:
-            try:
-                if self.config.upload_concurrency == 1 or count == 1:
-                    parts = [send(n) for n in range(1, count + 1)]
-                else:
-                    workers = min(self.config.upload_concurrency, count)
-                    with ThreadPoolExecutor(workers, thread_name_prefix="s3-part") as pool:
-                        parts = list(pool.map(send, range(1, count + 1)))
-                extra = {"IfNoneMatch": "*"} if conditional else {}
-                self.client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                    **extra,
-                )
-            except bce.ClientError as exc:
-                if conditional and _status(exc) == 412:
-                    raise _Exists from None
-                if conditional and _status(exc) == 409 and self.has(name):
-                    raise _Exists from None
-                self._fail(exc, what)
-            except bce.BotoCoreError as exc:
-                self._fail(exc, what)
-            except OSError as exc:
-                raise CacheError(f"cannot read {src} to upload it: {exc}") from None
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            raise
+        return True
 
     # -- conditional-write detection -------------------------------------------------------
 

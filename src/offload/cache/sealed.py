@@ -2,8 +2,9 @@
 
 Content ids (``sha256:<hex>`` of plaintext) are what users see. Underneath, each object is
 an encrypted envelope (:mod:`.envelope`) stored under a keyed hash of its id (:mod:`.keys`)
-in a node-local :class:`~offload.cache.localblobs.LocalBlobStore` and, when configured, a
-shared remote tier (S3).
+in a node-local tier (a :class:`~offload.cache.blobs.LocalTier`: the node's
+:class:`~offload.cache.localblobs.LocalBlobStore`) and, when configured, a shared remote
+tier (a :class:`~offload.cache.blobs.BlobStore`: S3).
 
 Reads: local, else remote; the envelope is verified while it is decrypted, a local blob that
 fails is quarantined and fetched again from the remote tier, and a fetched blob is kept
@@ -11,6 +12,9 @@ locally. Writes: local first, then the remote tier; when the remote tier is unre
 blob is *held* locally (never evicted) and its name stays in the durable pending list (the
 held markers) until :meth:`SealedStore.flush_pending` uploads it. Uploads are
 create-if-absent, so a blob is never uploaded twice.
+
+An unreachable remote tier is never taken for "absent": :meth:`SealedStore.has` and reads of
+an object the local tier lacks raise :class:`~offload.errors.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from offload.cache import envelope
-from offload.cache.blobs import BlobStore
+from offload.cache.blobs import BlobStore, LocalTier
 from offload.cache.keys import ClusterKey
-from offload.cache.localblobs import LocalBlobStore
 from offload.cache.store import Store
 from offload.errors import CacheError, IntegrityError, ObjectNotFound, StoreUnavailable
 
@@ -33,9 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class SealedStore(Store):
-    def __init__(
-        self, key: ClusterKey, local: LocalBlobStore, remote: BlobStore | None = None
-    ) -> None:
+    def __init__(self, key: ClusterKey, local: LocalTier, remote: BlobStore | None = None) -> None:
         self.key = key
         self.local = local
         self.remote = remote
@@ -81,9 +82,6 @@ class SealedStore(Store):
             sent += 1
         return sent
 
-    def pending(self) -> list[str]:
-        return list(self.local.held()) if self.remote is not None else []
-
     # -- reads -----------------------------------------------------------------------------
 
     def has(self, oid: str) -> bool:
@@ -94,8 +92,11 @@ class SealedStore(Store):
             return False
         try:
             return self.remote.has(name)
-        except StoreUnavailable:
-            return False
+        except StoreUnavailable as exc:  # not "absent": nobody can tell now
+            raise StoreUnavailable(
+                f"cannot tell whether object {oid} is stored: this node's cache lacks it "
+                f"and the shared store cannot be reached ({exc})"
+            ) from exc
 
     def export(self, oid: str, dest: Path) -> None:
         name = self.key.name_of(oid)
@@ -137,8 +138,13 @@ class SealedStore(Store):
                 self.remote.get(name, tmp)
             except ObjectNotFound:
                 raise ObjectNotFound(oid) from None
-            with tmp.open("rb") as src, part.open("wb") as out:
-                envelope.unseal(src, out, self.key, oid, total_size=tmp.stat().st_size)
+            try:
+                with tmp.open("rb") as src, part.open("wb") as out:
+                    envelope.unseal(src, out, self.key, oid, total_size=tmp.stat().st_size)
+            except IntegrityError as exc:  # neither kept nor served; the shared copy stays
+                raise IntegrityError(
+                    f"object {oid} is damaged in the shared store and was not used: {exc}"
+                ) from exc
             self.local.put_owned(name, tmp)
             os.replace(part, dest)
         finally:
@@ -153,7 +159,3 @@ class SealedStore(Store):
         if self.remote is not None:
             with contextlib.suppress(CacheError):
                 self.remote.delete(name)
-
-    def pin(self, oid: str) -> contextlib.AbstractContextManager[None]:
-        """Keep ``oid``'s local blob from eviction while the context is open."""
-        return self.local.pin(self.key.name_of(oid))

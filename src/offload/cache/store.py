@@ -70,7 +70,11 @@ class Store(ABC):
 
     @abstractmethod
     def has(self, oid: str) -> bool:
-        """Whether the object is stored here."""
+        """Whether the object is stored here.
+
+        Raises :class:`~offload.errors.StoreUnavailable` when that cannot be told now (a tier
+        that may hold it is unreachable): an outage is never reported as "absent".
+        """
 
     @abstractmethod
     def put_stream(self, stream: BinaryIO) -> str:

@@ -3,23 +3,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
-import os
-from collections.abc import Iterator
-from typing import BinaryIO
 
 import click
 from rich.console import Console
 
-from offload.cache import envelope
-from offload.cache.factory import open_store
-from offload.cache.localblobs import LocalBlobStore
+from offload.cache import maintenance
+from offload.cache.factory import local_tier
+from offload.cache.keys import load_key
 from offload.cli import cli, handle_errors, settings_of
-from offload.config import Settings
-from offload.errors import CacheError, ConfigError, IntegrityError, ObjectNotFound, WrongKey
+from offload.errors import IntegrityError
 from offload.spec import parse_memory
 
 console = Console(highlight=False, soft_wrap=True)
@@ -35,37 +29,6 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _local(settings: Settings, budget: int | None = None) -> LocalBlobStore:
-    """The node's local cache alone (no key needed): stats and gc read no blob's content."""
-    return LocalBlobStore(
-        settings.store_dir, budget if budget is not None else settings.cache_budget
-    )
-
-
-@contextlib.contextmanager
-def _open_pinned(local: LocalBlobStore, name: str) -> Iterator[BinaryIO]:
-    """Open blob ``name`` and hold it against eviction (a shared flock, as ``pin`` takes)
-    without marking it as recently used: a verify pass must not reorder the LRU.
-    ObjectNotFound when it is gone (evicted or deleted meanwhile)."""
-    path = local.path(name)
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        raise ObjectNotFound(name) from None
-    except OSError as exc:
-        raise CacheError(f"cannot open blob {path}: {exc.strerror or exc}") from exc
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH)
-            if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
-                raise ObjectNotFound(name)  # evicted (and maybe stored again) as we opened it
-        except FileNotFoundError:
-            raise ObjectNotFound(name) from None
-        except OSError as exc:
-            raise CacheError(f"cannot lock blob {path}: {exc.strerror or exc}") from exc
-        yield f
-
-
 @click.group()
 def cache() -> None:
     """The node's local content cache: its size, its health, its clean-up."""
@@ -79,7 +42,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     """Objects, bytes and budget of the local cache, and its pinned, held and quarantined
     blobs (held: waiting to be uploaded to the shared S3 tier)."""
     settings = settings_of(ctx)
-    with _local(settings) as local:
+    with local_tier(settings) as local:
         s = local.stats()
     if as_json:
         click.echo(json.dumps({"dir": str(settings.store_dir), **dataclasses.asdict(s)}))
@@ -108,51 +71,19 @@ def verify(ctx: click.Context) -> None:
     named), 2 when the blobs were sealed under another key (nothing is quarantined then).
     """
     settings = settings_of(ctx)
-    store = open_store(settings)
-    key, local = store.key, store.local
-    try:
-        ok = gone = 0
-        bad: list[tuple[str, str]] = []
-        for name in local.names():
-            try:
-                with _open_pinned(local, name) as f:
-                    size = os.fstat(f.fileno()).st_size
-                    try:
-                        oid = envelope.verify(f, key, total_size=size)
-                    except OSError as exc:
-                        raise CacheError(
-                            f"cannot read blob {local.path(name)}: {exc.strerror or exc}"
-                        ) from exc
-            except ObjectNotFound:
-                gone += 1  # evicted or deleted since the listing: nothing to check
-                continue
-            except WrongKey as exc:
-                # The objects are intact; the key is not theirs. Quarantine nothing, even what
-                # an earlier blob failed: with the wrong key configured, trust no verdict.
-                raise ConfigError(
-                    f"blob {name} in {settings.store_dir}: {exc}. Stopped; nothing was "
-                    "quarantined (the blobs may be intact: check OFFLOAD_KEY_FILE)"
-                ) from None
-            except IntegrityError as exc:
-                bad.append((name, str(exc)))
-                continue
-            if key.name_of(oid) != name:
-                bad.append((name, f"holds object {oid}, which is not stored under this name"))
-            else:
-                ok += 1
-        for name, why in bad:
-            local.quarantine(name, why)
-            console.print(f"quarantined {name}: {why}")
-        console.print(
-            f"verified {ok + len(bad)} blobs: {ok} ok, {len(bad)} bad (quarantined)"
-            + (f", {gone} gone while checking" if gone else "")
-        )
-    finally:
-        local.close()
-    if bad:
+    key = load_key(settings.key_path)
+    with local_tier(settings) as local:
+        report = maintenance.verify(key, local)
+    for name, why in report.bad:
+        console.print(f"quarantined {name}: {why}")
+    console.print(
+        f"verified {report.checked} blobs: {report.ok} ok, {len(report.bad)} bad (quarantined)"
+        + (f", {report.gone} gone while checking" if report.gone else "")
+    )
+    if report.bad:
         raise IntegrityError(
-            f"{len(bad)} blob(s) in {settings.store_dir} were damaged or misnamed and were "
-            f"quarantined in {local.quarantine_dir}"
+            f"{len(report.bad)} blob(s) in {settings.store_dir} were damaged or misnamed and "
+            f"were quarantined in {local.quarantine_dir}"
         )
 
 
@@ -181,18 +112,18 @@ def gc(ctx: click.Context, budget: int | None) -> None:
     Blobs in use (pinned) or held for upload are never evicted.
     """
     settings = settings_of(ctx)
-    with _local(settings, budget) as local:
-        freed = local.gc()
-        s = local.stats()
+    with local_tier(settings, budget) as local:
+        report = maintenance.gc(local)
+    freed, s = report.freed, report.stats
     console.print(
         f"freed {freed} bytes ({human_size(freed)}); "
         f"{s.count} objects, {s.bytes} bytes ({human_size(s.bytes)}) remain"
     )
-    if local.budget is None:
+    if s.budget is None:
         console.print("no budget set (OFFLOAD_CACHE_BUDGET or --budget): nothing was evicted")
-    elif s.bytes > local.budget:
+    elif report.over_budget:
         console.print(
-            f"still over the budget of {human_size(local.budget)}: the rest is pinned or held"
+            f"still over the budget of {human_size(s.budget)}: the rest is pinned or held"
         )
 
 
