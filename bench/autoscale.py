@@ -209,7 +209,9 @@ class Platform:
 def burst(client: Client, plat: Platform, n: int, timeout: float) -> dict[str, Any]:
     """Submit ``n`` no-op jobs at once; times from the burst to first running and to drained."""
     assert plat.provider is not None and plat.settings is not None
-    watch = NodeWatch(NodeRegistry(redis_client(plat.settings)))
+    watch = NodeWatch(
+        NodeRegistry(redis_client(plat.settings), lost_after=plat.settings.lost_after)
+    )
     started_before = len(plat.provider.started)
     try:
         t0 = time.time()
@@ -254,7 +256,7 @@ def scale_back(plat: Platform, t_last: float, idle_window: float) -> dict[str, A
     """From the last result until the nodes are drained back to 0 and their processes gone."""
     assert plat.provider is not None and plat.settings is not None
     p = plat.provider
-    registry = NodeRegistry(redis_client(plat.settings))
+    registry = NodeRegistry(redis_client(plat.settings), lost_after=plat.settings.lost_after)
     drained_before = len(p.drained)
     t_gone = wait_for(
         lambda: not p.nodes() and not registry.nodes(),
@@ -306,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(args, "starting redis-server ...")
     with bench_env(args.slots, args.keep) as (plat, client):
         assert plat.provider is not None and plat.settings is not None
-        registry = NodeRegistry(redis_client(plat.settings))
+        registry = NodeRegistry(redis_client(plat.settings), lost_after=plat.settings.lost_after)
 
         # 1. cold: the autoscaler runs, no node is up
         msg = f"cold: autoscaler min 0 max {args.max_nodes}, tick {args.interval:g}s; "

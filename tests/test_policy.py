@@ -13,6 +13,7 @@ from offload.autoscaler.policy import (
     ClassLimits,
     ClassWork,
     Decision,
+    Headroom,
     Limits,
     NodeView,
     PolicyMemory,
@@ -280,6 +281,27 @@ def test_decision_views() -> None:
     assert d.desired == {CS: 4, GPU: 1}
     assert d.drain == []
     assert set(d.reasons) == {CS, GPU}
+
+
+def test_headroom_caps_the_nodes_started_and_says_why() -> None:
+    full = "at machine capacity: 2 CPUs / 4 GiB in use (this machine: 2 CPUs / 8 GiB)"
+    lim = limits(jobs_per_node=1, max_nodes=4)
+    some = decide({CS: ClassWork(ready=10)}, [], 0.0, lim, PolicyMemory(), {CS: Headroom(1, full)})
+    got = some.classes[CS]
+    assert (got.desired, got.start) == (4, 1)
+    assert got.reason == (
+        f"scaling up: 10 jobs, 1 slots/node → 10 nodes, max 4; starting 1 of 4 ({full})"
+    )
+    nodes = [starting("a")]
+    none = decide({CS: ClassWork(ready=10)}, nodes, 1.0, lim, some.memory, {CS: Headroom(0, full)})
+    got = none.classes[CS]
+    assert (got.desired, got.start) == (4, 0)
+    assert got.reason == f"{full}; 10 jobs need 10 nodes, 1 up or starting"
+    # room enough: no cap, no mention; a class not in the headroom is not capped
+    roomy = decide({CS: ClassWork(ready=2)}, [], 0.0, lim, PolicyMemory(), {CS: Headroom(9, full)})
+    assert roomy.classes[CS].start == 2 and "capacity" not in roomy.classes[CS].reason
+    other = decide({GPU: ClassWork(ready=1)}, [], 0.0, lim, PolicyMemory(), {CS: Headroom(0, full)})
+    assert other.classes[GPU].start == 1
 
 
 def test_pure() -> None:

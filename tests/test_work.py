@@ -7,8 +7,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import redis
@@ -17,23 +15,19 @@ from click.testing import CliRunner
 from kombu.transport import redis as kombu_redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from offload.autoscaler.loop import (
-    Autoscaler,
-    join_nodes,
-    limits_from_settings,
-    read_status,
-    status_key,
-)
+from offload.autoscaler.loop import Autoscaler, join_nodes, limits_from_settings
 from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
 from offload.autoscaler.policy import ClassLimits, ClassWork, Limits, NodeView, PolicyMemory, decide
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.autoscaler.work import PRIORITY_SEP, PRIORITY_STEPS, UNACKED_KEY, queue_keys, read_work
+from offload.broker import keys
 from offload.broker.app import TASK_NAME, make_app, redis_client, route
 from offload.broker.nodes import NodeInfo, NodeRegistry
 from offload.broker.records import JobRecords
+from offload.broker.scaling import read_status
 from offload.broker.status import JobStatus
 from offload.config import Settings
-from offload.errors import ConfigError
+from offload.errors import ConfigError, ProviderError
 from offload.spec import JobSpec
 from tests.conftest import Platform, make_platform
 
@@ -136,7 +130,7 @@ def _record(records: JobRecords, cls: str) -> str:
 
 def test_running_from_the_registry_and_job_records(settings: Settings, r: redis.Redis) -> None:
     records = JobRecords(r, record_ttl=600, log_max_entries=1000)
-    registry = NodeRegistry(r)
+    registry = NodeRegistry(r, lost_after=settings.lost_after)
     registry.register(
         "n1", provider="test", classes=["cpu-large"], slots=2, cpus=4, memory=1 << 30, gpus=0
     )
@@ -146,8 +140,8 @@ def test_running_from_the_registry_and_job_records(settings: Settings, r: redis.
     done = _record(records, "cpu-large")
     records.transition(done, JobStatus.SUCCEEDED)
     queued = _record(records, "cpu-large")
-    for job_id in (active, done, queued, "no-such-job"):
-        registry.job_started("n1", job_id)
+    # stale entries: a finished job, a queued one, one without a record
+    r.sadd(keys.node_running("n1"), done, queued, "no-such-job")
     assert read_work(r, CLASSES)["cpu-large"] == ClassWork(running=1)
     assert read_work(r, CLASSES)["cpu-large"].total == 1  # unacked 0 < running 1: max
 
@@ -269,7 +263,7 @@ class MemoryProvider(NodeProvider):
 def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis) -> None:
     for _ in range(4):
         publish(app, "cpu-small")
-    registry = NodeRegistry(r)
+    registry = NodeRegistry(r, lost_after=15)
     provider = MemoryProvider()
     recovered: list[float] = []
     limits = Limits(default=ClassLimits(max_nodes=4, jobs_per_node=2, idle_window=5))
@@ -285,7 +279,7 @@ def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis)
     assert status is not None
     assert status["desired"] == "2" and status["starting"] == "2"
     assert status["reason"].startswith("scaling up: 4 jobs, 2 slots/node → 2 nodes")
-    assert 0 < r.ttl(status_key("cpu-small")) <= 60
+    assert 0 < r.ttl(keys.autoscaler_status("cpu-small")) <= 60
     assert read_status(r, "gpu-large") == {
         "desired": "0", "up": "0", "starting": "0", "draining": "0", "work": "0",
         "reason": "idle: 0 nodes, min 0", "at": repr(t),
@@ -303,8 +297,7 @@ def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis)
     r.delete("cpu-small")  # the jobs were taken and are done
     records = JobRecords(r, record_ttl=600, log_max_entries=1000)
     busy_job = _record(records, "cpu-small")
-    records.begin_attempt(busy_job, names[1])
-    registry.job_started(names[1], busy_job)  # names[1] runs a job; the class has 1 job
+    records.begin_attempt(busy_job, names[1])  # names[1] runs a job; the class has 1 job
 
     scaler.tick(t + 2)
     assert provider.drained == []  # within the idle window
@@ -319,15 +312,64 @@ def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis)
     assert recovered == [t, t + 1, t + 2, t + 8, t + 9]
 
 
-def test_a_failing_provider_is_reported_in_the_status(app: Celery, r: redis.Redis) -> None:
+def test_a_failing_provider_is_reported_and_asked_again(
+    app: Celery, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     class Broken(MemoryProvider):
+        fail = True
+
         def start_nodes(self, resource_class: str, count: int) -> list[str]:
-            raise RuntimeError("no capacity in zone")
+            if self.fail:
+                raise ProviderError("no capacity in zone")
+            return super().start_nodes(resource_class, count)
 
     publish(app, "cpu-large")
-    scaler = Autoscaler(NodeRegistry(r), Broken(), r, CLASSES, Limits())
-    scaler.tick(time.time())
+    provider = Broken()
+    scaler = Autoscaler(NodeRegistry(r, lost_after=15), provider, r, CLASSES, Limits())
+    t = time.time()
+    scaler.tick(t)
     assert "no capacity in zone" in read_status(r, "cpu-large")["reason"]  # type: ignore[index]
+    assert "starting 1 node(s) failed: no capacity in zone" in caplog.text
+    provider.fail = False
+    scaler.tick(t + 1)  # the next tick tries again
+    assert provider.started == [("cpu-large", 1)]
+    assert read_status(r, "cpu-large")["starting"] == "1"  # type: ignore[index]
+
+
+def test_busy_nodes_are_protected_idle_ones_not_told_on_change(app: Celery, r: redis.Redis) -> None:
+    class Protecting(MemoryProvider):
+        def __init__(self) -> None:
+            super().__init__()
+            self.told: list[tuple[str, bool]] = []
+
+        def protect(self, node: str, busy: bool) -> None:
+            self.told.append((node, busy))
+
+    provider = Protecting()
+    registry = NodeRegistry(r, lost_after=15)
+    lim = Limits(default=ClassLimits(min_nodes=2, max_nodes=2))
+    scaler = Autoscaler(registry, provider, r, ["cpu-small"], lim)
+    t = time.time()
+    scaler.tick(t)
+    a, b = sorted(p.name for p in provider.nodes())
+    scaler.tick(t + 1)
+    assert provider.told == []  # not registered yet: nothing known of them
+    for n in (a, b):
+        registry.register(n, provider="memory", classes=["cpu-small"], slots=1, cpus=1,
+                          memory=1, gpus=0)  # fmt: skip
+    records = JobRecords(r, record_ttl=600, log_max_entries=1000)
+    job = _record(records, "cpu-small")
+    records.begin_attempt(job, a)
+    scaler.tick(t + 2)
+    assert sorted(provider.told) == [(a, True), (b, False)]
+    scaler.tick(t + 3)
+    assert len(provider.told) == 2  # no change, nothing told
+    records.transition(job, JobStatus.RUNNING, attempt=1)
+    records.transition(job, JobStatus.UPLOADING, attempt=1)
+    records.transition(job, JobStatus.SUCCEEDED, attempt=1)
+    assert not registry.runs(a, job)
+    scaler.tick(t + 4)
+    assert provider.told[2:] == [(a, False)]
 
 
 # -- limits from settings, the command -------------------------------------------------------
@@ -341,8 +383,8 @@ def test_limits_from_settings_defaults(settings: Settings) -> None:
 
 
 def test_limits_from_settings_overrides(settings: Settings) -> None:
-    def fake(**kw: Any) -> Any:
-        return SimpleNamespace(classes=settings.classes, **kw)
+    def fake(**kw: object) -> Settings:
+        return settings.model_copy(update=kw)
 
     limits = limits_from_settings(
         fake(

@@ -14,34 +14,34 @@
 * :meth:`AwsProvider.ensure_groups` creates a launch template and a group per class where
   they are absent.
 
-Settings read (with these defaults when the settings do not name them): ``aws_group_name``
-(``"offload-{class}"``), ``aws_region`` (the S3 region), ``aws_endpoint_url`` (none: AWS),
-``aws_key_parameter`` (``"/offload/cluster-key"``), ``aws_env_parameter`` (none),
-``aws_install`` (``"offload"``). See ``docs/aws.md``.
+* An AWS API call that fails (throttled, refused, unreachable) raises
+  :class:`~offload.errors.ProviderError`; a missing group, ``ConfigError``.
+
+Settings read: ``aws_group_name``, ``aws_region`` (none: the S3 region), ``aws_endpoint_url``
+(none: AWS), and those of the node script (:mod:`offload.autoscaler.aws_userdata`). See
+``docs/aws.md``.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import logging
-import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-from urllib.parse import urlparse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
-from offload.autoscaler.local import settings_env
+from botocore.exceptions import BotoCoreError, ClientError
+
+from offload.autoscaler.aws_userdata import group_name, user_data
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.config import Settings
-from offload.errors import ConfigError
+from offload.errors import ConfigError, ProviderError
+
+__all__ = ["AwsProvider", "group_name", "user_data"]
 
 log = logging.getLogger(__name__)
 
-GROUP_NAME = "offload-{class}"
-KEY_PARAMETER = "/offload/cluster-key"
-NODE_HOME = "/var/lib/offload"
-KEY_FILE = "/etc/offload/key"
-ENV_FILE = "/etc/offload/worker.env"
 TAG_CLASS = "offload:class"
 
 _STARTING = ("Pending", "Warmed")
@@ -49,147 +49,24 @@ _DRAINING = ("Terminating", "Detaching", "EnteringStandby", "Standby")
 _GONE = ("Terminated", "Detached")
 
 
-def _setting(settings: Settings, name: str, default: Any) -> Any:
-    value = getattr(settings, name, None)
-    return default if value in (None, "") else value
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def group_name(settings: Settings, resource_class: str, template: str | None = None) -> str:
-    """The Auto Scaling group (and launch template) of ``resource_class``."""
-    template = template or str(_setting(settings, "aws_group_name", GROUP_NAME))
-    return template.replace("{class}", resource_class)
+def _api(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A provider method whose AWS API failures are raised as :class:`ProviderError`."""
 
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except (BotoCoreError, ClientError) as exc:
+                raise ProviderError(f"AWS: {what}: {exc}") from exc
 
-def _env_line(key: str, value: str) -> str:
-    """One ``KEY=value`` line of a systemd EnvironmentFile."""
-    if "'" not in value and "\n" not in value:
-        return f"{key}='{value}'"
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'{key}="{escaped}"'
+        return call
 
-
-def user_data(
-    settings: Settings,
-    resource_class: str,
-    *,
-    install: str | None = None,
-    key_parameter: str | None = None,
-    env_parameter: str | None = None,
-    region: str | None = None,
-) -> str:
-    """The cloud-init script of a node of ``resource_class``: install offload, start a worker.
-
-    It installs Docker and a Python virtualenv (Debian/Ubuntu AMIs: apt), ``pip install``\\ s
-    ``install`` (a pip requirement: a version on an index you run, or a wheel's URL), reads
-    the instance id through IMDSv2, fetches the cluster key from the SSM SecureString
-    ``key_parameter`` (and, optionally, more ``KEY=VALUE`` lines — secrets such as a Redis
-    password — from ``env_parameter``), writes ``/etc/offload/worker.env`` and starts the
-    ``offload-worker`` systemd unit (SIGTERM on stop = warm shutdown; it waits up to the
-    longest job timeout).
-
-    Nothing secret is written into the script itself: a Redis URL with a password must come
-    through ``env_parameter``.
-    """
-    settings.resource_class(resource_class)  # unknown class: ConfigError
-    install = install or str(_setting(settings, "aws_install", "offload"))
-    key_parameter = key_parameter or str(_setting(settings, "aws_key_parameter", KEY_PARAMETER))
-    env_parameter = env_parameter or _setting(settings, "aws_env_parameter", None)
-    region = region or str(_setting(settings, "aws_region", settings.s3_region))
-    env = settings_env(settings)
-    if urlparse(settings.redis_url).password:
-        if not env_parameter:
-            raise ConfigError(
-                "the Redis URL holds a password, which must not go into EC2 user data: "
-                "put OFFLOAD_REDIS_URL=... in an SSM SecureString and name it with "
-                "aws_env_parameter (OFFLOAD_AWS_ENV_PARAMETER)"
-            )
-        env.pop("OFFLOAD_REDIS_URL", None)
-    env.update(
-        {
-            "OFFLOAD_HOME": NODE_HOME,
-            "OFFLOAD_CACHE_DIR": f"{NODE_HOME}/cache",
-            "OFFLOAD_KEY_FILE": KEY_FILE,
-            "OFFLOAD_WORKER_CLASSES": resource_class,
-            "OFFLOAD_PROVIDER": "aws",
-            "AWS_DEFAULT_REGION": region,
-        }
-    )
-    env_lines = "\n".join(_env_line(k, v) for k, v in sorted(env.items()))
-    stop_timeout = int(settings.max_timeout) + 120
-    fetch = f"""
-import os, sys
-import boto3
-ssm = boto3.client("ssm", region_name={region!r})
-def get(name):
-    return ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
-os.umask(0o077)
-with open({KEY_FILE!r}, "w") as f:
-    f.write(get({key_parameter!r}).strip() + "\\n")
-extra = {env_parameter!r}
-if extra:
-    with open({ENV_FILE!r}, "a") as f:
-        f.write(get(extra).strip() + "\\n")
-"""
-    return f"""#!/bin/bash
-# offload worker node for resource class {resource_class}
-# (generated by offload.autoscaler.aws.user_data; see docs/aws.md)
-set -euo pipefail
-exec > >(tee -a /var/log/offload-user-data.log) 2>&1
-export DEBIAN_FRONTEND=noninteractive
-
-# 1. Docker, Python, curl
-if ! command -v docker >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null \\
-    || ! command -v curl >/dev/null; then
-    apt-get update -q
-    apt-get install -y -q docker.io python3-venv curl ca-certificates
-fi
-systemctl enable --now docker
-
-# 2. offload, in its own virtualenv
-python3 -m venv /opt/offload
-/opt/offload/bin/pip install --disable-pip-version-check -q {install}
-
-# 3. who am I (IMDSv2)
-TOKEN=$(curl -sSf -X PUT http://169.254.169.254/latest/api/token \\
-    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
-INSTANCE_ID=$(curl -sSf -H "X-aws-ec2-metadata-token: $TOKEN" \\
-    http://169.254.169.254/latest/meta-data/instance-id)
-
-# 4. settings, and the cluster key from SSM (never in this script)
-install -d -m 0700 /etc/offload
-install -d -m 0755 {NODE_HOME}
-umask 077
-cat > {ENV_FILE} <<'OFFLOAD_ENV'
-{env_lines}
-OFFLOAD_ENV
-echo "OFFLOAD_NODE_NAME=$INSTANCE_ID" >> {ENV_FILE}
-AWS_DEFAULT_REGION={shlex.quote(region)} /opt/offload/bin/python - <<'OFFLOAD_PY'
-{fetch.strip()}
-OFFLOAD_PY
-
-# 5. the worker: SIGTERM on stop is Celery's warm shutdown (finish running jobs, exit)
-cat > /etc/systemd/system/offload-worker.service <<'OFFLOAD_UNIT'
-[Unit]
-Description=offload worker node ({resource_class})
-After=docker.service network-online.target
-Wants=network-online.target
-Requires=docker.service
-
-[Service]
-EnvironmentFile={ENV_FILE}
-ExecStart=/opt/offload/bin/offload worker
-KillMode=mixed
-KillSignal=SIGTERM
-TimeoutStopSec={stop_timeout}
-Restart=on-failure
-RestartSec=5
-
-[Install]
-WantedBy=multi-user.target
-OFFLOAD_UNIT
-systemctl daemon-reload
-systemctl enable --now offload-worker.service
-"""
+    return wrap
 
 
 class AwsProvider(NodeProvider):
@@ -211,8 +88,8 @@ class AwsProvider(NodeProvider):
 
         self.settings = settings
         self.group_template = group_template
-        self.region = region or str(_setting(settings, "aws_region", settings.s3_region))
-        endpoint_url = endpoint_url or _setting(settings, "aws_endpoint_url", None)
+        self.region = region or settings.aws_region or settings.s3_region
+        endpoint_url = endpoint_url or settings.aws_endpoint_url
         session = session or boto3.session.Session()
         self.autoscaling = session.client(
             "autoscaling", region_name=self.region, endpoint_url=endpoint_url
@@ -225,6 +102,7 @@ class AwsProvider(NodeProvider):
 
     # -- the seam --------------------------------------------------------------------------
 
+    @_api("starting nodes")
     def start_nodes(self, resource_class: str, count: int) -> list[str]:
         """Raise the group's desired capacity by ``count`` (up to its maximum).
 
@@ -255,6 +133,7 @@ class AwsProvider(NodeProvider):
         after = self._group(name) or {}
         return sorted({i["InstanceId"] for i in after.get("Instances", [])} - before)
 
+    @_api("draining")
     def drain(self, node: str) -> None:
         """Unprotect and terminate an IDLE instance, lowering the desired capacity by one.
 
@@ -279,6 +158,7 @@ class AwsProvider(NodeProvider):
             InstanceId=node, ShouldDecrementDesiredCapacity=True
         )
 
+    @_api("listing nodes")
     def nodes(self) -> list[ProvidedNode]:
         names = {self.group_name(c): c for c in self.classes}
         instances: list[tuple[str, str, str]] = []
@@ -302,6 +182,7 @@ class AwsProvider(NodeProvider):
 
     # -- more for the loop -----------------------------------------------------------------
 
+    @_api("scale-in protection")
     def protect(self, instance_id: str, busy: bool) -> None:
         """Scale-in protection on (busy) or off (idle) for one instance of our groups."""
         found = self.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id]).get(
@@ -315,6 +196,7 @@ class AwsProvider(NodeProvider):
             ProtectedFromScaleIn=busy,
         )
 
+    @_api("creating groups")
     def ensure_groups(
         self,
         ami: str,

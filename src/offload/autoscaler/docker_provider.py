@@ -10,7 +10,7 @@ starts the job containers beside itself. A node container runs with
   containers, and the engine resolves those paths on the host, so they must match. The
   cache is the node's own when an S3 bucket is configured; without one the host's store
   is mounted (same path) and shared, as it is the only store
-  (:func:`~offload.autoscaler.local.node_cache`);
+  (:func:`~offload.autoscaler.nodeenv.node_cache`);
 * the AWS credential variables of the autoscaler's environment, when set (S3 access on a
   machine without an instance role), and any ``env`` given;
 * the cluster key file mounted read-only at the same path;
@@ -22,6 +22,9 @@ running jobs, exit). It never sends SIGKILL: unlike ``docker stop`` there is no 
 after which the engine kills the node, and the call returns at once. A node container that
 has exited is removed by :meth:`DockerProvider.nodes`, its output kept in
 ``<home>/logs/<name>.log``.
+
+An engine that cannot be reached or refuses a call raises
+:class:`~offload.errors.ProviderError`; an image that is not built, ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -31,20 +34,21 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.types import DeviceRequest
 
-from offload.autoscaler.local import new_node_name, node_cache, node_env
+from offload.autoscaler.nodeenv import new_node_name, node_cache, node_env
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.config import Settings
-from offload.errors import ConfigError
+from offload.errors import ConfigError, ProviderError
 
-IMAGE = "offload/worker"
 LABEL_NODE = "offload.node"
 LABEL_CLASS = "offload.class"
 LABEL_PROVIDER = "offload.provider"
@@ -59,6 +63,15 @@ FORWARD_ENV = (
 
 _STARTING = {"created", "restarting"}
 _GONE = {"exited", "dead", "removing"}
+
+
+@contextlib.contextmanager
+def _engine_call(what: str) -> Iterator[None]:
+    """The engine's failures (unreachable, refusing) as :class:`ProviderError`."""
+    try:
+        yield
+    except (DockerException, OSError) as exc:  # OSError: requests' connection errors too
+        raise ProviderError(f"docker engine: {what}: {exc}") from exc
 
 
 class DockerProvider(NodeProvider):
@@ -79,8 +92,11 @@ class DockerProvider(NodeProvider):
         self.settings = settings
         self.extra_env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
         self.extra_env.update(env or {})
-        self.image = image or getattr(settings, "docker_worker_image", None) or IMAGE
-        self.client = client or docker.from_env()
+        self.image = image or settings.docker_worker_image
+        if client is None:
+            with _engine_call("connecting"):
+                client = docker.from_env()
+        self.client = client
         self.slots = slots
         self.loglevel = loglevel
         self.state_dir = settings.home / "run" / "nodes"
@@ -89,28 +105,34 @@ class DockerProvider(NodeProvider):
 
     def start_nodes(self, resource_class: str, count: int) -> list[str]:
         self.settings.resource_class(resource_class)  # unknown class: ConfigError
-        try:
-            self.client.images.get(self.image)
-        except docker.errors.ImageNotFound:
-            raise ConfigError(
-                f"the worker image {self.image} is not built; run infra/images/build.sh"
-            ) from None
-        return [self._start(resource_class) for _ in range(count)]
+        with _engine_call(f"starting {resource_class} nodes"):
+            try:
+                self.client.images.get(self.image)
+            except docker.errors.ImageNotFound:
+                raise ConfigError(
+                    f"the worker image {self.image} is not built; run infra/images/build.sh"
+                ) from None
+            return [self._start(resource_class) for _ in range(count)]
 
     def drain(self, node: str) -> None:
         """SIGTERM to the node's container (warm shutdown); a node already gone is a no-op."""
-        container = self._container(node)
-        if container is None or container.status in _GONE:
-            return
-        self._mark_draining(node)
-        with contextlib.suppress(NotFound):
-            try:
-                container.kill(signal="SIGTERM")
-            except APIError as exc:  # "is not running": it exited meanwhile
-                if "not running" not in str(exc):
-                    raise
+        with _engine_call(f"draining {node}"):
+            container = self._container(node)
+            if container is None or container.status in _GONE:
+                return
+            self._mark_draining(node)
+            with contextlib.suppress(NotFound):
+                try:
+                    container.kill(signal="SIGTERM")
+                except APIError as exc:  # "is not running": it exited meanwhile
+                    if "not running" not in str(exc):
+                        raise
 
     def nodes(self) -> list[ProvidedNode]:
+        with _engine_call("listing nodes"):
+            return self._nodes()
+
+    def _nodes(self) -> list[ProvidedNode]:
         out = []
         for c in self._containers():
             node = c.labels.get(LABEL_NODE, "")
@@ -234,8 +256,6 @@ class DockerProvider(NodeProvider):
 
 
 def _created(container: Any) -> float:
-    from datetime import datetime
-
     text = str(container.attrs.get("Created", ""))
     try:
         # '2024-05-01T12:00:00.123456789Z': trim to microseconds

@@ -9,8 +9,16 @@ Each node is ``python -m offload worker`` in a session of its own, named
                                   (see :func:`node_cache`)
     <home>/work/<name>/           job workspaces (the worker puts them there)
     <home>/logs/<name>.log        the node's output
-    <home>/run/nodes/<name>.json  pid, class, start time, draining — so an autoscaler that
-                                  restarts finds its nodes again
+    <home>/run/nodes/<name>.json  pid, class, slots, start time, draining — so an autoscaler
+                                  that restarts finds its nodes again
+
+**The machine is one budget.** The provider never gives out more CPU or memory than the
+machine has (:class:`MachineBudget`, psutil's by default): a node of ``slots`` slots claims
+``slots`` times its class's ``max_cpu`` and ``max_memory``, and the nodes already on this machine
+count — this provider's own, and the registered nodes it can tell are here (the embedded
+worker of ``offload up``: provider ``manual``/``embedded``, named as this host). A node that
+would not fit is not started; :meth:`LocalProvider.headroom` tells the policy how many fit,
+so the class's status says ``at machine capacity: …`` and its jobs wait.
 
 Draining sends SIGTERM to the node's main process: Celery's warm shutdown (stop consuming,
 finish the running jobs, exit). Nothing here ever sends SIGKILL.
@@ -23,88 +31,44 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
-from offload.autoscaler.provider import NodeProvider, ProvidedNode
+from offload.autoscaler.nodeenv import new_node_name, node_cache, node_env
+from offload.autoscaler.provider import Headroom, NodeProvider, ProvidedNode
+from offload.broker.app import redis_client
+from offload.broker.nodes import NodeRegistry
 from offload.config import Settings
+from offload.errors import ProviderError
+from offload.spec import GiB, ResourceClass
 
-# Settings that describe one node, never copied from the autoscaler's own settings.
-NODE_FIELDS = frozenset(
-    {"node_name", "worker_classes", "cache_dir", "provider", "home", "key_file"}
-)
-
-
-def new_node_name(resource_class: str) -> str:
-    return f"{resource_class}-{uuid.uuid4().hex[:8]}"
+# Providers of registered nodes that run on the machine where they were started by hand.
+HOST_PROVIDERS = frozenset({"manual", "embedded"})
 
 
-def settings_env(settings: Settings, *, exclude: frozenset[str] = NODE_FIELDS) -> dict[str, str]:
-    """``OFFLOAD_*`` variables that give a node the same platform settings as ``settings``.
+@dataclass(frozen=True)
+class MachineBudget:
+    """CPUs and memory of the machine the local provider shares out."""
 
-    Only values that differ from the defaults are written (``redis_url`` always), so a node's
-    environment stays short and readable; node-specific fields are left to the caller.
-    """
-    dumped = settings.model_dump(mode="json")
-    defaults = type(settings).model_construct().model_dump(mode="json")
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        if name in exclude:
-            continue
-        value = dumped[name]
-        if name != "redis_url" and value == defaults.get(name):
-            continue
-        if value is None:
-            continue
-        if isinstance(value, list | dict):
-            text = json.dumps(value, separators=(",", ":"))
-        else:
-            text = str(value)
-        env[f"OFFLOAD_{name.upper()}"] = text
-    return env
+    cpus: float
+    memory: int
+
+    @classmethod
+    def detect(cls) -> MachineBudget:
+        return cls(float(psutil.cpu_count(logical=True) or 1), int(psutil.virtual_memory().total))
 
 
-def node_cache(settings: Settings, node_dir: Path) -> Path:
-    """A node's cache folder: its own when blobs travel through S3, else the shared store.
-
-    Without a remote tier the local store is where producers put inputs and read outputs;
-    a node with a private cache would see no inputs and its outputs would reach no one.
-    """
-    return node_dir / "cache" if settings.s3_bucket else settings.store_dir
-
-
-def node_env(
-    settings: Settings,
-    name: str,
-    resource_class: str,
-    provider: str,
-    *,
-    home: Path,
-    cache_dir: Path,
-    key_file: Path,
-    slots: int | None = None,
-) -> dict[str, str]:
-    """The ``OFFLOAD_*`` environment of one node: the platform's settings plus its identity."""
-    env = settings_env(settings)
-    env.update(
-        {
-            "OFFLOAD_HOME": str(home),
-            "OFFLOAD_CACHE_DIR": str(cache_dir),
-            "OFFLOAD_KEY_FILE": str(key_file),
-            "OFFLOAD_NODE_NAME": name,
-            "OFFLOAD_WORKER_CLASSES": resource_class,
-            "OFFLOAD_PROVIDER": provider,
-        }
-    )
-    if slots is not None:
-        env["OFFLOAD_WORKER_SLOTS"] = str(slots)
-    return env
+def _gib(n: float) -> str:
+    return f"{n / GiB:.3g}"
 
 
 class LocalProvider(NodeProvider):
@@ -119,19 +83,51 @@ class LocalProvider(NodeProvider):
         slots: int | None = None,
         python: str = sys.executable,
         loglevel: str = "INFO",
+        machine: MachineBudget | None = None,
+        registry: NodeRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.slots = slots
+        self.slots = slots or settings.worker_slots
         self.python = python
         self.loglevel = loglevel
+        self.machine = machine or MachineBudget.detect()
+        self._registry = registry
         self.state_dir = settings.home / "run" / "nodes"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- the seam --------------------------------------------------------------------------
 
     def start_nodes(self, resource_class: str, count: int) -> list[str]:
-        self.settings.resource_class(resource_class)  # unknown class: ConfigError, nothing started
-        return [self._start(resource_class) for _ in range(count)]
+        """Start up to ``count`` nodes, as many as the machine's budget leaves room for.
+
+        None fits: :class:`ProviderError` saying what is in use.
+        """
+        cls = self.settings.resource_class(resource_class)  # unknown: ConfigError, no start
+        cpus, memory = self.in_use()
+        names: list[str] = []
+        for _ in range(count):
+            slots = self._fit(cls, cpus, memory)
+            if not slots:
+                break
+            names.append(self._start(resource_class, slots))
+            cpus, memory = cpus + slots * cls.max_cpu, memory + slots * cls.max_memory
+        if count and not names:
+            raise ProviderError(self._capacity_reason(cpus, memory))
+        return names
+
+    def headroom(self, classes: Sequence[str]) -> dict[str, Headroom]:
+        """Per class, how many more nodes fit the machine beside those on it now."""
+        used = self.in_use()
+        out = {}
+        for name in classes:
+            cls = self.settings.resource_class(name)
+            cpus, memory = used
+            n = 0
+            while slots := self._fit(cls, cpus, memory):
+                cpus, memory = cpus + slots * cls.max_cpu, memory + slots * cls.max_memory
+                n += 1
+            out[name] = Headroom(n, self._capacity_reason(*used))
+        return out
 
     def drain(self, node: str) -> None:
         """SIGTERM to the node's main process (warm shutdown); a node already gone is a no-op."""
@@ -178,7 +174,70 @@ class LocalProvider(NodeProvider):
         state = self._read(node)
         return int(state["pid"]) if state is not None and self._alive(state) else None
 
-    def _start(self, resource_class: str) -> str:
+    def in_use(self) -> tuple[float, int]:
+        """CPUs and memory claimed on this machine: this provider's nodes (slots times their
+        class's maximum), and the registered nodes started here by hand (the embedded
+        worker), each at most what it reported having."""
+        cpus, memory = 0.0, 0
+        mine = set()
+        for node in self.nodes():
+            mine.add(node.name)
+            state = self._read(node.name) or {}
+            cls = self._class(node.resource_class)
+            if cls is not None:
+                slots = int(state.get("slots") or 1)
+                cpus, memory = cpus + slots * cls.max_cpu, memory + slots * cls.max_memory
+        here = {self.settings.node_name, socket.gethostname()}
+        try:
+            registered = self.registry.nodes()
+        except redis.RedisError as exc:
+            raise ProviderError(f"reading the node registry: {exc}") from exc
+        for info in registered:
+            if info.name in mine or info.lost:
+                continue
+            if info.provider not in HOST_PROVIDERS or info.name not in here:
+                continue
+            served = [c for c in map(self._class, info.classes) if c is not None]
+            if not served:
+                continue
+            c = info.slots * max(x.max_cpu for x in served)
+            m = info.slots * max(x.max_memory for x in served)
+            cpus += min(c, info.cpus) if info.cpus > 0 else c
+            memory += min(m, info.memory) if info.memory > 0 else m
+        return cpus, memory
+
+    @property
+    def registry(self) -> NodeRegistry:
+        if self._registry is None:
+            self._registry = NodeRegistry(
+                redis_client(self.settings), lost_after=self.settings.lost_after
+            )
+        return self._registry
+
+    def _class(self, name: str) -> ResourceClass | None:
+        return next((c for c in self.settings.classes if c.name == name), None)
+
+    def _fit(self, cls: ResourceClass, cpus: float, memory: int) -> int:
+        """Slots for a new node of ``cls`` beside ``cpus``/``memory`` in use; 0: none fits.
+
+        Configured slots fit whole or not at all; else as many as fit, at most one per
+        ``max_cpu`` of the machine.
+        """
+        free_cpus = self.machine.cpus - cpus + 1e-9
+        free_memory = self.machine.memory - memory
+        fit = min(int(free_cpus // cls.max_cpu), free_memory // cls.max_memory)
+        if self.slots:
+            return self.slots if fit >= self.slots else 0
+        return max(0, min(fit, max(1, int(self.machine.cpus // cls.max_cpu))))
+
+    def _capacity_reason(self, cpus: float, memory: int) -> str:
+        m = self.machine
+        return (
+            f"at machine capacity: {cpus:g} CPUs / {_gib(memory)} GiB in use "
+            f"(this machine: {m.cpus:g} CPUs / {_gib(m.memory)} GiB)"
+        )
+
+    def _start(self, resource_class: str, slots: int) -> str:
         name = new_node_name(resource_class)
         self.node_dir(name).mkdir(parents=True, exist_ok=True)
         cache = node_cache(self.settings, self.node_dir(name))
@@ -196,19 +255,23 @@ class LocalProvider(NodeProvider):
                 home=self.settings.home,
                 cache_dir=cache,
                 key_file=self.settings.key_path,
-                slots=self.slots,
+                slots=slots,
             ),
         }
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [self.python, "-m", "offload", "worker", "--loglevel", self.loglevel],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-                cwd=self.node_dir(name),
-            )
+        try:
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    [self.python, "-m", "offload", "worker", "--loglevel", self.loglevel],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                    cwd=self.node_dir(name),
+                )
+        except OSError as exc:
+            shutil.rmtree(self.node_dir(name), ignore_errors=True)
+            raise ProviderError(f"node {name} did not start: {exc}") from exc
         self._children[proc.pid] = proc
         try:
             started = psutil.Process(proc.pid).create_time()
@@ -219,6 +282,7 @@ class LocalProvider(NodeProvider):
             {
                 "name": name,
                 "resource_class": resource_class,
+                "slots": slots,
                 "pid": proc.pid,
                 "process_started": started,
                 "created_at": time.time(),

@@ -1,15 +1,18 @@
 """The autoscaler loop: observe, :func:`~offload.autoscaler.policy.decide`, act.
 
-``tick(now)`` reads work (:func:`~offload.autoscaler.work.read_work`) and nodes (the
-registry joined with the provider's view, :func:`join_nodes`), asks the pure policy, then acts
-through the :class:`~offload.autoscaler.provider.NodeProvider`: starts nodes, and drains the
+``tick(now)`` sweeps (:class:`offload.broker.sweeper.Sweeper`: jobs whose lease expired, lost
+messages, lost nodes — one sweeper in the cluster at a time), reads work
+(:func:`~offload.autoscaler.work.read_work`), nodes (the registry joined with the provider's
+view, :func:`join_nodes`) and the provider's headroom, asks the pure policy, then
+acts through the :class:`~offload.autoscaler.provider.NodeProvider`: keeps busy nodes
+protected from scale-in and idle ones not (told only on change), starts nodes, and drains the
 chosen ones (marked ``draining`` in the registry first, so they stop taking work even before
-the provider reaches them). It never stops a node itself.
+the provider reaches them). It never stops a node itself. A provider that cannot act
+(:class:`~offload.errors.ProviderError`) is logged, named in the class's status, and asked
+again at the next tick.
 
-Each tick also writes, per class, a status hash that ``offload status`` shows for queued jobs::
-
-    offload:autoscaler:<class>  HASH  desired, up, starting, draining, work, reason, at
-                                      (expires after ``status_ttl`` s: no hash = no autoscaler)
+Each tick writes, per class, the status that ``offload status`` shows for queued jobs
+(:mod:`offload.broker.scaling`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
-from typing import Any, cast
+from typing import cast
 
 from redis import Redis
 
@@ -36,30 +39,17 @@ from offload.autoscaler.policy import (
 )
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.autoscaler.work import read_work
-from offload.broker import keys
+from offload.broker.app import make_app, redis_client
 from offload.broker.nodes import NodeInfo, NodeRegistry
+from offload.broker.records import JobRecords
+from offload.broker.scaling import ClassStatus, write_status
+from offload.broker.sweeper import Sweeper
 from offload.config import Settings
-from offload.errors import ConfigError
+from offload.errors import ConfigError, OffloadError
 
 log = logging.getLogger(__name__)
 
 Recover = Callable[[float], object]
-
-
-def status_key(resource_class: str) -> str:
-    return f"{keys.PREFIX}:autoscaler:{resource_class}"
-
-
-def read_status(r: Redis, resource_class: str) -> dict[str, str] | None:
-    """The autoscaler's last word on a class, or None when no autoscaler runs."""
-    raw = r.hgetall(status_key(resource_class))
-    if not raw:
-        return None
-    return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def join_nodes(
@@ -112,22 +102,14 @@ def _state(value: str) -> NodeState:
     return "lost"
 
 
-def recovery_hook(settings: Settings, registry: NodeRegistry, redis: Redis) -> Recover | None:
-    """``recover_lost`` of :mod:`offload.worker.recovery` bound to this platform, if present."""
-    try:
-        from offload.worker.recovery import recover_lost
-    except ImportError:
-        return None
-    from offload.broker.app import make_app
-    from offload.broker.records import JobRecords
-
-    app = make_app(settings)
-    records = JobRecords(
-        redis, record_ttl=settings.record_ttl, log_max_entries=settings.log_max_entries
+def recovery_hook(settings: Settings, registry: NodeRegistry, redis: Redis) -> Recover:
+    """The sweeper of this platform, run from the loop (it paces itself)."""
+    sweeper = Sweeper(
+        JobRecords.from_settings(redis, settings), registry, make_app(settings), settings
     )
 
     def recover(now: float) -> object:
-        return recover_lost(registry, records, app, now)
+        return sweeper.sweep()
 
     return recover
 
@@ -160,6 +142,7 @@ class Autoscaler:
         self.start_timeout = start_timeout
         self.status_ttl = status_ttl
         self.memory = PolicyMemory()
+        self.protected: dict[str, bool] = {}  # node -> protection last told to the provider
 
     def observe(self, now: float) -> tuple[dict[str, ClassWork], list[NodeView], set[str]]:
         """Work per class, node views, and the names of the registered nodes."""
@@ -177,13 +160,33 @@ class Autoscaler:
             except Exception:
                 log.exception("recovering lost nodes")
         work, views, registered = self.observe(now)
-        decision = decide(work, views, now, self.limits, self.memory)
+        room = self.provider.headroom(self.classes)
+        decision = decide(work, views, now, self.limits, self.memory, room)
         self.memory = decision.memory
+        self._protect(views, registered)
         failures = self._act(decision, registered)
-        self._publish(decision, failures, now)
+        self._publish(decision, views, failures, now)
         if self.metrics is not None:
             self.metrics.observe(work, views, decision, now)
         return decision
+
+    def _protect(self, views: Sequence[NodeView], registered: set[str]) -> None:
+        """Busy managed nodes protected from scale-in, idle ones not; told on change only."""
+        busy: dict[str, bool] = {}
+        for v in views:
+            if v.managed and v.state == "up" and v.name in registered:
+                busy[v.name] = busy.get(v.name, False) or v.running > 0
+        for name in set(self.protected) - set(busy):
+            del self.protected[name]
+        for name, is_busy in sorted(busy.items()):
+            if self.protected.get(name) is is_busy:
+                continue
+            try:
+                self.provider.protect(name, is_busy)
+            except OffloadError as exc:
+                log.warning("%s: protection %s failed: %s", name, "on" if is_busy else "off", exc)
+                continue
+            self.protected[name] = is_busy
 
     def _act(self, decision: Decision, registered: set[str]) -> dict[str, str]:
         failures: dict[str, str] = {}
@@ -191,6 +194,9 @@ class Autoscaler:
             try:
                 names = self.provider.start_nodes(cls, count)
                 log.info("%s: started %s — %s", cls, ", ".join(names), decision.reasons[cls])
+            except OffloadError as exc:
+                log.warning("%s: starting %d node(s) failed: %s", cls, count, exc)
+                failures[cls] = f"starting {count} node(s) failed: {exc}"
             except Exception as exc:
                 log.exception("%s: starting %d node(s) failed", cls, count)
                 failures[cls] = f"starting {count} node(s) failed: {exc}"
@@ -201,38 +207,64 @@ class Autoscaler:
                         self.registry.set_draining(name)
                     self.provider.drain(name)
                     log.info("%s: draining %s — %s", cls, name, d.reason)
+                except OffloadError as exc:
+                    log.warning("%s: draining %s failed: %s", cls, name, exc)
+                    failures[cls] = f"draining {name} failed: {exc}"
                 except Exception as exc:
                     log.exception("%s: draining %s failed", cls, name)
                     failures[cls] = f"draining {name} failed: {exc}"
         return failures
 
-    def _publish(self, decision: Decision, failures: Mapping[str, str], now: float) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for cls, d in decision.classes.items():
-            reason = failures.get(cls, d.reason)
-            pipe.hset(
-                status_key(cls),
-                mapping={
-                    "desired": d.desired,
-                    "up": d.up,
-                    "starting": d.starting + d.start,
-                    "draining": len(d.drain),
-                    "work": d.work,
-                    "reason": reason,
-                    "at": repr(now),
-                },
+    def _publish(
+        self,
+        decision: Decision,
+        views: Sequence[NodeView],
+        failures: Mapping[str, str],
+        now: float,
+    ) -> None:
+        statuses = {
+            cls: ClassStatus(
+                desired=d.desired,
+                up=d.up,
+                starting=d.starting + d.start,
+                draining=len(d.drain)
+                + sum(1 for v in views if v.resource_class == cls and v.state == "draining"),
+                work=d.work,
+                reason=failures.get(cls, d.reason),
+                at=now,
             )
-            pipe.expire(status_key(cls), self.status_ttl)
-        pipe.execute()
+            for cls, d in decision.classes.items()
+        }
+        write_status(self.r, statuses, self.status_ttl)
 
     def run(self, interval: float, stop_event: threading.Event) -> None:
         """Tick every ``interval`` seconds until ``stop_event`` is set; errors are logged."""
         while not stop_event.is_set():
             try:
                 self.tick(self.clock())
+            except OffloadError as exc:
+                log.warning("autoscaler tick failed: %s", exc)
             except Exception:
                 log.exception("autoscaler tick failed")
             stop_event.wait(interval)
+
+
+def build_autoscaler(
+    settings: Settings, provider: NodeProvider, *, metrics: AutoscalerMetrics | None = None
+) -> Autoscaler:
+    """The autoscaler of ``offload autoscaler``: every class, limits, registry and recovery
+    from ``settings`` (a node is lost after ``settings.lost_after`` without a heartbeat)."""
+    r = redis_client(settings)
+    registry = NodeRegistry(r, lost_after=settings.lost_after)
+    return Autoscaler(
+        registry,
+        provider,
+        r,
+        [c.name for c in settings.classes],
+        limits_from_settings(settings),
+        metrics=metrics,
+        recover=recovery_hook(settings, registry, r),
+    )
 
 
 _LIMIT_FIELDS = {f.name for f in fields(ClassLimits)}
@@ -242,7 +274,7 @@ def limits_from_settings(settings: Settings) -> Limits:
     """Limits per configured class: the ``autoscale_*`` defaults, GPU classes at min 0,
     then each class's overrides from ``OFFLOAD_AUTOSCALE`` (JSON: class → ClassLimits fields).
     """
-    overrides: Mapping[str, Mapping[str, Any]] = getattr(settings, "autoscale", None) or {}
+    overrides = settings.autoscale
     known = {c.name for c in settings.classes}
     unknown = set(overrides) - known
     if unknown:
@@ -251,11 +283,11 @@ def limits_from_settings(settings: Settings) -> Limits:
         )
     try:
         default = ClassLimits(
-            min_nodes=getattr(settings, "autoscale_min", 0),
-            max_nodes=getattr(settings, "autoscale_max", 4),
-            jobs_per_node=getattr(settings, "autoscale_jobs_per_node", None),
-            max_step=getattr(settings, "autoscale_max_step", 4),
-            idle_window=getattr(settings, "autoscale_idle_window", 60.0),
+            min_nodes=settings.autoscale_min,
+            max_nodes=settings.autoscale_max,
+            jobs_per_node=settings.autoscale_jobs_per_node,
+            max_step=settings.autoscale_max_step,
+            idle_window=settings.autoscale_idle_window,
         )
         per: dict[str, ClassLimits] = {}
         for c in settings.classes:

@@ -24,6 +24,9 @@ Per resource class:
   ``max_step`` nodes a tick, idle nodes only (no running job), newest first; a busy node is
   never drained, and a node the provider does not manage (``managed=False``) never either.
   Above ``max_nodes`` (a lowered limit) idle nodes drain without waiting.
+* **headroom**: a provider with a limit of its own (the local provider: the machine's CPUs
+  and memory) says how many more nodes of a class fit; the policy starts no more than that
+  and the class's reason says why (``at machine capacity: …``).
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class Headroom:
+    """How many more nodes of a class a provider can start now, and what limits it."""
+
+    nodes: int
+    reason: str  # e.g. "at machine capacity: 2 of 2 CPUs / 4.0 of 8.0 GiB in use"
+
+
+@dataclass(frozen=True)
 class ClassLimits:
     """What the user allows for one class."""
 
@@ -103,8 +114,6 @@ class ClassMemory:
 
     first_seen: float  # first tick that saw the class (the window starts no earlier)
     history: tuple[tuple[float, int], ...] = ()  # (time, target) within the idle window
-    last_work: float | None = None  # last time the class had work
-    last_change: float | None = None  # last time nodes were started or drained
     slots: int = 0  # slots per node last seen for the class, 0 unknown
 
 
@@ -152,15 +161,25 @@ def decide(
     now: float,
     limits: Limits,
     memory: PolicyMemory,
+    headroom: Mapping[str, Headroom] | None = None,
 ) -> Decision:
-    """Desired nodes per class, nodes to start and to drain, and why. Pure."""
+    """Desired nodes per class, nodes to start and to drain, and why. Pure.
+
+    ``headroom`` caps the nodes started per class (a class not in it: no cap).
+    """
+    room = headroom or {}
     names = sorted(set(work) | set(limits.per_class) | {n.resource_class for n in nodes})
     decisions: dict[str, ClassDecision] = {}
     remembered = dict(memory.classes)
     for name in names:
         own = [n for n in nodes if n.resource_class == name]
         decisions[name], remembered[name] = _decide_class(
-            work.get(name, ClassWork()), own, now, limits.for_class(name), memory.classes.get(name)
+            work.get(name, ClassWork()),
+            own,
+            now,
+            limits.for_class(name),
+            memory.classes.get(name),
+            room.get(name),
         )
     return Decision(classes=decisions, memory=PolicyMemory(classes=remembered))
 
@@ -171,6 +190,7 @@ def _decide_class(
     now: float,
     lim: ClassLimits,
     prev: ClassMemory | None,
+    room: Headroom | None = None,
 ) -> tuple[ClassDecision, ClassMemory]:
     if prev is None or now < prev.first_seen:
         prev = ClassMemory(first_seen=now)
@@ -201,7 +221,8 @@ def _decide_class(
         desired = current
     desired = min(max(desired, floor), lim.max_nodes)
 
-    start = min(desired - current, lim.max_step) if desired > current else 0
+    wanted = min(desired - current, lim.max_step) if desired > current else 0
+    start = min(wanted, max(0, room.nodes)) if room is not None else wanted
     drain: tuple[str, ...] = ()
     if desired < current:
         idle = [n for n in active if n.running == 0 and n.managed]
@@ -209,11 +230,14 @@ def _decide_class(
         drain = tuple(n.name for n in idle[: min(current - desired, lim.max_step)])
 
     if start:
-        more = f" (step {lim.max_step})" if desired - current > start else ""
+        more = f" (step {lim.max_step})" if desired - current > wanted else ""
+        capped = f" of {wanted} ({room.reason})" if room is not None and start < wanted else ""
         reason = (
             f"scaling up: {jobs} jobs, {per_node} slots/node → {need} nodes, "
-            f"max {lim.max_nodes}; starting {start}{more}"
+            f"max {lim.max_nodes}; starting {start}{capped}{more}"
         )
+    elif wanted and room is not None:
+        reason = f"{room.reason}; {jobs} jobs need {need} nodes, {current} up or starting"
     elif drain:
         reason = f"scaling down: {current} → {desired} nodes; draining {', '.join(drain)}"
     elif desired < current and any(n.managed and n.running for n in active):
@@ -236,14 +260,7 @@ def _decide_class(
     else:
         reason = f"idle: {current} nodes, min {floor}"
 
-    changed = now if start or drain else prev.last_change
-    mem = replace(
-        prev,
-        history=history,
-        last_work=now if jobs else prev.last_work,
-        last_change=changed,
-        slots=slots,
-    )
+    mem = replace(prev, history=history, slots=slots)
     return ClassDecision(desired, start, drain, reason, jobs, up, starting), mem
 
 

@@ -11,7 +11,7 @@ kombu's Redis transport keeps, for a queue ``q``:
   class; the message's own ``properties.delivery_info.routing_key`` is the fallback.
 
 Running jobs are counted from the node registry's running sets
-(``offload:node:<name>:running``, :mod:`offload.broker.nodes`), each job's class and status
+(``offload:node:<name>:running``, :mod:`offload.broker.keys`), each job's class and status
 read from its record: only ``staging``/``running``/``uploading`` count. With late acks these
 jobs are also in ``unacked``; :attr:`ClassWork.total` takes the larger of the two.
 
@@ -29,7 +29,6 @@ import redis
 
 from offload.autoscaler.policy import ClassWork
 from offload.broker import keys
-from offload.broker.nodes import NODES, running_key
 from offload.broker.status import ACTIVE
 
 PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS
@@ -74,7 +73,7 @@ def read_work(
         for key in queue_keys(name):
             pipe.llen(key)
     pipe.hvals(unacked_key)
-    pipe.smembers(NODES)
+    pipe.smembers(keys.NODES)
     replies = pipe.execute()
     steps = len(PRIORITY_STEPS)
     ready = {
@@ -98,7 +97,7 @@ def _running_classes(r: redis.Redis, nodes: list[str]) -> list[str]:
         return []
     pipe = r.pipeline(transaction=False)
     for node in nodes:
-        pipe.smembers(running_key(node))
+        pipe.smembers(keys.node_running(node))
     job_ids = sorted({_str(j) for members in pipe.execute() for j in members})
     if not job_ids:
         return []

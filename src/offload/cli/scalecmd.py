@@ -63,22 +63,16 @@ def autoscaler(
     ctx: click.Context, provider_name: str, interval: float, metrics_port: int, loglevel: str
 ) -> None:
     """Scale worker nodes on queue depth, per resource class (limits from OFFLOAD_AUTOSCALE*)."""
-    from offload.autoscaler.loop import Autoscaler, limits_from_settings, recovery_hook
+    from offload.autoscaler.loop import build_autoscaler
     from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
-    from offload.broker.app import redis_client
-    from offload.broker.nodes import NodeRegistry
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_of(ctx)
-    limits = limits_from_settings(settings)
-    classes = [c.name for c in settings.classes]
     provider = make_provider(provider_name, settings)
-    r = redis_client(settings)
     metrics = AutoscalerMetrics()
+    scaler = build_autoscaler(settings, provider, metrics=metrics)
+    limits, classes = scaler.limits, scaler.classes
     server = start_metrics_server(metrics_port, metrics) if metrics_port else None
-    registry = NodeRegistry(r)
-    recover = recovery_hook(settings, registry, r)
-    scaler = Autoscaler(registry, provider, r, classes, limits, metrics=metrics, recover=recover)
 
     stop = threading.Event()
 
