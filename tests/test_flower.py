@@ -1,10 +1,12 @@
-"""Flower, as `offload flower` runs it: jobs show under their name, secret params never show.
+"""Flower, as `offload flower` runs it: jobs show under their name, secret params never show,
+and a job that did not succeed shows as FAILURE with its reason.
 
 Headless Chromium renders the pages, since Flower fills its tasks table by JavaScript.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -16,9 +18,13 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from offload.broker.status import JobStatus
+from offload.producer.client import Client
 
 from .conftest import Platform, free_port, wait_for
 
@@ -35,8 +41,8 @@ def api_tasks(base: str) -> dict[str, Any]:
     return tasks
 
 
-def render(url: str) -> str:
-    """The DOM of ``url`` after Chromium has run its scripts (and their ajax calls)."""
+def chromium(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on ``url``, after its scripts (and their ajax calls) have run."""
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
             [
@@ -51,15 +57,39 @@ def render(url: str) -> str:
                 "--disable-sync",
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=10000",
-                "--dump-dom",
+                *args,
                 url,
             ],
             capture_output=True,
             text=True,
             timeout=60,
         )
-    assert done.returncode == 0 and "</html>" in done.stdout, done.stderr[-3000:]
-    return done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def render(url: str) -> str:
+    """The DOM of ``url`` as Chromium renders it (Flower fills its tables by JavaScript)."""
+    dom = chromium(url, "--dump-dom").stdout
+    assert "</html>" in dom, dom[-3000:]
+    return dom
+
+
+def screenshot(url: str, path: Path) -> None:
+    chromium(url, f"--screenshot={path}", "--window-size=1600,900", "--hide-scrollbars")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def wait_until_listening(client: Client, flower: str, tag: str) -> None:
+    """Flower subscribes to events a moment after it answers; until a job published now shows
+    (by its task-sent event alone), publish another."""
+    canaries: list[str] = []
+
+    def listening() -> bool:
+        canaries.append(client.submit("offload/base", ["true"], name=f"canary-{tag}").id)
+        return bool(set(canaries) & set(api_tasks(flower)))
+
+    wait_for(listening, 20, "Flower to see a queued job", interval=0.5)
 
 
 @pytest.fixture
@@ -112,15 +142,7 @@ def test_flower_shows_a_job_by_name_and_never_its_secret(
     name = f"flower-probe-{tag}"
     secret = f"s3cr3t-{tag}"
 
-    # Flower subscribes to events a moment after it answers; until a job published now shows
-    # (by its task-sent event alone), publish another.
-    canaries: list[str] = []
-
-    def listening() -> bool:
-        canaries.append(client.submit("offload/base", ["true"], name=f"canary-{tag}").id)
-        return bool(set(canaries) & set(api_tasks(flower)))
-
-    wait_for(listening, 20, "Flower to see a queued job", interval=0.5)
+    wait_until_listening(client, flower, tag)
 
     job = client.submit(
         "offload/base", ["true"], name=name, params={"size": 3}, secrets={"token": secret}
@@ -164,3 +186,74 @@ def test_flower_shows_a_job_by_name_and_never_its_secret(
     }
     leaked = [where for where, text in seen.items() if secret in text]
     assert not leaked, f"the secret value shows in {leaked}"
+
+
+def test_flower_shows_failed_timed_out_and_cancelled_jobs_as_failure_with_reason(
+    private_platform: Platform, flower: str
+) -> None:
+    client = private_platform.client
+    tag = uuid.uuid4().hex[:12]
+    wait_until_listening(client, flower, tag)
+
+    # cancelled while queued: no worker yet; its message is delivered once one starts
+    dropped = client.submit("offload/base", ["true"], name=f"dropped-{tag}")
+    assert dropped.cancel() == JobStatus.CANCELLED
+    private_platform.start_worker()
+    failed = client.submit(
+        "offload/base", ["sh", "-c", "echo boom >&2; exit 3"], name=f"failing-{tag}"
+    )
+    slow = client.submit("offload/base", ["sleep", "60"], timeout=1, name=f"slow-{tag}")
+    fine = client.submit("offload/base", ["true"], name=f"fine-{tag}", cache=False)
+    for job in (failed, slow, fine):
+        job.result(timeout=60, raise_on_failure=False)
+    stopped = client.submit("offload/base", ["sleep", "60"], name=f"stopped-{tag}")
+    wait_for(lambda: stopped.status() == JobStatus.RUNNING, 60, "the job to run")
+    stopped.cancel()
+    assert stopped.result(timeout=60, raise_on_failure=False).status == JobStatus.CANCELLED
+
+    expected = {
+        failed.id: "TaskFailed: exit_code: exited with code 3",
+        slow.id: "TaskFailed: timeout: ran longer than its timeout of 1s and was killed",
+        stopped.id: "TaskFailed: cancelled: cancelled while running",
+        dropped.id: "TaskFailed: cancelled: cancelled while queued",
+    }
+
+    def info(job_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(fetch(f"{flower}/api/task/info/{job_id}"))
+        return found
+
+    def all_shown() -> bool:
+        return all(info(i)["state"] == "FAILURE" for i in expected) and (
+            info(fine.id)["state"] == "SUCCESS"
+        )
+
+    wait_for(all_shown, 20, "Flower to show the jobs' ends", interval=0.5)
+    for job_id, exception in expected.items():
+        shown = info(job_id)
+        assert shown["exception"] == exception, shown
+        assert shown["retries"] == 0, shown
+    # each ran at most once: no retry, no redelivery, every message acknowledged
+    assert [client.job(i).record().attempt for i in expected] == [1, 1, 1, 0]
+    r = client.redis
+    assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+    assert not [q for q in r.keys("cpu-*") if r.type(q) == "list" and r.llen(q)]
+
+    log = (private_platform.settings.home / "worker.log").read_text(errors="replace")
+    assert "Traceback" not in log
+    assert f"raised expected: {expected[failed.id]}" in log
+
+    # The tasks page, filtered as its "Failed" button does, lists them and their reasons
+    failures = f"{flower}/tasks?state=FAILURE"
+    page = render(failures)
+    for job_id, exception in expected.items():
+        row = re.search(rf'<tr id="{job_id}"[^>]*>(.*?)</tr>', page, re.S)
+        assert row is not None, f"no FAILURE row for {job_id} in the rendered tasks table"
+        assert ">FAILURE<" in row.group(1)
+        assert html.escape(exception, quote=False) in row.group(1)
+    assert f'<tr id="{fine.id}"' not in page
+    shot = Path(os.environ.get("OFFLOAD_TEST_FLOWER_SCREENSHOT") or tmp_png(private_platform))
+    screenshot(failures, shot)
+
+
+def tmp_png(platform: Platform) -> Path:
+    return platform.settings.home / "flower-failed.png"

@@ -7,7 +7,7 @@ dies — and made effectively once by the job records (see :mod:`offload.worker.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis
 from celery import Celery
@@ -15,9 +15,33 @@ from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from offload.config import Settings
+from offload.errors import JobError
 
 TASK_NAME = "offload.run_job"
 EXCHANGE = Exchange("offload", type="direct")
+
+App: TypeAlias = Celery  # the app's type for the layers above broker/, which import no Celery
+
+
+class TaskFailed(JobError):
+    """Raised by ``run_job`` when its job ended failed, timed_out or cancelled.
+
+    Not a fault of the task: the job's record holds the outcome. Raising lets Celery (and
+    Flower, whose Failed filter finds it) show the task as FAILURE with the reason and message
+    (``TaskFailed: oom_killed: killed for using more than …``); the message is acknowledged
+    all the same (``task_acks_on_failure_or_timeout``), nothing retries the task, and the
+    worker logs one line without a traceback (the task ``throws`` it).
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(reason, message)  # args re-create it: it crosses the pool's pipe
+        self.reason, self.message = reason, message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}" if self.message else self.reason
+
+    def __repr__(self) -> str:  # what Celery puts in the task-failed event Flower shows
+        return f"{type(self).__name__}: {self}"
 
 
 def queues_for(settings: Settings) -> list[Queue]:
@@ -57,7 +81,9 @@ def make_app(settings: Settings) -> Celery:
         task_create_missing_queues=False,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
+        task_acks_on_failure_or_timeout=True,  # a job's failure is in its record: ack
+        # an ended job's failure is expected: logged in one line, no traceback
+        task_annotations={TASK_NAME: {"throws": (TaskFailed,)}},
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,

@@ -34,7 +34,13 @@ def flower(ctx: click.Context) -> None:
 
     settings = settings_of(ctx)
     make_app(settings).start(
-        ["flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}"]
+        [
+            "flower",
+            f"--address={settings.flower_address}",
+            f"--port={settings.flower_port}",
+            # a job that did not succeed shows why: "TaskFailed: oom_killed: killed for …"
+            "--tasks_columns=name,uuid,state,exception,received,runtime,worker",
+        ]
     )
 
 
@@ -48,12 +54,53 @@ def up(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait at most this long for running jobs, then stop as --force does "
+    "[default: wait until they finish].",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Do not wait: stop the workers now and hand their running jobs back to the queue "
+    "(their containers removed); they run again after the next `offload up`.",
+)
 @click.pass_context
 @handle_errors
-def down(ctx: click.Context) -> None:
-    """Stop what `offload up` started (the worker finishes its running jobs first)."""
-    stopped = embedded.down(settings_of(ctx))
+def down(ctx: click.Context, timeout: float | None, force: bool) -> None:
+    """Stop what `offload up` started.
+
+    The workers first finish their running jobs (the command shows which it waits for); the
+    queue and the job records outlive `down` (Redis keeps them on disk) for the next `up`.
+    Ctrl-C stops waiting and leaves Redis up while the workers finish.
+    """
+
+    shown = [0]  # jobs listed last time
+
+    def waiting(running: dict[str, list[str]]) -> None:
+        jobs = sum(len(j) for j in running.values())
+        if not jobs:
+            if shown[0]:
+                console.print("the running jobs finished; waiting for the workers to exit")
+            shown[0] = 0
+            return
+        shown[0] = jobs
+        hint = "" if force else " (Ctrl-C to stop waiting; --force hands them back to the queue)"
+        console.print(f"waiting for {jobs} running job(s){hint}:")
+        for node, node_jobs in running.items():
+            for job in node_jobs:
+                console.print(f"  {node}  {job}")
+
+    try:
+        stopped = embedded.down(settings_of(ctx), timeout=timeout, force=force, progress=waiting)
+    except KeyboardInterrupt:
+        console.print("stopped waiting: the workers finish their jobs and exit; Redis is still up")
+        ctx.exit(130)
     for s in stopped:
-        console.print(f"[yellow]{s.name:10}[/] stopped ({s.detail})")
+        colour = "yellow" if s.state in ("stopped", "handed back") else "red"
+        console.print(f"[{colour}]{s.name:10}[/] {s.state} ({s.detail})")
     if not stopped:
         console.print("nothing was running")

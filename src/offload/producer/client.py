@@ -6,14 +6,14 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import redis
-from celery import Celery
 
-from offload.broker.app import make_app, redis_client, route
+from offload.broker.app import App, make_app, redis_client, route
 from offload.broker.records import JobRecord, JobRecords
 from offload.cache.factory import open_store
 from offload.cache.imports import import_s3
@@ -56,7 +56,7 @@ class Client:
         )
 
     @cached_property
-    def app(self) -> Celery:
+    def app(self) -> App:
         return make_app(self.settings)
 
     @property
@@ -88,6 +88,97 @@ class Client:
         task: tuple[int, int] | None = None,
     ) -> Job:
         """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued."""
+        draft = self._draft(
+            image,
+            command,
+            inputs=inputs,
+            params=params,
+            secrets=secrets,
+            cpu=cpu,
+            memory=memory,
+            gpus=gpus,
+            timeout=timeout,
+            retries=retries,
+            env=env,
+            network=network,
+            cache=cache,
+            name=name,
+            labels=labels,
+            task=task,
+        )
+        return self._publish(self._build(draft), draft.queue)
+
+    def map(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        each: Sequence[Mapping[str, Any]],
+        **common: Any,
+    ) -> list[Job]:
+        """Fan out: one job per item of ``each``, with ``OFFLOAD_TASK_INDEX`` /
+        ``OFFLOAD_TASK_COUNT`` set. An item takes ``submit``'s keywords: its ``inputs`` /
+        ``params`` / ``secrets`` / ``env`` / ``labels`` are merged over ``common``'s, the
+        others (``name``, ``memory``, ``timeout``, …) replace them.
+
+        Every field of every item is validated, and every item's inputs uploaded, before the
+        first job is queued: a bad item raises :class:`SpecError` naming ``each[<i>].<field>``,
+        and nothing is queued.
+        """
+        if not each:
+            raise SpecError("each", "expected at least one item to map over")
+        drafts = []
+        for i, item in enumerate(each):
+            try:
+                drafts.append(self._draft(image, command, **_merge(item, common, i, len(each))))
+            except SpecError as exc:
+                raise _within(f"each[{i}]", exc) from None
+        specs = []
+        for i, draft in enumerate(drafts):
+            try:
+                specs.append(self._build(draft))
+            except SpecError as exc:
+                raise _within(f"each[{i}]", exc) from None
+        return [self._publish(spec, draft.queue) for spec, draft in zip(specs, drafts, strict=True)]
+
+    def wait(self, jobs: Sequence[Job], timeout: float | None = None) -> list[JobResult]:
+        """Every job's result, in order (failures included, not raised)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results = []
+        for job in jobs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            results.append(job.result(left, raise_on_failure=False))
+        return results
+
+    def submit_spec(self, spec: JobSpec) -> Job:
+        """Queue an already-built spec (inputs must be content ids in the store)."""
+        self._check_timeout(spec.timeout)
+        for name, oid in spec.inputs.items():
+            self._check_present(name, oid)
+        return self._publish(spec, resolve_class(spec.resources, self.settings.classes).name)
+
+    def _draft(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        inputs: Mapping[str, InputRef] | None = None,
+        params: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Any] | None = None,
+        cpu: float = 1.0,
+        memory: int | str = "512m",
+        gpus: int = 0,
+        timeout: float | None = None,
+        retries: int = 0,
+        env: Mapping[str, str] | None = None,
+        network: bool = False,
+        cache: bool = True,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        task: tuple[int, int] | None = None,
+    ) -> _Draft:
+        """Check everything about a job that needs no upload: every field, its class, and
+        that its local input files exist. Nothing is written anywhere."""
         fields: dict[str, Any] = dict(
             image=image,
             command=command,
@@ -108,75 +199,16 @@ class Client:
             task=task,
         )
         refs = dict(inputs or {})
-        # Everything but the inputs' content is checked before any input is read.
         draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
         self._check_timeout(draft.timeout)
-        cls = resolve_class(draft.resources, self.settings.classes)
-        spec = JobSpec.create(**fields, inputs=self._upload_inputs(refs))
-        return self._publish(spec, cls.name)
+        queue = resolve_class(draft.resources, self.settings.classes).name
+        for input_name, ref in refs.items():
+            _check_ref(input_name, ref)
+        return _Draft(fields, refs, queue)
 
-    def map(
-        self,
-        image: str,
-        command: str | Sequence[str] | None = None,
-        *,
-        each: Sequence[Mapping[str, Any]],
-        **common: Any,
-    ) -> list[Job]:
-        """Fan out: one job per item of ``each`` (its ``inputs`` / ``params`` / ``name``
-        merged over ``common``), with ``OFFLOAD_TASK_INDEX`` / ``OFFLOAD_TASK_COUNT`` set.
-
-        Every item is validated before the first job is queued: a bad item raises
-        :class:`SpecError` naming its index, and nothing is queued.
-        """
-        if not each:
-            raise SpecError("each", "expected at least one item to map over")
-        merged = []
-        for i, item in enumerate(each):
-            unknown = set(item) - {"inputs", "params", "secrets", "env", "name", "labels"}
-            if unknown:
-                raise SpecError(f"each[{i}]", f"unknown keys {sorted(unknown)}")
-            kwargs = dict(common)
-            for key in ("inputs", "params", "secrets", "env", "labels"):
-                if key in item:
-                    kwargs[key] = {**(common.get(key) or {}), **item[key]}
-            if "name" in item:
-                kwargs["name"] = item["name"]
-            kwargs["task"] = (i, len(each))
-            merged.append(kwargs)
-        for i, kwargs in enumerate(merged):  # validate all first: nothing queued on a bad item
-            fields = {k: v for k, v in kwargs.items() if k != "inputs"}
-            try:
-                JobSpec.create(
-                    image=image,
-                    command=command,
-                    params={**(fields.get("params") or {}), **(fields.get("secrets") or {})},
-                    inputs={n: PLACEHOLDER_ID for n in kwargs.get("inputs") or {}},
-                    task=kwargs["task"],
-                )
-            except SpecError as exc:
-                raise SpecError(f"each[{i}].{exc.field}", exc.message) from None
-            for name, ref in (kwargs.get("inputs") or {}).items():
-                local = not (isinstance(ref, str) and ref.startswith(("sha256:", "s3://")))
-                if local and not Path(ref).is_file():
-                    raise SpecError(f"each[{i}].inputs.{name}", f"no such file: {str(ref)!r}")
-        return [self.submit(image, command, **kwargs) for kwargs in merged]
-
-    def wait(self, jobs: Sequence[Job], timeout: float | None = None) -> list[JobResult]:
-        """Every job's result, in order (failures included, not raised)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        results = []
-        for job in jobs:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            results.append(job.result(left, raise_on_failure=False))
-        return results
-
-    def submit_spec(self, spec: JobSpec) -> Job:
-        """Queue an already-built spec (inputs must be content ids in the store)."""
-        self._check_timeout(spec.timeout)
-        for name, oid in spec.inputs.items():
-            self._check_present(name, oid)
-        return self._publish(spec, resolve_class(spec.resources, self.settings.classes).name)
+    def _build(self, draft: _Draft) -> JobSpec:
+        """The job's spec, once its inputs are content ids in the store (uploaded if local)."""
+        return JobSpec.create(**draft.fields, inputs=self._upload_inputs(draft.refs))
 
     def _check_timeout(self, timeout: float) -> None:
         if timeout > self.settings.max_timeout:
@@ -201,6 +233,7 @@ class Client:
                     self.store,
                     self.redis,
                     field=f"inputs.{name}",
+                    ttl=self.settings.memo_ttl,
                     endpoint_url=self.settings.s3_endpoint_url,
                 )
                 continue
@@ -213,6 +246,7 @@ class Client:
         return ids
 
     def _check_present(self, name: str, oid: str) -> None:
+        # has() raises StoreUnavailable when S3 cannot be reached: an outage, not a bad spec
         if not self.store.has(oid):
             raise SpecError(f"inputs.{name}", f"{oid} is not in the store")
 
@@ -251,3 +285,58 @@ class Client:
             raise CacheError(f"{dest} exists; pass overwrite=True (--force) to replace it")
         self.store.export(oid, dest)
         return dest
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A job checked but not yet built: its fields, its input references, its queue."""
+
+    fields: dict[str, Any]
+    refs: dict[str, InputRef]
+    queue: str
+
+
+# The ``submit`` keywords a ``map`` item may set: mappings merged over ``common``'s, the rest
+# replacing them.
+MERGED_KEYS = ("inputs", "params", "secrets", "env", "labels")
+REPLACED_KEYS = ("name", "cpu", "memory", "gpus", "timeout", "retries", "network", "cache")
+
+
+def _merge(item: Any, common: Mapping[str, Any], index: int, count: int) -> dict[str, Any]:
+    """The keyword arguments of one ``map`` item: its mappings merged over ``common``."""
+    if not isinstance(item, Mapping):
+        raise SpecError("", f"expected a mapping of submit's keywords, got {item!r}")
+    unknown = set(item) - {*MERGED_KEYS, *REPLACED_KEYS}
+    if unknown:
+        raise SpecError("", f"unknown keys {sorted(map(str, unknown))}")
+    kwargs = {**common, **{key: item[key] for key in REPLACED_KEYS if key in item}}
+    for key in MERGED_KEYS:
+        if key in item:
+            if not isinstance(item[key], Mapping):
+                raise SpecError(key, f"expected a mapping, got {item[key]!r}")
+            kwargs[key] = {**(common.get(key) or {}), **item[key]}
+    kwargs["task"] = (index, count)
+    return kwargs
+
+
+def _within(prefix: str, exc: SpecError) -> SpecError:
+    """``exc`` (same class) with its field named under ``prefix``: ``each[2].env.X``."""
+    field = f"{prefix}.{exc.field}" if exc.field else prefix
+    return type(exc)(field, exc.message)
+
+
+def _check_ref(name: str, ref: InputRef) -> None:
+    """An input reference's form, and for a local file that it is one (no reading)."""
+    if isinstance(ref, str) and ref.startswith("sha256:"):
+        if not OBJECT_ID_RE.match(ref):
+            raise SpecError(f"inputs.{name}", f"expected 'sha256:<64 hex digits>', got {ref!r}")
+        return
+    if isinstance(ref, str) and ref.startswith("s3://"):
+        return
+    if not isinstance(ref, (str, os.PathLike)):
+        raise SpecError(f"inputs.{name}", f"expected a content id, s3:// URI or path, got {ref!r}")
+    path = Path(ref)
+    if not path.exists():
+        raise SpecError(f"inputs.{name}", f"no such file: {str(path)!r}")
+    if not path.is_file():
+        raise SpecError(f"inputs.{name}", f"expected a regular file, got {str(path)!r}")

@@ -116,8 +116,8 @@ class Job:
         rec = self.record()
         if rec.status is not JobStatus.QUEUED:
             return None
-        from offload.autoscaler.loop import read_status
         from offload.broker.nodes import NodeRegistry
+        from offload.broker.scaling import read_status
 
         cls = rec.resource_class
         st = read_status(self.client.redis, cls)
@@ -126,7 +126,8 @@ class Job:
                 f"{st.get('reason', '')} (class {cls}: desired {st.get('desired')}, "
                 f"up {st.get('up')}, starting {st.get('starting')})"
             )
-        serving = [n for n in NodeRegistry(self.client.redis).nodes() if cls in n.classes]
+        registry = NodeRegistry(self.client.redis, lost_after=self.client.settings.lost_after)
+        serving = [n for n in registry.nodes() if cls in n.classes]
         up = [n for n in serving if n.state == "up"]
         if not up:
             return f"no node of class {cls} is up and no autoscaler is running"
