@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ import psutil
 from offload.config import Settings
 from offload.errors import ConfigError
 from offload.spec import ResourceClass, Resources, format_memory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,16 @@ class Capacity:
         return None
 
     def serves(self, cls: ResourceClass) -> bool:
-        """A node serves a class when every job of that class fits it."""
-        if cls.min_gpus > len(self.gpus):
-            return False
-        if cls.max_gpus == 0 and cls.min_gpus == 0:
-            return cls.max_cpu <= self.cpus and cls.max_memory <= self.memory
-        return True
+        """A node serves a class when every job of that class fits it: the class's largest
+        CPU, memory and GPU count, GPU classes included."""
+        return (
+            cls.max_cpu <= self.cpus
+            and cls.max_memory <= self.memory
+            and max(cls.min_gpus, cls.max_gpus) <= len(self.gpus)
+        )
+
+
+QUERY = "--query-gpu=index,uuid,memory.total,name"  # the name last: it may hold commas
 
 
 def discover_gpus() -> tuple[Gpu, ...]:
@@ -56,25 +63,28 @@ def discover_gpus() -> tuple[Gpu, ...]:
         return ()
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=index,name,uuid,memory.total", "--format=csv,noheader,nounits"],
+            [exe, QUERY, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("nvidia-smi is installed but failed (%s); this node offers no GPUs", exc)
         return ()
     return parse_nvidia_smi(out)
 
 
 def parse_nvidia_smi(out: str) -> tuple[Gpu, ...]:
+    """Parse ``nvidia-smi --query-gpu=index,uuid,memory.total,name`` CSV (no header or units)."""
     gpus = []
     for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 4:
-            continue
-        index, name, uuid, mem_mib = parts
-        gpus.append(Gpu(int(index), name, uuid, int(float(mem_mib)) * 1024 * 1024))
+        parts = [p.strip() for p in line.split(",", 3)]
+        try:
+            index, uuid, mem_mib, name = parts
+            gpus.append(Gpu(int(index), name, uuid, int(float(mem_mib)) * 1024 * 1024))
+        except ValueError:
+            log.warning("ignoring a line of nvidia-smi output: %r", line)
     return tuple(gpus)
 
 
@@ -90,7 +100,9 @@ def served_classes(settings: Settings, cap: Capacity) -> list[ResourceClass]:
     """Classes this node consumes: configured explicitly, else those its capacity serves.
 
     A node too small for every class still serves the smallest one, so the embedded default
-    works on a laptop; jobs it cannot fit fail as ``unschedulable`` with the reason.
+    works on a laptop; likewise a node with GPUs too small for every GPU class serves the
+    smallest GPU class it has enough GPUs for. Jobs such a node cannot fit fail as
+    ``unschedulable`` with the reason.
     """
     if settings.worker_classes:
         return [settings.resource_class(name) for name in settings.worker_classes]
@@ -100,6 +112,10 @@ def served_classes(settings: Settings, cap: Capacity) -> list[ResourceClass]:
         if not cpu_classes:
             raise ConfigError("no resource class fits this node; set OFFLOAD_WORKER_CLASSES")
         chosen = [min(cpu_classes, key=lambda c: (c.max_cpu, c.max_memory))]
+    gpu_classes = [c for c in settings.classes if 0 < c.min_gpus <= len(cap.gpus)]
+    if gpu_classes and not any(c.min_gpus > 0 for c in chosen):
+        smallest = min(gpu_classes, key=lambda c: (c.max_gpus, c.max_cpu, c.max_memory))
+        chosen = [c for c in settings.classes if c in chosen or c is smallest]
     return chosen
 
 

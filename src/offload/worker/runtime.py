@@ -1,4 +1,8 @@
-"""The container runtime seam: what a worker needs from a container engine."""
+"""The container runtime seam: what a worker needs from a container engine, and its errors.
+
+Implementations raise only the exceptions defined here (the executor turns them into job
+outcomes); :mod:`offload.worker.docker_runtime` is the Docker one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,23 @@ from pathlib import Path
 
 LogSink = Callable[[str, bytes], None]
 """Receives (``"out"`` | ``"err"``, raw bytes) as the container writes them."""
+
+
+class RuntimeFailure(Exception):
+    """The engine could not do what a job needs (a job outcome, not a worker error)."""
+
+
+class ImageMissing(RuntimeFailure):
+    """The image is not on this node and no registry provided it."""
+
+
+class StartFailed(RuntimeFailure):
+    """The engine refused to create or start the container; ``gpu`` tells a missing GPU
+    runtime (the job asked for GPUs the engine cannot give)."""
+
+    def __init__(self, message: str, *, gpu: bool = False) -> None:
+        super().__init__(message)
+        self.gpu = gpu
 
 
 @dataclass(frozen=True)
@@ -30,12 +51,17 @@ class ContainerRequest:
     mounts: tuple[Mount, ...]
     cpu: float
     memory: int
-    gpus: int = 0
+    gpus: tuple[str, ...] = ()
+    """The GPUs (UUIDs, as ``nvidia-smi`` names them) given to this container alone."""
     network: bool = False
     user: str = "65534:65534"
     pids_limit: int = 512
     tmpfs_size: str = "64m"
     labels: dict[str, str] = field(default_factory=dict)
+    node: str = ""
+    """The node whose attempt this is (a label: reaped once the attempt is dead)."""
+    cluster: str = ""
+    """The cluster's id (a label: a node reaps only its own cluster's containers)."""
 
 
 @dataclass(frozen=True)
@@ -49,16 +75,18 @@ class Runtime(ABC):
 
     @abstractmethod
     def ensure_image(self, image: str) -> str:
-        """Make the image available and return its digest (image id); raise ImageMissing
-        when no source has it."""
+        """Make the image available and return its digest (image id); raise
+        :class:`ImageMissing` when no source has it."""
 
     @abstractmethod
     def create(self, req: ContainerRequest) -> str:
-        """Create (not start) the container; returns its id."""
+        """Create (not start) the container; returns its id. Raises :class:`StartFailed`
+        when the engine refuses it."""
 
     @abstractmethod
     def start(self, container: str, sink: LogSink) -> None:
-        """Start it and stream its output to ``sink`` from a background thread."""
+        """Start it and stream its output to ``sink`` from a background thread. Raises
+        :class:`StartFailed` (``gpu=True`` when the engine has no GPU runtime)."""
 
     @abstractmethod
     def wait(self, container: str, timeout: float) -> Exit | None:
@@ -79,3 +107,13 @@ class Runtime(ABC):
     @abstractmethod
     def remove_job_containers(self, job_id: str) -> list[str]:
         """Remove every container labelled with ``job_id`` (orphans of dead attempts)."""
+
+    @abstractmethod
+    def job_containers(self, cluster: str) -> list[tuple[str, str, str, int]]:
+        """``(container id, node, job id, attempt)`` of every job container of ``cluster`` on
+        this engine, running or not, whichever node made it."""
+
+    @abstractmethod
+    def gpus_in_use(self) -> set[str]:
+        """UUIDs of the GPUs given to job containers running now, whoever started them (a
+        container may outlive the worker process that started it)."""
