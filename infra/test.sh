@@ -10,6 +10,8 @@ echo "test: ruff"
 .venv/bin/ruff format --check src tests bench examples
 echo "test: mypy"
 .venv/bin/mypy
+echo "test: import layers (import-linter; contracts in pyproject.toml)"
+.venv/bin/lint-imports --no-cache
 echo "test: pytest"
 # pytest exits 5 when no test ran; like every non-zero code, that fails this script.
 exec .venv/bin/pytest "$@"

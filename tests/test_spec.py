@@ -578,3 +578,44 @@ def test_summary_shows_the_image_and_plain_params() -> None:
 def test_display_name_prefers_the_name() -> None:
     assert JobSpec.create(image="offload/base").display_name() == "offload/base"
     assert JobSpec.create(image="offload/base", name="resize").display_name() == "resize"
+
+
+# -- size limit: command, params and env together (issue 8) -----------------------------------
+
+
+def test_a_200_kb_parameter_is_refused_naming_it_and_pointing_at_inputs() -> None:
+    err = refused("params.blob", "over the limit of 64 KiB", params={"blob": "x" * 200_000})
+    assert "inputs" in err.message and "/offload/in/" in err.message
+
+
+def test_the_limit_counts_params_env_and_command_together() -> None:
+    from offload.spec import MAX_SPEC_VALUES
+
+    third = MAX_SPEC_VALUES // 3
+    ok = {"params": {"a": "x" * (third - 100)}, "env": {"B": "y" * (third - 100)}}
+    JobSpec.create(image="offload/base", **ok, command=["echo", "z" * (third - 100)])
+    # each part alone is fine; together they are not, and the largest part is named
+    refused(
+        "command.1",
+        "together are",
+        **ok,
+        command=["echo", "z" * (third + 200)],
+    )
+    refused("env.B", "over the limit", env={"B": "y" * (MAX_SPEC_VALUES + 1)})
+    # JSON values count as their JSON text
+    refused("params.rows", "over the limit", params={"rows": list(range(20_000))})
+
+
+def test_the_size_refusal_never_shows_a_secret_value() -> None:
+    with pytest.raises(SpecError) as info:
+        JobSpec.create(image="offload/base", params={"token": "s3cr3t" * 20_000}, secret={"token"})
+    assert info.value.field == "params.token"
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_a_spec_at_the_limit_is_accepted_and_survives_the_wire() -> None:
+    from offload.spec import MAX_SPEC_VALUES
+
+    spec = JobSpec.create(image="offload/base", params={"p": "x" * (MAX_SPEC_VALUES - 1)})
+    assert JobSpec.decode(spec.encode()) == spec
+    refused("params.p", "over the limit", params={"p": "x" * MAX_SPEC_VALUES})

@@ -15,7 +15,9 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from offload.errors import ConfigError
-from offload.spec import DEFAULT_CLASSES, ResourceClass, parse_memory
+from offload.spec import DEFAULT_CLASSES, GiB, MiB, ResourceClass, parse_memory, parse_size
+
+DEFAULT_LOG_MAX_BYTES = 10 * MiB
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     pids_limit: int = Field(default=512, ge=16)
     tmpfs_size: str = "64m"
     log_max_entries: int = Field(default=10_000, ge=100)
+    # bytes of output kept per job, all attempts together (broker/logs.py); then a marker
+    log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, ge=1024)
+    # the embedded redis-server's maxmemory (policy noeviction: full means writes refused)
+    redis_max_memory: int = Field(default=1 * GiB, ge=16 * MiB)
     record_ttl: int = Field(default=7 * 24 * 3600, ge=60)
     memo_ttl: int = Field(default=30 * 24 * 3600, ge=60)
     pull_timeout: float = Field(default=60.0, gt=0)
@@ -65,6 +71,12 @@ class Settings(BaseSettings):
     provider: str = "manual"  # who started this node: manual, local, docker, aws
     heartbeat_interval: float = Field(default=2.0, gt=0)
     lost_after: float = Field(default=15.0, gt=0)  # no heartbeat this long: the node is lost
+    # Ownership (broker/sweeper.py): each attempt's lease, renewed by its worker; the sweeper
+    # requeues jobs whose lease expired, republishes lost messages, fails poison jobs.
+    lease_ttl: float = Field(default=20.0, ge=2)
+    sweep_interval: float = Field(default=5.0, gt=0)
+    lost_message_grace: float = Field(default=30.0, gt=0)
+    max_node_losses: int = Field(default=3, ge=1)  # attempts dying with their worker → failed
 
     @field_validator("classes", "autoscale", mode="before")
     @classmethod
@@ -78,6 +90,13 @@ class Settings(BaseSettings):
     def _budget(cls, value: Any) -> Any:
         if isinstance(value, str):
             return parse_memory(value) if value.strip() else None
+        return value
+
+    @field_validator("log_max_bytes", "redis_max_memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_size(value)
         return value
 
     @field_validator("worker_classes", mode="before")
@@ -103,6 +122,16 @@ class Settings(BaseSettings):
     @property
     def flower_url(self) -> str:
         return f"http://{self.flower_address}:{self.flower_port}"
+
+    @property
+    def work_dir(self) -> Path:
+        """This node's job work folders (plaintext inputs and outputs while a job runs)."""
+        return self.home / "work" / self.node_name
+
+    @property
+    def journal_dir(self) -> Path:
+        """This node's journal of outcomes reached while Redis was away."""
+        return self.home / "journal" / self.node_name
 
     def resource_class(self, name: str) -> ResourceClass:
         for c in self.classes:

@@ -13,7 +13,7 @@ catch the whole family with one clause. The CLI maps each branch to an exit code
     ├── CacheError                    exit 5  content store failures
     │   ├── ObjectNotFound            exit 5  no object with that id in the store
     │   ├── IntegrityError            exit 5  stored bytes do not match their id
-    │   └── StoreUnavailable          exit 5  a remote tier (S3) cannot be reached now
+    │   └── StoreUnavailable          exit 10 a remote tier (S3) cannot be reached now; retry later
     ├── RuntimeUnavailable            exit 6  the container engine (or a GPU runtime) is not usable
     ├── JobError                      exit 7  a job did not succeed
     │   ├── JobFailed                 exit 7  finished as failed / timed_out / cancelled
@@ -23,11 +23,20 @@ catch the whole family with one clause. The CLI maps each branch to an exit code
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from offload.cache.keys import ClusterKey
-    from offload.producer.job import JobResult
+
+class _Outcome(Protocol):
+    """What :class:`JobFailed` needs of a job's result (``offload.JobResult`` has it)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def message(self) -> str | None: ...
 
 
 class OffloadError(Exception):
@@ -49,14 +58,20 @@ class WrongKey(ConfigError):
     quarantined nor deleted; point ``key_file`` at the key it was sealed with.
     """
 
-    def __init__(self, sealed_with: str, key: ClusterKey, oid: str | None = None) -> None:
+    def __init__(
+        self,
+        sealed_with: str,
+        fingerprint: str,
+        source: object = None,
+        oid: str | None = None,
+    ) -> None:
         self.sealed_with = sealed_with
-        self.fingerprint = key.fingerprint
+        self.fingerprint = fingerprint
         what = f"object {oid}" if oid else "the object"
-        source = f" (from {key.source})" if key.source else ""
+        where = f" (from {source})" if source else ""
         super().__init__(
             f"{what} was sealed with key {sealed_with} and this process has key "
-            f"{key.fingerprint}{source}; every process of a cluster must use the same key file"
+            f"{fingerprint}{where}; every process of a cluster must use the same key file"
         )
 
 
@@ -112,6 +127,8 @@ class IntegrityError(CacheError):
 class StoreUnavailable(CacheError):
     """A remote tier (S3) cannot be reached now; retrying later may succeed."""
 
+    exit_code = 10
+
 
 class RuntimeUnavailable(OffloadError):
     """The container engine, or a GPU runtime a job asked for, is not usable."""
@@ -128,7 +145,7 @@ class JobError(OffloadError):
 class JobFailed(JobError):
     """The job ended as failed, timed_out or cancelled; ``result`` says how."""
 
-    def __init__(self, result: JobResult) -> None:
+    def __init__(self, result: _Outcome) -> None:
         self.result = result
         detail = f" ({result.message})" if result.message else ""
         super().__init__(

@@ -37,6 +37,13 @@ MAX_MEMORY = 4 * TiB
 MAX_CPU = 1024.0
 MAX_GPUS = 64
 MAX_RETRIES = 10
+# The command, parameters and environment together: they travel in every job record and the
+# environment reaches the container's exec (Linux refuses one string over 128 KiB and the
+# whole over ~2 MiB). Large data belongs in inputs.
+MAX_SPEC_VALUES = 64 * KiB
+# A parameter also becomes OFFLOAD_PARAM_<NAME> only up to this size (its JSON or text);
+# a larger one reaches the job through /offload/params.json only.
+MAX_ENV_PARAM = 16 * KiB
 
 _UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 # Anchored with \Z, not $ ($ also matches before a trailing newline); ASCII only.
@@ -84,6 +91,14 @@ def _check_utf8(value: Any, path: tuple[str, ...] = ()) -> None:
 
 def parse_memory(value: int | float | str) -> int:
     """Parse a memory size with Docker's binary units (``512m``, ``4g``, ``2GiB``) to bytes."""
+    size = parse_size(value)
+    if size < MIN_MEMORY:
+        raise ValueError(f"must be at least 6m (Docker's minimum), got {value!r}")
+    return size
+
+
+def parse_size(value: int | float | str) -> int:
+    """Parse a size in bytes with binary units (``512m``, ``10MiB``, ``4096``), at most 4t."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"expected a size such as 512m, 4g or 2GiB, got {value!r}")
     if isinstance(value, int | float):
@@ -99,10 +114,7 @@ def parse_memory(value: int | float | str) -> int:
         raise ValueError(f"expected a size such as 512m, 4g or 2GiB, got {value!r}")
     if number * _UNITS[unit] > MAX_MEMORY:  # also catches inf, before int() would overflow
         raise ValueError(f"must be at most 4t, got {value!r}")
-    size = int(number * _UNITS[unit])
-    if size < MIN_MEMORY:
-        raise ValueError(f"must be at least 6m (Docker's minimum), got {value!r}")
-    return size
+    return int(number * _UNITS[unit])
 
 
 def format_memory(size: int) -> str:
@@ -111,6 +123,20 @@ def format_memory(size: int) -> str:
         if size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def format_size(size: int) -> str:
+    """Bytes for people: ``200.0 KiB``, ``10 MiB`` (no decimals when exact)."""
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size >= factor:
+            value = size / factor
+            return f"{value:.0f} {unit}" if size % factor == 0 else f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+def param_text(value: Any) -> str:
+    """A parameter as the job sees it in ``OFFLOAD_PARAM_<NAME>``: text as is, else JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class Resources(BaseModel):
@@ -305,6 +331,28 @@ class JobSpec(BaseModel):
         if value is not None and not (value[1] >= 1 and 0 <= value[0] < value[1]):
             raise ValueError(f"expected (index, count) with 0 <= index < count, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _size(self) -> JobSpec:
+        """Command, params and env together under MAX_SPEC_VALUES, naming the largest part."""
+        parts: list[tuple[int, tuple[str, ...]]] = [
+            (len(arg.encode()) + 1, ("command", str(i))) for i, arg in enumerate(self.command or ())
+        ]
+        parts += [
+            (len(k) + len(param_text(v).encode()), ("params", k)) for k, v in self.params.items()
+        ]
+        parts += [(len(k) + len(v.encode()), ("env", k)) for k, v in self.env.items()]
+        total = sum(n for n, _ in parts)
+        if total > MAX_SPEC_VALUES:
+            size, path = max(parts)
+            raise _FieldProblem(
+                path,
+                f"is {format_size(size)}; the command, parameters and environment together "
+                f"are {format_size(total)}, over the limit of {format_size(MAX_SPEC_VALUES)}. "
+                "Large data belongs in inputs: pass it as an input (a file, content id or URI) "
+                "and read it from /offload/in/<name>",
+            )
+        return self
 
     @model_validator(mode="after")
     def _secret_names(self) -> JobSpec:

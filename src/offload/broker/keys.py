@@ -30,6 +30,8 @@ Job records (written by the producer at submit, then by the worker; read by ever
         cancel        "1" once cancellation of a started job was asked for
         cache_hit     id of the earlier job whose outputs this one reused (memoized)
         gpus          comma list of the GPU UUIDs the current attempt was given
+        log_bytes     bytes of output in the log stream, all attempts (:mod:`offload.broker.logs`);
+                      above ``log_max_bytes`` once truncated: an ``s=sys`` marker line ends it
     offload:job:<id>:events      STREAM the status timeline; one entry per transition:
                                         status, at, node, attempt[, reason]
                                  readers block on it (XREAD) to wait for a result
@@ -61,6 +63,26 @@ The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbe
     offload:node:<name>:recovering  STRING lock (SET NX EX 60) held by whoever redelivers the jobs
                                            of this node once it is lost; expires by itself
 
+Ownership (:mod:`offload.broker.records`, :mod:`offload.broker.sweeper`)::
+
+    offload:leases               ZSET   job id -> lease expiry (Redis server time) of its current
+                                        attempt; added by begin_attempt, renewed by the attempt's
+                                        worker, removed by the transition out of the active
+                                        states; expired members are requeued by the sweeper.
+                                        No TTL (one set; members leave with their attempt)
+    offload:queued               ZSET   job id -> when it was (re)published; the sweeper looks for
+                                        the message of a job queued longer than a grace period
+                                        and publishes it again when it is in no queue. Members
+                                        leave at begin_attempt or at any move out of ``queued``
+    offload:cluster              STRING this cluster's id (uuid4 hex, SET NX by the first node); job
+                                        containers carry it as a label, so a node only ever
+                                        reaps containers of its own cluster on a shared engine.
+                                        No TTL (one key)
+    offload:sweeper:lock         STRING who sweeps now (SET NX PX, a few seconds): one at a time
+    offload:sweeper:last         STRING Redis server time of the last sweep; a gap longer than a
+                                        lease means the broker (or every sweeper) was away: leases
+                                        are extended once instead of expired. No TTL (one key)
+
 The autoscaler (:mod:`offload.broker.scaling`)::
 
     offload:autoscaler:<class>   HASH   the autoscaler's last word on a class, rewritten each tick
@@ -85,6 +107,11 @@ from __future__ import annotations
 PREFIX = "offload"
 JOBS_INDEX = f"{PREFIX}:jobs"
 NODES = f"{PREFIX}:nodes"
+LEASES = f"{PREFIX}:leases"
+QUEUED = f"{PREFIX}:queued"
+CLUSTER = f"{PREFIX}:cluster"
+SWEEPER_LOCK = f"{PREFIX}:sweeper:lock"
+SWEEPER_LAST = f"{PREFIX}:sweeper:last"
 
 
 def job(job_id: str) -> str:

@@ -1,24 +1,17 @@
 """The node registry: every worker node, its capacity, its running jobs, its heartbeat.
 
-Keys (also listed in :mod:`offload.broker.keys`)::
+Keys: ``offload:nodes`` and ``offload:node:<name>[:running|:owners|:recovering]``, described in
+:mod:`offload.broker.keys`. A job's entries in a node's running set and owners hash are written
+by the job's own transitions (:mod:`offload.broker.records`), never here, so the registry and
+the job records cannot disagree.
 
-    offload:nodes                   SET    names of registered nodes
-    offload:node:<name>             HASH   name, provider, classes (comma list), slots, cpus,
-                                           memory, gpus, started_at, heartbeat_at, draining ("1")
-    offload:node:<name>:running     SET    ids of the jobs this node runs now
-    offload:node:<name>:owners      HASH   job id -> "<pid>:<attempt>", the pool process running
-                                           that attempt on the node (to tell a live attempt from
-                                           one whose process died)
-    offload:node:<name>:recovering  STRING lock (SET NX EX) held by whoever redelivers the jobs
-                                           of this node once it is lost
-
-A node whose heartbeat is older than ``lost_after`` seconds is *lost*; its running jobs
-are redelivered by whoever notices (:func:`offload.worker.recovery.recover_lost`).
+A node whose heartbeat (Redis server time) is older than ``lost_after`` seconds is *lost*.
+That alone moves no job: the jobs it ran come back when their leases expire
+(:mod:`offload.broker.sweeper`), which also forgets the node once it holds none.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -26,14 +19,26 @@ import redis
 
 from offload.broker import keys
 
-NODES = f"{keys.PREFIX}:nodes"
+NODES = keys.NODES
 
 # Refresh the heartbeat only while the node is registered: a node that was declared lost
 # (and deregistered) must register again rather than leave a hash with only a heartbeat.
+# Heartbeats are Redis server time: whether a node is lost never depends on machine clocks.
 _HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[1])
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'heartbeat_at', tonumber(t[1]) + tonumber(t[2]) / 1000000)
 return 1
+"""
+
+# Forget a job's running-on-node entry only while it is still the one seen (pid:attempt).
+_DROP_STALE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
 """
 
 _RELEASE = """
@@ -42,20 +47,7 @@ return 0
 """
 
 
-def node_key(name: str) -> str:
-    return f"{keys.PREFIX}:node:{name}"
-
-
-def running_key(name: str) -> str:
-    return f"{keys.PREFIX}:node:{name}:running"
-
-
-def owners_key(name: str) -> str:
-    return f"{keys.PREFIX}:node:{name}:owners"
-
-
-def recovering_key(name: str) -> str:
-    return f"{keys.PREFIX}:node:{name}:recovering"
+running_key = keys.node_running  # kept for callers outside broker/ until they use keys
 
 
 @dataclass(frozen=True)
@@ -91,11 +83,12 @@ class Owner:
 
 
 class NodeRegistry:
-    def __init__(self, client: redis.Redis, *, lost_after: float = 15.0) -> None:
+    def __init__(self, client: redis.Redis, *, lost_after: float) -> None:
         self.r = client
         self.lost_after = lost_after
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._release = client.register_script(_RELEASE)
+        self._drop_stale = client.register_script(_DROP_STALE)
 
     def register(
         self,
@@ -107,17 +100,19 @@ class NodeRegistry:
         cpus: float,
         memory: int,
         gpus: int,
-        fresh: bool = True,
     ) -> None:
-        """Register (again) ``name``; ``fresh`` forgets the running jobs of an earlier run."""
-        now = str(time.time())
+        """Register (again) ``name``.
+
+        The node's running set is left alone: it belongs to the jobs' records. Jobs that an
+        earlier run of this node left there are recovered by the process reaper (their pool
+        process is gone).
+        """
+        now = str(self.server_time())
         pipe = self.r.pipeline()
         pipe.sadd(NODES, name)
-        pipe.delete(node_key(name))
-        if fresh:
-            pipe.delete(running_key(name), owners_key(name))
+        pipe.delete(keys.node(name))
         pipe.hset(
-            node_key(name),
+            keys.node(name),
             mapping={
                 "name": name,
                 "provider": provider,
@@ -133,48 +128,55 @@ class NodeRegistry:
         )
         pipe.execute()
 
+    def cluster_id(self) -> str:
+        """This cluster's id, made by the first node that asks."""
+        self.r.set(keys.CLUSTER, uuid.uuid4().hex, nx=True)
+        return str(self.r.get(keys.CLUSTER))
+
+    def server_time(self) -> float:
+        """Redis server time: the one clock that heartbeats and leases are judged on."""
+        sec, usec = self.r.time()
+        return float(sec) + usec / 1e6
+
     def heartbeat(self, name: str) -> bool:
         """Refresh the node's heartbeat; False when it is not registered (any more)."""
-        return bool(self._heartbeat(keys=[node_key(name)], args=[str(time.time())]))
+        return bool(self._heartbeat(keys=[keys.node(name)], args=[]))
 
     def set_draining(self, name: str, draining: bool = True) -> None:
-        self.r.hset(node_key(name), "draining", "1" if draining else "0")
+        self.r.hset(keys.node(name), "draining", "1" if draining else "0")
 
     def is_draining(self, name: str) -> bool:
-        return bool(self.r.hget(node_key(name), "draining") == "1")
+        return bool(self.r.hget(keys.node(name), "draining") == "1")
 
     def deregister(self, name: str) -> None:
         pipe = self.r.pipeline()
         pipe.srem(NODES, name)
-        pipe.delete(node_key(name), running_key(name), owners_key(name))
+        pipe.delete(keys.node(name), keys.node_running(name), keys.node_owners(name))
         pipe.execute()
 
-    def job_started(self, name: str, job_id: str, pid: int = 0, attempt: int = 0) -> None:
-        pipe = self.r.pipeline()
-        pipe.sadd(running_key(name), job_id)
-        pipe.hset(owners_key(name), job_id, f"{pid}:{attempt}")
-        pipe.execute()
-
-    def job_finished(self, name: str, job_id: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.srem(running_key(name), job_id)
-        pipe.hdel(owners_key(name), job_id)
-        pipe.execute()
+    def drop_stale(self, name: str, job_id: str, owner: Owner) -> bool:
+        """Remove an entry the job's record no longer backs (left by a crash), if unchanged."""
+        return bool(
+            self._drop_stale(
+                keys=[keys.node_running(name), keys.node_owners(name)],
+                args=[job_id, f"{owner.pid}:{owner.attempt}"],
+            )
+        )
 
     def runs(self, name: str, job_id: str) -> bool:
         """Whether ``job_id`` is in the node's running set."""
-        return bool(self.r.sismember(running_key(name), job_id))
+        return bool(self.r.sismember(keys.node_running(name), job_id))
 
     def owners(self, name: str) -> dict[str, Owner]:
         """Each running job's owner (pool process and attempt) on the node."""
         out = {}
-        for job_id, value in self.r.hgetall(owners_key(name)).items():
+        for job_id, value in self.r.hgetall(keys.node_owners(name)).items():
             pid, _, attempt = value.partition(":")
             out[job_id] = Owner(int(pid or 0), int(attempt or 0))
         return out
 
     def owner(self, name: str, job_id: str) -> Owner | None:
-        value = self.r.hget(owners_key(name), job_id)
+        value = self.r.hget(keys.node_owners(name), job_id)
         if not value:
             return None
         pid, _, attempt = value.partition(":")
@@ -182,10 +184,10 @@ class NodeRegistry:
 
     def alive(self, name: str, now: float | None = None) -> bool:
         """Registered, with a heartbeat no older than ``lost_after``."""
-        beat = self.r.hget(node_key(name), "heartbeat_at")
+        beat = self.r.hget(keys.node(name), "heartbeat_at")
         if not beat:
             return False
-        now = time.time() if now is None else now
+        now = self.server_time() if now is None else now
         return now - float(beat) <= self.lost_after
 
     # -- recovery of lost nodes ------------------------------------------------------------
@@ -193,25 +195,25 @@ class NodeRegistry:
     def claim_recovery(self, name: str, ttl: int = 60) -> str | None:
         """Take the lock to recover a lost node; returns its token, or None if held."""
         token = uuid.uuid4().hex
-        if self.r.set(recovering_key(name), token, nx=True, ex=ttl):
+        if self.r.set(keys.node_recovering(name), token, nx=True, ex=ttl):
             return token
         return None
 
     def release_recovery(self, name: str, token: str) -> None:
-        self._release(keys=[recovering_key(name)], args=[token])
+        self._release(keys=[keys.node_recovering(name)], args=[token])
 
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, name: str, now: float | None = None) -> NodeInfo | None:
-        h = self.r.hgetall(node_key(name))
+        h = self.r.hgetall(keys.node(name))
         if not h:
             return None
         h.setdefault("name", name)
-        running = tuple(sorted(self.r.smembers(running_key(name))))
-        return self._parse(h, running, time.time() if now is None else now)
+        running = tuple(sorted(self.r.smembers(keys.node_running(name))))
+        return self._parse(h, running, self.server_time() if now is None else now)
 
     def nodes(self, now: float | None = None) -> list[NodeInfo]:
-        now = time.time() if now is None else now
+        now = self.server_time() if now is None else now
         out = []
         for name in sorted(self.r.smembers(NODES)):
             info = self.get(name, now)

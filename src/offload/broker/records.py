@@ -1,8 +1,11 @@
 """Job records and their status timeline in Redis (schema: :mod:`offload.broker.keys`).
 
-Every status change goes through one Lua script, so a transition, its timeline entry and,
-for terminal states, the end-of-log marker and expiry happen atomically — a cancel racing a
-worker's start can never leave a job both cancelled and running.
+Every status change goes through one Lua script (:mod:`offload.broker.scripts`) checked
+against the one transitions table (:mod:`offload.broker.status`), so a transition, its timeline
+entry, the node's running set and, for terminal states, the end-of-log marker and expiry happen
+atomically — a cancel racing a worker's start can never leave a job both cancelled and running.
+An attempt's writes carry its number as a fencing token: once a newer attempt took the job (or
+recovery requeued it), the older attempt's writes are refused.
 """
 
 from __future__ import annotations
@@ -15,61 +18,20 @@ from typing import Any
 
 import redis
 
-from offload.broker import keys
-from offload.broker.status import ACTIVE, TERMINAL, JobStatus
+from offload.broker import keys, scripts
+from offload.broker.logs import LogStreams
+from offload.broker.status import (
+    ACTIVE,
+    PENDING,
+    TERMINAL,
+    JobStatus,
+    Reason,
+    sources,
+    wire,
+)
+from offload.config import DEFAULT_LOG_MAX_BYTES, Settings
 from offload.errors import BrokerError, JobNotFound, JobTimeout
 from offload.spec import JobSpec
-
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0, ''} end
-if ARGV[3] ~= '*' then
-  local ok = false
-  for s in string.gmatch(ARGV[3], '[^,]+') do if s == cur then ok = true end end
-  if not ok then return {0, cur} end
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-local reason = nil
-for i = 6, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  if ARGV[i] == 'reason' then reason = ARGV[i + 1] end
-end
-local na = redis.call('HMGET', KEYS[1], 'node', 'attempt')
-local ev = {'status', ARGV[1], 'at', ARGV[2], 'node', na[1] or '', 'attempt', na[2] or '0'}
-if reason and reason ~= '' then table.insert(ev, 'reason'); table.insert(ev, reason) end
-redis.call('XADD', KEYS[2], '*', unpack(ev))
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'eof', ARGV[1])
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-return {1, cur}
-"""
-
-_BEGIN_ATTEMPT = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {'', 0} end
-if cur == 'succeeded' or cur == 'failed' or cur == 'timed_out' or cur == 'cancelled' then
-  return {cur, tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')}
-end
-local a = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'staging', 'node', ARGV[1], 'updated_at', ARGV[2],
-           'started_at', '', 'container', '', 'exit_code', '', 'reason', '', 'message', '')
-redis.call('XADD', KEYS[2], '*', 'status', 'staging', 'at', ARGV[2], 'node', ARGV[1], 'attempt', a)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'a', a)
-return {cur, a}
-"""
-
-_CANCEL = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return '' end
-if cur == 'queued' then return 'queued' end
-if cur == 'staging' or cur == 'running' or cur == 'uploading' then
-  redis.call('HSET', KEYS[1], 'cancel', '1')
-end
-return cur
-"""
 
 
 @dataclass(frozen=True)
@@ -80,7 +42,7 @@ class Event:
     at: float
     node: str
     attempt: int
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 @dataclass(frozen=True)
@@ -100,12 +62,14 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     exit_code: int | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     message: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     cancel_requested: bool = False
     cache_hit: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    pid: int = 0
+    gpus: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -131,29 +95,61 @@ def _parse(job_id: str, h: dict[str, str]) -> JobRecord:
         started_at=_num(h.get("started_at")),
         finished_at=_num(h.get("finished_at")),
         exit_code=int(h["exit_code"]) if h.get("exit_code") else None,
-        reason=h.get("reason") or None,
+        reason=Reason(h["reason"]) if h.get("reason") else None,
         message=h.get("message") or None,
         outputs=json.loads(h.get("outputs") or "{}"),
         cancel_requested=h.get("cancel") == "1",
         cache_hit=h.get("cache_hit") or None,
         timings=json.loads(h.get("timings") or "{}"),
+        pid=int(h.get("pid") or 0),
+        gpus=tuple(g for g in (h.get("gpus") or "").split(",") if g),
     )
 
 
 class JobRecords:
     """Reads and writes job records, timelines and log streams."""
 
-    def __init__(self, client: redis.Redis, *, record_ttl: int, log_max_entries: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        record_ttl: int,
+        log_max_entries: int,
+        lease_ttl: float = 20.0,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+    ) -> None:
         self.r = client
         self.record_ttl = record_ttl
         self.log_max_entries = log_max_entries
-        self._transition = client.register_script(_TRANSITION)
-        self._begin = client.register_script(_BEGIN_ATTEMPT)
-        self._cancel = client.register_script(_CANCEL)
+        self._logs = LogStreams(client, max_bytes=log_max_bytes, max_entries=log_max_entries)
+        self.lease_ttl = lease_ttl
+        self._transition = client.register_script(scripts.TRANSITION)
+        self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
+        self._renew = client.register_script(scripts.RENEW)
+        self._cancel = client.register_script(scripts.CANCEL)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> JobRecords:
+        return cls(
+            client,
+            record_ttl=settings.record_ttl,
+            log_max_entries=settings.log_max_entries,
+            lease_ttl=settings.lease_ttl,
+            log_max_bytes=settings.log_max_bytes,
+        )
 
     # -- writes ----------------------------------------------------------------------------
 
-    def create(self, job_id: str, spec: JobSpec, resource_class: str) -> None:
+    def create(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        resource_class: str,
+        status: JobStatus = JobStatus.QUEUED,
+    ) -> None:
+        """Write a new job's record in its first state (``queued``, or ``waiting``)."""
+        if status not in PENDING:
+            raise ValueError(f"a job starts waiting or queued, not {status}")
         now = str(time.time())
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(
@@ -165,33 +161,65 @@ class JobRecords:
                 "name": spec.display_name(),
                 "image": spec.image,
                 "class": resource_class,
-                "status": JobStatus.QUEUED.value,
+                "status": status.value,
                 "created_at": now,
                 "updated_at": now,
                 "attempt": "0",
             },
         )
-        pipe.xadd(keys.events(job_id), {"status": "queued", "at": now, "node": "", "attempt": "0"})
+        pipe.xadd(
+            keys.events(job_id), {"status": status.value, "at": now, "node": "", "attempt": "0"}
+        )
         pipe.zadd(keys.JOBS_INDEX, {job_id: float(now)})
+        if status is JobStatus.QUEUED:
+            pipe.zadd(keys.QUEUED, {job_id: float(now)})
         self._run(pipe.execute)
 
     def delete(self, job_id: str) -> None:
         """Remove a record that never made it onto the queue."""
-        self._run(self.r.delete, keys.job(job_id), keys.events(job_id), keys.logs(job_id))
+        self._run(self.r.delete, *self._job_keys(job_id))
         self._run(self.r.zrem, keys.JOBS_INDEX, job_id)
+        self._run(self.r.zrem, keys.QUEUED, job_id)
+
+    @staticmethod
+    def _job_keys(job_id: str) -> list[str]:
+        return [keys.job(job_id), keys.events(job_id), keys.logs(job_id)]
 
     def transition(
         self,
         job_id: str,
         to: JobStatus,
         *,
-        allowed_from: Iterable[JobStatus] | None = None,
+        attempt: int | None = None,
         **fields: Any,
     ) -> bool:
-        """Move a job to ``to`` if its status is in ``allowed_from``; returns whether it moved."""
-        allowed = "*" if allowed_from is None else ",".join(s.value for s in allowed_from)
+        """Move a job to ``to`` if the transitions table allows it from its current status.
+
+        ``attempt`` is the fencing token of a write made by an attempt: the move is refused
+        (False) unless that attempt is still the record's current one. Extra ``fields`` are
+        written with the move (a :class:`Reason` for ``reason``; dicts/lists as JSON; None as
+        empty). Returns whether the job moved. ``staging`` is entered by :meth:`begin_attempt`
+        only.
+        """
+        if to is JobStatus.STAGING:
+            raise ValueError("a job enters staging through begin_attempt")
+        reason = fields.get("reason")
+        if reason is not None and not isinstance(reason, Reason):
+            raise TypeError(f"reason must be a Reason, not {reason!r}")
         ttl = self.record_ttl if to in TERMINAL else 0
-        args: list[Any] = [to.value, str(time.time()), allowed, ttl, self.log_max_entries]
+        args: list[Any] = [
+            to.value,
+            str(time.time()),
+            wire(sources(to)),
+            ttl,
+            self.log_max_entries,
+            "" if attempt is None else str(attempt),
+            wire(ACTIVE),
+            keys.node_running("%s"),
+            keys.node_owners("%s"),
+            job_id,
+            JobStatus.QUEUED.value,
+        ]
         for name, value in fields.items():
             if value is None:
                 value = ""
@@ -200,38 +228,67 @@ class JobRecords:
             args += [name, str(value)]
         moved, _ = self._run(
             self._transition,
-            keys=[keys.job(job_id), keys.events(job_id), keys.logs(job_id)],
+            keys=[*self._job_keys(job_id), keys.LEASES, keys.QUEUED],
             args=args,
         )
-        return bool(moved)
+        return int(moved) == 1
 
-    def begin_attempt(self, job_id: str, node: str) -> tuple[JobStatus | None, int]:
-        """Start a new attempt unless the job is finished; returns (previous status, attempt)."""
+    def begin_attempt(self, job_id: str, node: str, pid: int = 0) -> tuple[JobStatus | None, int]:
+        """Start a new attempt on ``node`` (process ``pid``) if the job is queued.
+
+        Returns (previous status, attempt). A job that is not queued — waiting, finished, or
+        held by another attempt (a duplicate delivery) — is left as it is and its current
+        attempt number returned; ``(None, 0)`` when there is no record. The new attempt gets a
+        lease of ``lease_ttl`` seconds that its worker renews (:meth:`renew`).
+        """
         prev, attempt = self._run(
             self._begin,
-            keys=[keys.job(job_id), keys.events(job_id), keys.logs(job_id)],
-            args=[node, str(time.time()), self.log_max_entries],
+            keys=[*self._job_keys(job_id), keys.LEASES, keys.QUEUED],
+            args=[
+                node,
+                str(time.time()),
+                self.log_max_entries,
+                wire(sources(JobStatus.STAGING)),
+                self.lease_ttl,
+                pid,
+                keys.node_running("%s"),
+                keys.node_owners("%s"),
+                job_id,
+                JobStatus.STAGING.value,
+            ],
         )
         return (JobStatus(prev) if prev else None), int(attempt)
 
-    def set_fields(self, job_id: str, **fields: Any) -> None:
-        self._run(self.r.hset, keys.job(job_id), mapping={k: str(v) for k, v in fields.items()})
+    def renew(self, job_id: str, attempt: int) -> bool:
+        """Extend ``attempt``'s lease; False when it no longer holds the job (stop it)."""
+        return bool(
+            self._run(
+                self._renew,
+                keys=[keys.job(job_id), keys.LEASES],
+                args=[attempt, self.lease_ttl, wire(ACTIVE)],
+            )
+        )
 
     def request_cancel(self, job_id: str) -> JobStatus:
-        """Cancel a queued job at once; flag a started one for its worker. Returns the status."""
-        cur = self._run(self._cancel, keys=[keys.job(job_id)], args=[])
+        """Cancel a waiting or queued job at once, and a started one whose lease expired (its
+        worker is dead); flag a live started one for its worker. Returns the status after."""
+        cur, attempt, expired = self._run(
+            self._cancel, keys=[keys.job(job_id), keys.LEASES], args=[wire(ACTIVE), job_id]
+        )
         if not cur:
             raise JobNotFound(job_id)
         status = JobStatus(cur)
-        if status is JobStatus.QUEUED:
-            moved = self.transition(
+        if status in PENDING or int(expired):
+            how = (
+                f"while {status}" if status in PENDING else f"(attempt {attempt}'s worker is gone)"
+            )
+            if self.transition(
                 job_id,
                 JobStatus.CANCELLED,
-                allowed_from=[JobStatus.QUEUED],
-                reason="cancelled",
-                message="cancelled while queued",
-            )
-            if moved:
+                attempt=None if status in PENDING else int(attempt),
+                reason=Reason.CANCELLED,
+                message=f"cancelled {how}",
+            ):
                 return JobStatus.CANCELLED
             return self.get(job_id).status
         return status
@@ -239,16 +296,9 @@ class JobRecords:
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self._run(self.r.hget, keys.job(job_id), "cancel") == "1")
 
-    def append_logs(self, job_id: str, lines: Iterable[tuple[str, str]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for stream, line in lines:
-            pipe.xadd(
-                keys.logs(job_id),
-                {"s": stream, "l": line},
-                maxlen=self.log_max_entries,
-                approximate=True,
-            )
-        self._run(pipe.execute)
+    def append_logs(self, job_id: str, lines: Iterable[tuple[str, str]]) -> bool:
+        """Append output lines under the job's byte cap; True once its log is truncated."""
+        return bool(self._run(self._logs.append, job_id, lines))
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -272,7 +322,7 @@ class JobRecords:
                 at=float(f["at"]),
                 node=f.get("node", ""),
                 attempt=int(f.get("attempt") or 0),
-                reason=f.get("reason"),
+                reason=Reason(f["reason"]) if f.get("reason") else None,
             )
             for _, f in entries
         ]

@@ -1,32 +1,30 @@
-"""Redelivering the jobs of lost nodes and dead pool processes; spotting duplicate deliveries.
+"""Handing back the jobs of dead attempts, faster than their leases run out.
 
-A node that stops heartbeating for ``lost_after`` seconds is *lost*: each job in its running
-set whose record still says it runs there is put back to ``queued`` and published again at
-once, so it runs elsewhere without waiting for the broker's visibility timeout. Any number of
-processes may call :func:`recover_lost` at the same time (every worker's heartbeat thread and
-the autoscaler loop do): a ``SET NX`` lock per lost node lets one of them do the work.
+Leases decide who owns a running job (:mod:`offload.broker.sweeper` requeues a job whose lease
+expired, whatever happened to its worker). Two cases are known sooner, and handled here:
 
-The broker still holds the lost node's unacknowledged message and hands it out again after
-the visibility timeout. :func:`held_elsewhere` lets the executor acknowledge such a stale
-delivery without running the job while a live attempt holds it.
+* :class:`ProcessReaper` — a pool process of this (live) node died: its attempt is put back to
+  ``queued`` and published again within seconds, as is an attempt a previous run of this node
+  left behind (its process is gone too).
+* :func:`recover_node` — a node known to be stopped (``offload down --force``): every job it
+  holds goes back to the queue at once.
+
+Every requeue is fenced by the attempt it was read with, so it never touches a job that another
+attempt took, or that ended, meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-from typing import TYPE_CHECKING
 
 import psutil
+from celery import Celery
 
+from offload.broker.app import route
 from offload.broker.nodes import NodeRegistry, Owner
 from offload.broker.records import JobRecords
-from offload.broker.status import ACTIVE, JobStatus
+from offload.broker.status import ACTIVE, JobStatus, Reason
 from offload.errors import JobNotFound
-
-if TYPE_CHECKING:
-    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +39,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def node_losses(records: JobRecords, job_id: str) -> int:
+    """How many attempts of the job died with their worker so far."""
+    return sum(
+        1
+        for e in records.timeline(job_id)
+        if e.status is JobStatus.QUEUED and e.reason is Reason.NODE_LOST
+    )
+
+
 def requeue(
     records: JobRecords,
     app: Celery,
@@ -49,27 +56,41 @@ def requeue(
     node: str,
     message: str,
     attempt: int | None = None,
-) -> bool:
+    reason: Reason = Reason.NODE_LOST,
+    max_losses: int | None = None,
+) -> JobStatus | None:
     """Put back to ``queued`` and publish again a job whose attempt on ``node`` is dead.
 
     Only while the record still says the job is active on ``node`` (and, when given, in
-    ``attempt``): a job that finished or that another attempt took meanwhile is left alone.
+    ``attempt``): a job that finished or that another attempt took meanwhile is left alone —
+    the transition is fenced by the attempt read here. Returns the job's new status, or None
+    when it was left alone. With ``max_losses``, the ``max_losses``-th attempt to die with its
+    worker ends the job ``failed`` (``node_lost``) instead: a poison job stops there. A
+    loss spends no retry.
     """
-    from offload.broker.app import route  # here: the executor imports this module, Celery-free
-
     try:
         rec = records.get(job_id)
     except JobNotFound:
-        return False
+        return None
     if rec.status not in ACTIVE or rec.node != node:
-        return False
+        return None
     if attempt is not None and rec.attempt != attempt:
-        return False
+        return None
+    if reason is Reason.NODE_LOST and max_losses is not None:
+        losses = node_losses(records, job_id) + 1
+        if losses >= max_losses:
+            why = f"{message}; {losses} attempts died with their worker, giving up"
+            if records.transition(
+                job_id, JobStatus.FAILED, attempt=rec.attempt, reason=reason, message=why
+            ):
+                log.warning("job %s: %s", job_id, why)
+                return JobStatus.FAILED
+            return None
     moved = records.transition(
-        job_id, JobStatus.QUEUED, allowed_from=ACTIVE, reason="node_lost", message=message
+        job_id, JobStatus.QUEUED, attempt=rec.attempt, reason=reason, message=message
     )
     if not moved:
-        return False
+        return None
     route(
         app,
         job_id,
@@ -79,68 +100,39 @@ def requeue(
         f"{job_id}.r{rec.attempt + 1}",
     )
     log.warning("job %s: %s; queued again", job_id, message)
-    return True
+    return JobStatus.QUEUED
 
 
-def recover_lost(
-    registry: NodeRegistry, records: JobRecords, app: Celery, now: float | None = None
+def recover_node(
+    registry: NodeRegistry,
+    records: JobRecords,
+    app: Celery,
+    name: str,
+    *,
+    message: str,
+    reason: Reason = Reason.HANDED_BACK,
 ) -> list[str]:
-    """Redeliver the running jobs of every lost node, then deregister it; returns the job ids.
+    """Hand back every job node ``name`` holds and deregister it; returns the job ids.
 
-    Safe to run from several processes at once: one lock (``SET NX``) per lost node.
+    For a node known to be stopped (``offload down --force``): its active jobs go back to
+    ``queued`` and are published again; their dead attempts' containers are the caller's to
+    remove. Under the node's recovery lock: one caller does it.
     """
-    now = time.time() if now is None else now
-    recovered: list[str] = []
-    for lost in registry.lost(now):
-        token = registry.claim_recovery(lost.name)
-        if token is None:
-            continue  # someone else is at it
-        try:
-            node = registry.get(lost.name, now)  # again, under the lock
-            if node is None or not node.lost:
-                continue
-            log.warning(
-                "node %s lost (last heartbeat %.1fs ago); redelivering %d job(s)",
-                node.name,
-                now - node.heartbeat_at,
-                len(node.running),
-            )
-            for job_id in node.running:
-                if requeue(records, app, job_id, node=node.name, message=f"node {node.name} lost"):
-                    recovered.append(job_id)
-            registry.deregister(node.name)
-        finally:
-            registry.release_recovery(lost.name, token)
-    return recovered
-
-
-def held_elsewhere(registry: NodeRegistry, records: JobRecords, job_id: str, me: str) -> str | None:
-    """Why a delivery of ``job_id`` to node ``me`` must not run: a live attempt holds it.
-
-    ``None`` (run it) unless the record is active and its attempt is alive: on another node
-    with a fresh heartbeat that lists the job as running, or on this node in another pool
-    process that is still alive. A dead attempt — its node lost or unknown, its process gone —
-    does not hold the job.
-    """
+    token = registry.claim_recovery(name)
+    if token is None:
+        return []
     try:
-        rec = records.get(job_id)
-    except JobNotFound:
-        return None
-    if rec.status not in ACTIVE or not rec.node:
-        return None
-    if rec.node != me:
-        if registry.alive(rec.node) and registry.runs(rec.node, job_id):
-            return f"node {rec.node} runs attempt {rec.attempt}"
-        return None
-    owner = registry.owner(me, job_id)
-    if (
-        owner is not None
-        and owner.attempt == rec.attempt
-        and owner.pid != os.getpid()
-        and pid_alive(owner.pid)
-    ):
-        return f"process {owner.pid} of this node runs attempt {rec.attempt}"
-    return None
+        node = registry.get(name)
+        running = node.running if node is not None else ()
+        handed = [
+            job_id
+            for job_id in running
+            if requeue(records, app, job_id, node=name, message=message, reason=reason)
+        ]
+        registry.deregister(name)
+        return handed
+    finally:
+        registry.release_recovery(name, token)
 
 
 class ProcessReaper:
@@ -152,8 +144,16 @@ class ProcessReaper:
     the record's current attempt — is put back to ``queued`` and published again.
     """
 
-    def __init__(self, registry: NodeRegistry, records: JobRecords, node: str, grace: float):
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        records: JobRecords,
+        node: str,
+        grace: float,
+        max_losses: int | None = None,
+    ) -> None:
         self.registry, self.records, self.node, self.grace = registry, records, node, grace
+        self.max_losses = max_losses
         self.suspects: dict[tuple[str, Owner], float] = {}
 
     def reap(self, app: Celery, now: float) -> list[str]:
@@ -174,9 +174,15 @@ class ProcessReaper:
                 continue  # a new attempt took it meanwhile
             message = f"attempt {owner.attempt} on node {self.node} lost its process"
             if requeue(
-                self.records, app, job_id, node=self.node, message=message, attempt=owner.attempt
+                self.records,
+                app,
+                job_id,
+                node=self.node,
+                message=message,
+                attempt=owner.attempt,
+                max_losses=self.max_losses,
             ):
                 reaped.append(job_id)
-            if self.registry.owner(self.node, job_id) == owner:
-                self.registry.job_finished(self.node, job_id)
+            else:  # the record moved on without this entry (a crash between two writes)
+                self.registry.drop_stale(self.node, job_id, owner)
         return reaped

@@ -1,13 +1,34 @@
-"""Job states and failure reasons."""
+"""The job state machine: states, failure reasons and the one table of allowed transitions.
+
+::
+
+    waiting ──▶ queued ──▶ staging ──▶ running ──▶ uploading ──▶ succeeded
+       │          ▲  │        │  │        │  │         │  │
+       │          │  │        │  └────────┼──┴─────────┼──┴──▶ failed | timed_out | cancelled
+       │          │  └──▶ cancelled       │            │
+       │          └───────────────────────┴────────────┘  (retry, node lost, handed back)
+       └──▶ failed (upstream_failed) | cancelled
+
+Every write of a job's status goes through :meth:`offload.broker.records.JobRecords.transition`
+(or ``begin_attempt``), which checks the move against :data:`TRANSITIONS` inside the same Lua
+script that makes it; the scripts get their sets from here, never from literals.
+
+* ``waiting``: has unfinished parents (or is held); published when released.
+* ``queued``: its message is on a queue (a class queue or a node queue).
+* ``staging`` / ``running`` / ``uploading``: an attempt holds it under a lease its worker renews
+  (the *active* states). A delivery of an active job never starts a second attempt: when the
+  attempt's worker dies, its lease expires and the sweeper puts the job back to ``queued``.
+* ``succeeded`` / ``failed`` / ``timed_out`` / ``cancelled``: terminal; nothing follows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
 class JobStatus(StrEnum):
-    """``queued → staging → running → uploading → succeeded | failed | timed_out | cancelled``."""
-
+    WAITING = "waiting"
     QUEUED = "queued"
     STAGING = "staging"
     RUNNING = "running"
@@ -21,15 +42,52 @@ class JobStatus(StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL
 
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE
+
 
 TERMINAL = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED}
 )
 ACTIVE = frozenset({JobStatus.STAGING, JobStatus.RUNNING, JobStatus.UPLOADING})
+PENDING = frozenset({JobStatus.WAITING, JobStatus.QUEUED})  # no attempt holds the job
+
+_ENDINGS = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED})
+
+# Which state may follow which. ``begin_attempt`` is the one way into ``staging``;
+# everything else is ``transition``.
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.STAGING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.STAGING: frozenset(
+        {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUCCEEDED} | _ENDINGS
+    ),
+    JobStatus.RUNNING: frozenset({JobStatus.UPLOADING, JobStatus.QUEUED} | _ENDINGS),
+    JobStatus.UPLOADING: frozenset({JobStatus.SUCCEEDED, JobStatus.QUEUED} | _ENDINGS),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.TIMED_OUT: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def sources(to: JobStatus) -> frozenset[JobStatus]:
+    """The states a job may be in for a move to ``to``."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if to in targets)
+
+
+def allowed(frm: JobStatus, to: JobStatus) -> bool:
+    return to in TRANSITIONS[frm]
+
+
+def wire(states: frozenset[JobStatus]) -> str:
+    """A set of states as the Lua scripts receive it: ``,queued,staging,`` (sorted)."""
+    return "," + ",".join(sorted(s.value for s in states)) + ","
 
 
 class Reason(StrEnum):
-    """Why a job did not succeed — each one something a person can act on."""
+    """Why a job did not succeed, or why it went back to the queue — each one actionable."""
 
     EXIT_CODE = "exit_code"  # the container exited non-zero
     OOM_KILLED = "oom_killed"  # the kernel killed it for exceeding its memory limit
@@ -37,9 +95,24 @@ class Reason(StrEnum):
     IMAGE_NOT_FOUND = "image_not_found"  # not present locally and no registry had it
     INPUT_MISSING = "input_missing"  # an input id is not in the store
     OUTPUT_REJECTED = "output_rejected"  # a symlink, special file or escaping path in /offload/out
-    GPU_UNAVAILABLE = "gpu_unavailable"  # GPUs asked for, no GPU runtime on the node
+    GPU_UNAVAILABLE = "gpu_unavailable"  # GPUs asked for, no GPU runtime (or no free GPU)
     UNSCHEDULABLE = "unschedulable"  # the node cannot give what the job asks for
     START_FAILED = "start_failed"  # the engine refused to create or start the container
     CANCELLED = "cancelled"  # someone cancelled it
     WORKER_ERROR = "worker_error"  # an unexpected error in the worker (a bug: report it)
-    NODE_LOST = "node_lost"  # its node stopped heartbeating; the job was queued again
+    NODE_LOST = "node_lost"  # its node or worker process died; the job was queued again
+    HANDED_BACK = "handed_back"  # its worker was stopped (offload down --force); queued again
+    UPSTREAM_FAILED = "upstream_failed"  # a parent job failed, timed out or was cancelled
+
+
+__all__ = [
+    "ACTIVE",
+    "PENDING",
+    "TERMINAL",
+    "TRANSITIONS",
+    "JobStatus",
+    "Reason",
+    "allowed",
+    "sources",
+    "wire",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import docker
@@ -18,25 +19,23 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
 from offload.errors import RuntimeUnavailable
-from offload.worker.runtime import ContainerRequest, Exit, LogSink, Runtime
+from offload.worker.runtime import (
+    ContainerRequest,
+    Exit,
+    ImageMissing,
+    LogSink,
+    Runtime,
+    StartFailed,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL_JOB = "offload.job_id"
 LABEL_ATTEMPT = "offload.attempt"
 LABEL_MANAGED = "offload.managed"
-
-
-class ImageMissing(Exception):
-    """The image is not on this node and no registry provided it."""
-
-
-class StartFailed(Exception):
-    """The engine refused to start the container; ``gpu`` tells a missing GPU runtime."""
-
-    def __init__(self, message: str, *, gpu: bool = False) -> None:
-        super().__init__(message)
-        self.gpu = gpu
+LABEL_NODE = "offload.node"
+LABEL_CLUSTER = "offload.cluster"
+LABEL_GPUS = "offload.gpus"  # comma list of the UUIDs of the GPUs the container was given
 
 
 def connect(timeout: float = 60) -> docker.DockerClient:
@@ -120,14 +119,17 @@ class DockerRuntime(Runtime):
             init=True,
             log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )
-        if req.gpus:
-            host_config["device_requests"] = [gpu_request(req.gpus)]
         labels = {
             **req.labels,
             LABEL_MANAGED: "1",
             LABEL_JOB: req.job_id,
             LABEL_ATTEMPT: str(req.attempt),
+            LABEL_NODE: req.node,
+            LABEL_CLUSTER: req.cluster,
         }
+        if req.gpus:
+            host_config["device_requests"] = [gpu_request(req.gpus)]
+            labels[LABEL_GPUS] = ",".join(req.gpus)
         try:
             created = self.api.create_container(
                 req.image,
@@ -218,6 +220,31 @@ class DockerRuntime(Runtime):
             if exc.status_code != 409:  # removal already in progress
                 raise
 
+    def gpus_in_use(self) -> set[str]:
+        running = self.api.containers(filters={"label": [f"{LABEL_MANAGED}=1", LABEL_GPUS]})
+        return {
+            uuid
+            for c in running
+            for uuid in (c.get("Labels") or {}).get(LABEL_GPUS, "").split(",")
+            if uuid
+        }
+
+    def job_containers(self, cluster: str) -> list[tuple[str, str, str, int]]:
+        if not cluster:
+            return []
+        wanted = [f"{LABEL_MANAGED}=1", f"{LABEL_CLUSTER}={cluster}"]
+        found = self.api.containers(all=True, filters={"label": wanted})
+        out = []
+        for c in found:
+            labels = c.get("Labels") or {}
+            try:
+                out.append(
+                    (c["Id"], labels[LABEL_NODE], labels[LABEL_JOB], int(labels[LABEL_ATTEMPT]))
+                )
+            except (KeyError, ValueError):
+                continue
+        return out
+
     def remove_job_containers(self, job_id: str) -> list[str]:
         found = self.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
         removed = []
@@ -227,9 +254,15 @@ class DockerRuntime(Runtime):
         return removed
 
 
-def gpu_request(count: int) -> DeviceRequest:
-    """The device request Docker needs to pass ``count`` NVIDIA GPUs to a container."""
-    return DeviceRequest(count=count, capabilities=[["gpu"]])
+def gpu_request(uuids: Sequence[str]) -> DeviceRequest:
+    """The device request that gives a container these NVIDIA GPUs, and no others.
+
+    By id, never by count: a count makes the engine give every container the host's first
+    GPUs, so concurrent jobs would share GPU 0 while the others idle.
+    """
+    if not uuids:
+        raise ValueError("gpu_request needs at least one GPU UUID")
+    return DeviceRequest(driver="nvidia", device_ids=list(uuids), capabilities=[["gpu"]])
 
 
 def _close(stream: Any) -> None:

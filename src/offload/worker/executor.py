@@ -1,9 +1,11 @@
 """Running one job attempt: a short sequence of named steps, free of Celery.
 
 ``execute`` is called for every delivery of a job message. Delivery is at least once, so it
-first claims a new attempt in the job record: a finished job is acknowledged without running
-again; a job whose previous attempt died with its worker runs again after that attempt's
-container is removed.
+first claims a new attempt in the job record, which only a ``queued`` job gives: a delivery of
+a finished job, or of one another attempt holds (a duplicate message), is acknowledged without
+running. The attempt holds a lease while it runs (:mod:`offload.worker.lease`); if its worker
+dies, the sweeper brings the job back (:mod:`offload.broker.sweeper`). How it ended is
+recorded by :mod:`offload.worker.endings`, fenced by the attempt, journaled when Redis is away.
 """
 
 from __future__ import annotations
@@ -17,22 +19,23 @@ from pathlib import Path
 
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
-from offload.broker.status import ACTIVE, JobStatus, Reason
+from offload.broker.status import JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo, action_key
 from offload.cache.store import Store
-from offload.errors import CacheError
+from offload.errors import BrokerError, CacheError, StoreUnavailable
 from offload.spec import JobSpec, format_memory
 from offload.worker import staging
 from offload.worker.capacity import Capacity
-from offload.worker.docker_runtime import ImageMissing, StartFailed
+from offload.worker.endings import Recorder, retries_used
+from offload.worker.gpus import GpuAllocator, GpuLease, GpusBusy
+from offload.worker.journal import Journal
+from offload.worker.lease import LeaseKeeper
 from offload.worker.logsink import LogForwarder
-from offload.worker.recovery import held_elsewhere
-from offload.worker.runtime import ContainerRequest, Exit, Runtime
+from offload.worker.runtime import ContainerRequest, Exit, ImageMissing, Runtime, StartFailed
 
 log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between cancel checks while a container runs
-RETRYABLE = {Reason.EXIT_CODE, Reason.OOM_KILLED, Reason.TIMEOUT, Reason.START_FAILED}
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Node:
     requeue: Callable[[str, JobSpec, int], None]
     memo: ActionCache | None = None
     registry: NodeRegistry | None = None  # the node registry: running set, live attempts
+    gpus: GpuAllocator | None = None  # gives each attempt GPUs of its own
+    journal: Journal | None = None  # outcomes reached while Redis is away
+    cluster: str = ""  # the cluster's id, a label on every container (see LocalReaper)
 
 
 class CacheHit(Exception):
@@ -59,6 +65,18 @@ class CacheHit(Exception):
     def __init__(self, memo: Memo) -> None:
         super().__init__(memo.job_id)
         self.memo = memo
+
+
+class Superseded(Exception):
+    """This attempt is no longer the job's current one (fenced): stop and write nothing."""
+
+
+class HandBack(Exception):
+    """This node cannot run the job now (no free GPU): back to the queue, no retry used."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
 
 
 class Outcome(Exception):
@@ -73,35 +91,21 @@ class Outcome(Exception):
 
 def execute(node: Node, job_id: str) -> JobStatus | None:
     """Run one delivery of ``job_id``; returns the status it ended in (None: nothing to do)."""
-    # -- node registry: a stale delivery of a job a live attempt holds is not run again
-    if node.registry is not None:
-        why = held_elsewhere(node.registry, node.records, job_id, node.name)
-        if why:
-            log.warning("job %s: %s; acknowledging this delivery without running", job_id, why)
-            return None
-    # --
-    prev, attempt = node.records.begin_attempt(job_id, node.name)
+    prev, attempt = node.records.begin_attempt(job_id, node.name, os.getpid())
     if prev is None:
         log.warning("job %s has no record; dropping the message", job_id)
         return None
-    if prev.terminal:
-        log.info("job %s already %s; acknowledging without running", job_id, prev)
+    if prev is not JobStatus.QUEUED:  # finished, waiting, or held by a live attempt
+        log.info("job %s is %s; acknowledging this delivery without running", job_id, prev)
         return None
-    if prev in ACTIVE or attempt > 1:  # a dead attempt (here, or of a lost node) may remain
+    if attempt > 1:  # an earlier attempt's container may remain on this engine
         removed = node.runtime.remove_job_containers(job_id)
-        if prev in ACTIVE or removed:
-            log.warning(
-                "job %s: attempt %d follows a dead one; removed %s", job_id, attempt, removed
-            )
+        if removed:
+            log.warning("job %s: removed earlier attempts' containers %s", job_id, removed)
+    # The node's running set and the lease follow the record: begin_attempt put the job
+    # there, the attempt's last transition takes it out (same atomic calls).
     record = node.records.get(job_id)
-    # -- node registry: the job is in this node's running set while the attempt runs
-    if node.registry is None:
-        return Attempt(node, job_id, attempt, record.spec).run()
-    node.registry.job_started(node.name, job_id, os.getpid(), attempt)
-    try:
-        return Attempt(node, job_id, attempt, record.spec).run()
-    finally:
-        node.registry.job_finished(node.name, job_id)
+    return Attempt(node, job_id, attempt, record.spec).run()
 
 
 class Attempt:
@@ -113,10 +117,26 @@ class Attempt:
         self.memo_key: str | None = None
         self.forwarder: LogForwarder | None = None
         self.t_start = 0.0
+        self.gpu_lease: GpuLease | None = None
+        self.keeper = LeaseKeeper(node.records, job_id, attempt)
+        self.rec = Recorder(
+            node.records,
+            node.journal,
+            node.requeue,
+            job_id,
+            attempt,
+            spec,
+            retries_used(node.records, job_id),
+        )
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return self.job_id, self.attempt
 
     def run(self) -> JobStatus:
         """Run the steps; the container and folder are gone before the end is recorded."""
         outputs: dict[str, str] = {}
+        self.keeper.__enter__()
         try:
             self.check_cancel()
             self.check_fits()
@@ -126,38 +146,46 @@ class Attempt:
             outputs = self.finish(exit_)
         except CacheHit as hit:
             self.cleanup()
-            self.node.records.transition(
-                self.job_id,
+            return self.rec.record(
                 JobStatus.SUCCEEDED,
-                allowed_from=[JobStatus.STAGING],
                 outputs=hit.memo.outputs,
                 exit_code=0,
                 cache_hit=hit.memo.job_id,
                 timings=self.timings,
             )
-            return JobStatus.SUCCEEDED
         except Outcome as o:
             self.cleanup()
-            return self.end(o.status, o.reason, o.message, o.exit_code)
+            return self.rec.end(o.status, o.reason, o.message, o.exit_code, self.timings)
+        except HandBack as hb:
+            self.cleanup()
+            return self.rec.requeue(hb.reason, hb.message)
+        except Superseded:
+            self.cleanup()
+            log.warning("job %s attempt %d: no longer current; stopped", *self.ident)
+            return self.node.records.status(self.job_id)
+        except BrokerError:
+            # Redis went away before the container could run: nothing to record. The lease
+            # runs out and the sweeper queues the job again once the broker is back.
+            self.cleanup()
+            raise
         except Exception as exc:
             log.exception("job %s attempt %d: worker error", self.job_id, self.attempt)
             self.cleanup()
-            return self.end(JobStatus.FAILED, Reason.WORKER_ERROR, f"{type(exc).__name__}: {exc}")
+            why = f"{type(exc).__name__}: {exc}"
+            return self.rec.end(JobStatus.FAILED, Reason.WORKER_ERROR, why, None, self.timings)
         except BaseException:
             self.cleanup()
             raise
         self.cleanup()
-        self.node.records.transition(
-            self.job_id,
-            JobStatus.SUCCEEDED,
-            allowed_from=[JobStatus.UPLOADING],
-            outputs=outputs,
-            exit_code=0,
-            timings=self.timings,
+        status = self.rec.record(
+            JobStatus.SUCCEEDED, outputs=outputs, exit_code=0, timings=self.timings
         )
-        if self.node.memo is not None and self.memo_key is not None:
-            self.node.memo.put(self.memo_key, outputs, self.job_id)
-        return JobStatus.SUCCEEDED
+        if status is JobStatus.SUCCEEDED and self.node.memo is not None and self.memo_key:
+            try:
+                self.node.memo.put(self.memo_key, outputs, self.job_id)
+            except BrokerError as exc:  # an outage: the job is done, only its memo is lost
+                log.warning("job %s: memo not written (%s)", self.job_id, exc)
+        return status
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -200,13 +228,37 @@ class Attempt:
         hit = memo.get(self.memo_key)
         if hit is None:
             return
-        if all(self.node.store.has(oid) for oid in hit.outputs.values()):
+        try:
+            present = all(self.node.store.has(oid) for oid in hit.outputs.values())
+        except StoreUnavailable as exc:
+            # Cannot tell whether the outputs are still fetchable: run the job, and leave
+            # the entry as it is (not dropped, not overwritten by this run).
+            log.warning(
+                "job %s: memo unusable while the store is unreachable: %s", self.job_id, exc
+            )
+            self.memo_key = None
+            return
+        if present:
             raise CacheHit(hit)
         memo.drop(self.memo_key)  # its outputs are gone: run the job again
 
     def start(self) -> None:
         assert self.workspace is not None
         res = self.spec.resources
+        if res.gpus:  # GPUs of its own, or none: never a GPU another job runs on
+            if self.node.gpus is None:
+                why = f"node {self.node.name} does not assign GPUs"
+                raise Outcome(JobStatus.FAILED, Reason.GPU_UNAVAILABLE, why)
+            try:
+                self.gpu_lease = self.node.gpus.acquire(
+                    res.gpus,
+                    holder=f"job={self.job_id} attempt={self.attempt}",
+                    in_use=self.node.runtime.gpus_in_use,
+                )
+            except GpusBusy as exc:
+                why = f"node {self.node.name}: {exc}; queued again"
+                raise HandBack(Reason.GPU_UNAVAILABLE, why) from None
+        gpus = self.gpu_lease.uuids if self.gpu_lease is not None else ()
         req = ContainerRequest(
             job_id=self.job_id,
             attempt=self.attempt,
@@ -216,12 +268,14 @@ class Attempt:
             mounts=self.workspace.mounts(),
             cpu=res.cpu,
             memory=res.memory,
-            gpus=res.gpus,
+            gpus=gpus,
             network=self.spec.network,
             user=self.node.user,
             pids_limit=self.node.pids_limit,
             tmpfs_size=self.node.tmpfs_size,
             labels={f"offload.label.{k}": v for k, v in self.spec.labels.items()},
+            node=self.node.name,
+            cluster=self.node.cluster,
         )
         runtime = self.node.runtime
         try:
@@ -229,13 +283,15 @@ class Attempt:
             moved = self.node.records.transition(
                 self.job_id,
                 JobStatus.RUNNING,
-                allowed_from=[JobStatus.STAGING],
+                attempt=self.attempt,
                 container=self.container,
                 started_at=time.time(),
+                gpus=",".join(gpus),
             )
-            if not moved:  # cancelled meanwhile
-                raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled before start")
+            if not moved:  # fenced: the job was given to another attempt meanwhile
+                raise Superseded()
             self.forwarder = LogForwarder(self.node.records, self.job_id)
+            self.rec.last_lines = self.forwarder.tail
             runtime.start(self.container, self.forwarder.write)
         except StartFailed as exc:
             reason = Reason.GPU_UNAVAILABLE if exc.gpu else Reason.START_FAILED
@@ -258,7 +314,10 @@ class Attempt:
                     Reason.TIMEOUT,
                     f"ran longer than its timeout of {self.spec.timeout:g}s and was killed",
                 )
-            if self.node.records.cancel_requested(self.job_id):
+            if self.keeper.lost.is_set():  # the sweeper gave the job to another attempt
+                runtime.kill(self.container)
+                raise Superseded()
+            if self.cancel_requested():
                 runtime.kill(self.container)
                 runtime.wait(self.container, 30)
                 raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled while running")
@@ -280,9 +339,13 @@ class Attempt:
                 JobStatus.FAILED, Reason.EXIT_CODE, f"exited with code {exit_.code}", exit_.code
             )
         t0 = time.monotonic()
-        self.node.records.transition(
-            self.job_id, JobStatus.UPLOADING, allowed_from=[JobStatus.RUNNING]
-        )
+        try:
+            if not self.node.records.transition(
+                self.job_id, JobStatus.UPLOADING, attempt=self.attempt
+            ):
+                raise Superseded()
+        except BrokerError:
+            pass  # Redis is away: upload all the same; the outcome is journaled
         try:
             outputs = staging.collect(self.workspace, self.node.store)
         except staging.OutputRejected as exc:
@@ -297,38 +360,21 @@ class Attempt:
             self.node.runtime.finish_logs(self.container, 5)
             self.forwarder.flush()
 
-    def end(
-        self, status: JobStatus, reason: Reason, message: str, exit_code: int | None = None
-    ) -> JobStatus:
-        if reason in RETRYABLE and self.attempt <= self.spec.retries:
-            moved = self.node.records.transition(
-                self.job_id,
-                JobStatus.QUEUED,
-                allowed_from=ACTIVE,
-                reason=reason.value,
-                message=f"attempt {self.attempt} {message}; retrying",
-                exit_code=exit_code,
-            )
-            if moved:
-                self.node.requeue(self.job_id, self.spec, self.attempt)
-                return JobStatus.QUEUED
-        self.node.records.transition(
-            self.job_id,
-            status,
-            allowed_from=ACTIVE,
-            reason=reason.value,
-            message=message,
-            exit_code=exit_code,
-            timings=self.timings,
-        )
-        return status
+    def cancel_requested(self) -> bool:
+        try:
+            return self.node.records.cancel_requested(self.job_id)
+        except BrokerError:  # Redis away: nobody can have asked meanwhile; keep running
+            return False
 
     def cleanup(self) -> None:
+        self.keeper.__exit__()
         if self.container is not None:
             self.drain_logs()
             try:
                 self.node.runtime.remove(self.container)
             except Exception:
                 log.exception("job %s: could not remove container %s", self.job_id, self.container)
+        if self.gpu_lease is not None:  # after the container is gone
+            self.gpu_lease.release()
         if self.workspace is not None:
             self.workspace.remove()

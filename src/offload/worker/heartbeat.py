@@ -8,7 +8,14 @@ Runs as one daemon thread in the worker's main process, started once the pool ha
   the running jobs, exit), and starts that warm shutdown itself when the registry's
   ``draining`` flag was set by someone else (the autoscaler);
 * redelivers the jobs of its own pool processes that died (:class:`ProcessReaper`);
-* every ``RECOVER_EVERY`` seconds, redelivers the jobs of lost nodes (:func:`recover_lost`).
+* records the outcomes journaled while Redis was away (:mod:`offload.worker.journal`);
+* every ``sweep_interval`` seconds, sweeps: requeues jobs whose lease expired, republishes
+  lost messages (:class:`~offload.broker.sweeper.Sweeper`, one sweeper in the cluster at a
+  time), and removes what this node's dead attempts left (:class:`LocalReaper`).
+
+At start, before taking jobs, it removes what a previous run of this node left (containers,
+work folders) and records that run's journal; its jobs come back through the process reaper
+(their pool processes are gone) or the sweeper (their leases expire).
 
 The heartbeat goes on while the node drains, until the worker exits; a clean exit
 (``worker_shutdown``) deregisters the node.
@@ -23,18 +30,19 @@ import threading
 import time
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
-
 from offload.broker.app import make_app, redis_client
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
+from offload.broker.recovery import ProcessReaper
+from offload.broker.sweeper import Sweeper
 from offload.config import Settings
 from offload.worker.capacity import Capacity
-from offload.worker.recovery import ProcessReaper, recover_lost
+from offload.worker.docker_runtime import DockerRuntime, connect
+from offload.worker.journal import Journal
+from offload.worker.reaper import LocalReaper
+from offload.worker.tasks import on_worker_ready, on_worker_shutdown, on_worker_shutting_down
 
 log = logging.getLogger(__name__)
-
-RECOVER_EVERY = 5.0  # seconds between looks for lost nodes
 
 
 class Heartbeat:
@@ -50,21 +58,32 @@ class Heartbeat:
         self.stopped = threading.Event()
         self.wake = threading.Event()
         self.lock = threading.Lock()
-        self.last_recovery = 0.0
+        self.last_sweep = 0.0
         self.thread: threading.Thread | None = None
         client = redis_client(settings)
         self.registry = NodeRegistry(client, lost_after=settings.lost_after)
-        self.records = JobRecords(
-            client, record_ttl=settings.record_ttl, log_max_entries=settings.log_max_entries
-        )
+        self.records = JobRecords.from_settings(client, settings)
         self.reaper = ProcessReaper(
-            self.registry, self.records, self.name, grace=max(2.0, self.interval)
+            self.registry,
+            self.records,
+            self.name,
+            grace=max(2.0, self.interval),
+            max_losses=settings.max_node_losses,
+        )
+        self.journal = Journal(settings.journal_dir)
+        self.leftovers = LocalReaper(
+            self.name,
+            self.registry.cluster_id(),
+            self.records,
+            DockerRuntime(connect()),
+            settings.work_dir.parent,
         )
         self._app: Any = None
+        self._sweeper: Sweeper | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def register(self, fresh: bool = True) -> None:
+    def register(self) -> None:
         self.registry.register(
             self.name,
             provider=self.settings.provider,
@@ -73,12 +92,16 @@ class Heartbeat:
             cpus=self.capacity.cpus,
             memory=self.capacity.memory,
             gpus=len(self.capacity.gpus),
-            fresh=fresh,
         )
         self.marked_draining = False
 
     def start(self) -> None:
         self.register()
+        try:
+            self.journal.replay(self.records)
+            self.leftovers.reap()
+        except Exception:
+            log.exception("node %s: cleaning up after a previous run", self.name)
         log.warning("node %s registered (provider %s)", self.name, self.settings.provider)
         self.thread = threading.Thread(target=self.loop, name="node-heartbeat", daemon=True)
         self.thread.start()
@@ -118,7 +141,7 @@ class Heartbeat:
                 return
             if not self.registry.heartbeat(self.name):
                 log.warning("node %s was not registered (declared lost?); registering", self.name)
-                self.register(fresh=False)
+                self.register()
             if self.shutting_down:
                 if not self.marked_draining:
                     self.registry.set_draining(self.name)
@@ -128,9 +151,17 @@ class Heartbeat:
                 self.shutting_down = self.marked_draining = True
                 os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
         self.reaper.reap(self.app, now)
-        if now - self.last_recovery >= RECOVER_EVERY:
-            self.last_recovery = now
-            recover_lost(self.registry, self.records, self.app, now)
+        self.journal.replay(self.records)
+        if now - self.last_sweep >= self.settings.sweep_interval:
+            self.last_sweep = now
+            self.sweeper.sweep()
+            self.leftovers.reap()
+
+    @property
+    def sweeper(self) -> Sweeper:
+        if self._sweeper is None:
+            self._sweeper = Sweeper(self.records, self.registry, self.app, self.settings)
+        return self._sweeper
 
     @property
     def app(self) -> Any:
@@ -143,19 +174,19 @@ def install(settings: Settings, *, classes: list[str], slots: int, capacity: Cap
     """Register the node once the worker is ready, heartbeat, deregister on a clean exit."""
     state: dict[str, Heartbeat] = {}
 
-    def on_ready(**_: object) -> None:  # after the pool forked: no thread crosses a fork
+    def on_ready() -> None:  # after the pool forked: no thread crosses a fork
         hb = Heartbeat(settings, classes=classes, slots=slots, capacity=capacity)
         state["hb"] = hb
         hb.start()
 
-    def on_shutting_down(**_: object) -> None:  # in a signal handler: only flip a flag
+    def on_shutting_down() -> None:  # in a signal handler: only flip a flag
         if "hb" in state:
             state["hb"].draining()
 
-    def on_shutdown(**_: object) -> None:
+    def on_shutdown() -> None:
         if "hb" in state:
             state["hb"].stop()
 
-    worker_ready.connect(on_ready, weak=False)
-    worker_shutting_down.connect(on_shutting_down, weak=False)
-    worker_shutdown.connect(on_shutdown, weak=False)
+    on_worker_ready(on_ready)
+    on_worker_shutting_down(on_shutting_down)
+    on_worker_shutdown(on_shutdown)

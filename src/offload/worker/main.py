@@ -6,16 +6,15 @@ import logging
 import threading
 import time
 
-from celery.signals import worker_ready
-
 from offload.broker.app import make_app
 from offload.cache.factory import open_store
 from offload.config import Settings
 from offload.spec import format_memory
 from offload.worker import capacity as cap_mod
+from offload.worker import staging
 from offload.worker.docker_runtime import connect
 from offload.worker.heartbeat import install as install_heartbeat
-from offload.worker.tasks import register
+from offload.worker.tasks import on_worker_ready, register
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,7 @@ def start_uploader(settings: Settings, interval: float = 5.0) -> None:
                 log.exception("pending uploads")
             time.sleep(interval)
 
-    def on_ready(**_: object) -> None:  # after the pool forked: no thread crosses a fork
-        threading.Thread(target=loop, name="pending-uploads", daemon=True).start()
-
-    worker_ready.connect(on_ready, weak=False)
+    on_worker_ready(threading.Thread(target=loop, name="pending-uploads", daemon=True).start)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
@@ -61,6 +57,15 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
         ",".join(classes),
         slots,
     )
+    # Before the pool forks, no attempt of this node is live: whatever a killed run left in
+    # its work folder (plaintext inputs, outputs, params.json) goes now.
+    left = staging.clear(settings.work_dir)
+    if left:
+        log.warning(
+            "node %s: removed %d work folder(s) left by an earlier run",
+            settings.node_name,
+            len(left),
+        )
     app = make_app(settings)
     register(app, settings, cap)
     start_uploader(settings)

@@ -3,6 +3,11 @@
 ``<work>/<job>-<attempt>/in/<name>``  inputs, read-only, mounted at ``/offload/in``
 ``<work>/<job>-<attempt>/out/``       mounted writable at ``/offload/out``
 ``<work>/<job>-<attempt>/params.json`` mounted read-only at ``/offload/params.json``
+
+Everything there is plaintext: ``<work>`` and each attempt's folder are mode 0700 (only the
+worker's user; the container reaches its three mounts, never the folder above them). An
+attempt's folder is removed when the attempt ends, a dead attempt's by the node's reaper, and
+whatever a killed worker left by :func:`clear` when the node starts again.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from offload.cache.store import Store
 from offload.errors import ObjectNotFound
-from offload.spec import JobSpec
+from offload.spec import MAX_ENV_PARAM, JobSpec, param_text
 from offload.worker.runtime import Mount
 
 IN, OUT, PARAMS = "/offload/in", "/offload/out", "/offload/params.json"
@@ -54,6 +59,7 @@ class Workspace:
         )
 
     def remove(self) -> None:
+        _make_removable(self.root)  # in/ is 0555: a worker not running as root needs u+w
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -62,9 +68,11 @@ def prepare(
 ) -> Workspace:
     """Create the attempt's folder, copy inputs out of the store, write the params file."""
     ws = Workspace(work_dir / f"{job_id}-{attempt}")
+    private_dir(work_dir)
     if ws.root.exists():
         ws.remove()
-    ws.inputs.mkdir(parents=True)
+    ws.root.mkdir(mode=0o700)
+    ws.inputs.mkdir()
     ws.outputs.mkdir()
     for name, oid in spec.inputs.items():
         dest = ws.inputs / name
@@ -81,15 +89,56 @@ def prepare(
         os.chmod(ws.outputs, 0o755)
     else:
         os.chmod(ws.outputs, 0o777)
-    os.chmod(ws.root, 0o755)
+    os.chmod(ws.root, 0o700)
     return ws
 
 
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) a folder only its owner can enter: mode 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def clear(work_dir: Path) -> list[str]:
+    """Remove every attempt folder under ``work_dir`` (a node starting: none is live).
+
+    Returns the names removed. ``work_dir`` itself is left, empty and 0700.
+    """
+    private_dir(work_dir)
+    removed = []
+    for entry in work_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            Workspace(entry).remove()
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _make_removable(root: Path) -> None:
+    """Let the owner remove ``root``'s files: in/ (ours, mounted read-only) is 0555.
+
+    Only in/ is touched: a folder under out/ is the job's, and may be swapped for a link.
+    """
+    inputs = root / "in"
+    try:
+        if stat.S_ISDIR(os.lstat(inputs).st_mode):
+            os.chmod(inputs, 0o700)
+    except OSError:
+        pass
+
+
 def job_env(job_id: str, spec: JobSpec) -> dict[str, str]:
-    """The container's environment: the spec's env, params as OFFLOAD_PARAM_<NAME>, the job id."""
+    """The container's environment: the spec's env, params as OFFLOAD_PARAM_<NAME>, the job id.
+
+    A parameter larger than MAX_ENV_PARAM is left out of the environment (it would push the
+    container's exec over the kernel's limits): the job reads it from /offload/params.json.
+    """
     env = dict(spec.env)
     for key, value in spec.params.items():
-        env[f"OFFLOAD_PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        text = param_text(value)
+        if len(text.encode()) <= MAX_ENV_PARAM:
+            env[f"OFFLOAD_PARAM_{key.upper()}"] = text
     env["OFFLOAD_JOB_ID"] = job_id
     if spec.task is not None:
         env["OFFLOAD_TASK_INDEX"], env["OFFLOAD_TASK_COUNT"] = map(str, spec.task)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from offload.broker.app import TASK_NAME, redis_client, route
+from offload.broker.app import TASK_NAME, TaskFailed, redis_client, route
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
+from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
 from offload.cache.factory import open_store
 from offload.config import Settings
@@ -25,23 +28,22 @@ from offload.spec import JobSpec
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import DockerRuntime, connect
 from offload.worker.executor import Node, execute
+from offload.worker.gpus import GpuAllocator, lock_dir
+from offload.worker.journal import Journal
 
 log = logging.getLogger(__name__)
 
 
 def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
-    records = JobRecords(
-        redis_client(settings),
-        record_ttl=settings.record_ttl,
-        log_max_entries=settings.log_max_entries,
-    )
+    records = JobRecords.from_settings(redis_client(settings), settings)
 
     def requeue(job_id: str, spec: JobSpec, attempt: int) -> None:
         queue = records.get(job_id).resource_class
         route(app, job_id, queue, spec.display_name(), spec.summary(), f"{job_id}.{attempt + 1}")
 
-    work = settings.home / "work" / settings.node_name
-    work.mkdir(parents=True, exist_ok=True)
+    registry = NodeRegistry(records.r, lost_after=settings.lost_after)
+    work = settings.work_dir
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Node(
         name=settings.node_name,
         capacity=capacity,
@@ -54,7 +56,10 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         tmpfs_size=settings.tmpfs_size,
         requeue=requeue,
         memo=ActionCache(records.r, settings.memo_ttl),
-        registry=NodeRegistry(records.r, lost_after=settings.lost_after),
+        registry=registry,
+        gpus=GpuAllocator(capacity.gpus, lock_dir(settings.home)),
+        journal=Journal(settings.journal_dir),
+        cluster=registry.cluster_id(),
     )
 
 
@@ -79,4 +84,31 @@ def register(app: Celery, settings: Settings, capacity: Capacity) -> None:
             log.error("job %s: broker error, handing the job back: %s", job_id, exc)
             time.sleep(1)
             raise Reject(str(exc), requeue=True) from exc
+        if status is None or status.terminal:
+            # A job that ended failed / timed_out / cancelled (here, or before this delivery:
+            # cancelled while queued) fails the task, so Flower shows FAILURE and its reason.
+            try:
+                ended = nodes[pid].records.get(job_id)
+            except BrokerError:
+                ended = None
+            if ended and ended.status.terminal and ended.status is not JobStatus.SUCCEEDED:
+                raise TaskFailed(ended.reason or ended.status.value, ended.message or "")
         return status.value if status is not None else None
+
+
+# -- the worker's life: Celery's signals, so the rest of worker/ needs no Celery import --------
+
+
+def on_worker_ready(fn: Callable[[], None]) -> None:
+    """Call ``fn`` once the pool has forked (no thread crosses a fork)."""
+    worker_ready.connect(lambda **_: fn(), weak=False)
+
+
+def on_worker_shutting_down(fn: Callable[[], None]) -> None:
+    """Call ``fn`` when a warm shutdown begins (inside a signal handler: keep it short)."""
+    worker_shutting_down.connect(lambda **_: fn(), weak=False)
+
+
+def on_worker_shutdown(fn: Callable[[], None]) -> None:
+    """Call ``fn`` as the worker exits cleanly."""
+    worker_shutdown.connect(lambda **_: fn(), weak=False)

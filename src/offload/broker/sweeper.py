@@ -1,0 +1,249 @@
+"""The sweeper: brings back work whose owner died, wherever it died.
+
+Run by every worker's heartbeat thread and by the autoscaler loop, every
+``Settings.sweep_interval`` seconds; a lock (``SET NX PX``) lets one of them sweep at a time.
+One pass, on Redis server time:
+
+1. **Broker outage?** When the previous sweep is older than a lease (Redis was away, or no
+   sweeper ran), no lease is judged this pass: every lease is extended to ``now + lease_ttl``
+   so the workers, reconnecting, can renew theirs. An outage is not a death.
+2. **Expired leases.** A job whose current attempt's lease expired (its worker or pool process
+   died, or was cut off for longer than a lease) is put back to ``queued`` and published again
+   (fenced by that attempt; reason ``node_lost``, spending no retry). After
+   ``max_node_losses`` such losses it ends ``failed`` (``node_lost``) instead: a job that
+   kills its worker every time (a poison job) must not take the fleet down with it.
+3. **Lost messages.** A job ``queued`` for longer than ``lost_message_grace`` whose message is
+   in no queue and not unacknowledged (a Redis crash lost it, or a publisher died between
+   writing the record and publishing) is published again. A duplicate message is harmless:
+   only a ``queued`` job starts an attempt.
+4. **Stale deliveries.** kombu's unacknowledged entries of jobs that are finished (or whose
+   record expired) are dropped, so they neither count as work nor come back a day later.
+5. **Lost nodes.** A node silent for ``lost_after`` seconds is deregistered once it holds no
+   job (its jobs leave it through step 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from offload.broker import keys, scripts
+from offload.broker.app import route
+from offload.broker.nodes import NodeRegistry
+from offload.broker.records import JobRecords
+from offload.broker.recovery import requeue
+from offload.broker.status import ACTIVE, JobStatus
+from offload.config import Settings
+from offload.errors import JobNotFound
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport: a queue's ready messages live in one list per priority step, and
+# delivered-unacknowledged ones in a hash (kombu.transport.redis.Channel).
+PRIORITY_STEPS = (0, 3, 6, 9)
+PRIORITY_SEP = "\x06\x16"
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def queue_lists(queue: str) -> list[str]:
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+
+
+def message_job(raw: str | bytes) -> str | None:
+    """The job id a kombu message (JSON envelope) is about, or None if it is not ours."""
+    try:
+        msg = json.loads(raw)
+        if isinstance(msg, list):  # an unacked entry: [message, exchange, routing_key]
+            msg = msg[0]
+        task_id = str(msg["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return task_id.split(".", 1)[0]
+
+
+@dataclass
+class SweepReport:
+    extended: int = 0  # leases extended after an outage
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # poison jobs
+    republished: list[str] = field(default_factory=list)
+    dropped_deliveries: int = 0
+    deregistered: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.extended
+            or self.requeued
+            or self.failed
+            or self.republished
+            or self.dropped_deliveries
+            or self.deregistered
+        )
+
+
+class Sweeper:
+    def __init__(
+        self, records: JobRecords, registry: NodeRegistry, app: Celery, settings: Settings
+    ) -> None:
+        self.records, self.registry, self.app = records, registry, app
+        self.r: redis.Redis = records.r
+        self.queues = [c.name for c in settings.classes]
+        self.lease_ttl = settings.lease_ttl
+        self.grace = settings.lost_message_grace
+        self.max_losses = settings.max_node_losses
+        self.interval = settings.sweep_interval
+        self.lock_ms = int(max(settings.sweep_interval, 1.0) * 4000)
+        self._extend = self.r.register_script(scripts.EXTEND_ALL)
+        self._release = self.r.register_script(_RELEASE)
+
+    def now(self) -> float:
+        sec, usec = self.r.time()
+        return float(sec) + usec / 1e6
+
+    def sweep(self) -> SweepReport | None:
+        """One pass; None when another process sweeps now or swept less than an interval ago.
+        Anyone may call it as often as they like: the cluster sweeps about once an interval."""
+        last = self.r.get(keys.SWEEPER_LAST)
+        if last is not None and self.now() - float(last) < self.interval * 0.9:
+            return None
+        token = uuid.uuid4().hex
+        if not self.r.set(keys.SWEEPER_LOCK, token, nx=True, px=self.lock_ms):
+            return None
+        try:
+            return self._sweep()
+        finally:
+            self._release(keys=[keys.SWEEPER_LOCK], args=[token])
+
+    def _sweep(self) -> SweepReport:
+        report = SweepReport()
+        now = self.now()
+        last = self.r.getset(keys.SWEEPER_LAST, repr(now))
+        if last is None or now - float(last) > self.lease_ttl:
+            report.extended = int(self._extend(keys=[keys.LEASES], args=[self.lease_ttl]))
+            if report.extended:
+                log.warning(
+                    "no sweep for %s: broker outage? %d lease(s) extended by %gs, none expired",
+                    "ever" if last is None else f"{now - float(last):.0f}s",
+                    report.extended,
+                    self.lease_ttl,
+                )
+            return report
+        self.expire_leases(now, report)
+        self.republish_lost(now, report)
+        report.dropped_deliveries = self.drop_stale_deliveries()
+        report.deregistered = self.forget_lost_nodes(now)
+        if report:
+            log.warning("sweep: %s", report)
+        return report
+
+    # -- 2. expired leases ----------------------------------------------------------------
+
+    def expire_leases(self, now: float, report: SweepReport) -> None:
+        for job_id in self.r.zrangebyscore(keys.LEASES, "-inf", now):
+            job_id = str(job_id)
+            try:
+                rec = self.records.get(job_id)
+            except JobNotFound:
+                self.r.zrem(keys.LEASES, job_id)
+                continue
+            if rec.status not in ACTIVE or not rec.node:
+                self.r.zrem(keys.LEASES, job_id)
+                continue
+            what = f"attempt {rec.attempt} on node {rec.node} stopped renewing its lease"
+            outcome = requeue(
+                self.records,
+                self.app,
+                job_id,
+                node=rec.node,
+                attempt=rec.attempt,
+                message=what,
+                max_losses=self.max_losses,
+            )
+            if outcome is JobStatus.QUEUED:
+                report.requeued.append(job_id)
+            elif outcome is JobStatus.FAILED:
+                report.failed.append(job_id)
+
+    # -- 3. lost messages -------------------------------------------------------------------
+
+    def republish_lost(self, now: float, report: SweepReport) -> None:
+        stale = [str(j) for j in self.r.zrangebyscore(keys.QUEUED, "-inf", now - self.grace)]
+        if not stale:
+            return
+        present = self.jobs_with_a_message()
+        for job_id in stale:
+            try:
+                rec = self.records.get(job_id)
+            except JobNotFound:
+                self.r.zrem(keys.QUEUED, job_id)
+                continue
+            if rec.status is not JobStatus.QUEUED:
+                self.r.zrem(keys.QUEUED, job_id)
+                continue
+            self.r.zadd(keys.QUEUED, {job_id: now})  # looked at now; again after the grace
+            if job_id in present:
+                continue
+            route(
+                self.app,
+                job_id,
+                rec.resource_class,
+                rec.spec.display_name(),
+                rec.spec.summary(),
+                f"{job_id}.p{uuid.uuid4().hex[:8]}",
+            )
+            log.warning("job %s: queued with no message; published again", job_id)
+            report.republished.append(job_id)
+
+    def jobs_with_a_message(self) -> set[str]:
+        present: set[str] = set()
+        for queue in self.queues:
+            for name in queue_lists(queue):
+                present.update(_jobs(self.r.lrange(name, 0, -1)))
+        present.update(_jobs(self.r.hvals(UNACKED)))
+        return present
+
+    # -- 4. stale deliveries ----------------------------------------------------------------
+
+    def drop_stale_deliveries(self) -> int:
+        dropped = 0
+        for tag, raw in self.r.hgetall(UNACKED).items():
+            job_id = message_job(raw)
+            if job_id is None:
+                continue
+            status = self.r.hget(keys.job(job_id), "status")
+            if status is None or JobStatus(str(status)).terminal:
+                pipe = self.r.pipeline()
+                pipe.hdel(UNACKED, tag)
+                pipe.zrem(UNACKED_INDEX, tag)
+                pipe.execute()
+                dropped += 1
+        return dropped
+
+    # -- 5. lost nodes ------------------------------------------------------------------------
+
+    def forget_lost_nodes(self, now: float) -> list[str]:
+        gone = []
+        for node in self.registry.lost(now):
+            if not node.running:
+                self.registry.deregister(node.name)
+                gone.append(node.name)
+        return gone
+
+
+def _jobs(raws: Iterable[str | bytes]) -> Iterable[str]:
+    for raw in raws:
+        job_id = message_job(raw)
+        if job_id is not None:
+            yield job_id

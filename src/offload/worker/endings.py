@@ -1,0 +1,105 @@
+"""Recording how an attempt ended: succeeded, failed, retried or handed back.
+
+Every write is fenced by the attempt (:meth:`offload.broker.records.JobRecords.transition`): an
+attempt that lost its job to another (the sweeper requeued it after its lease expired) writes
+nothing. When Redis is away at the end of an attempt, the outcome goes to the node's durable
+journal (:mod:`offload.worker.journal`) and is recorded when the broker is back: an outage
+neither loses an outcome nor makes a job run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from offload.broker.records import JobRecords
+from offload.broker.status import JobStatus, Reason
+from offload.errors import BrokerError
+from offload.spec import JobSpec
+from offload.worker.journal import Entry, Journal
+
+log = logging.getLogger(__name__)
+
+# Failures that spend a retry; a lost node or a node without a free GPU spends none.
+RETRYABLE = frozenset({Reason.EXIT_CODE, Reason.OOM_KILLED, Reason.TIMEOUT, Reason.START_FAILED})
+
+
+def retries_used(records: JobRecords, job_id: str) -> int:
+    """Retries spent so far: failures sent back to the queue."""
+    return sum(
+        1
+        for e in records.timeline(job_id)
+        if e.status is JobStatus.QUEUED and e.reason in RETRYABLE
+    )
+
+
+class Recorder:
+    def __init__(
+        self,
+        records: JobRecords,
+        journal: Journal | None,
+        publish: Callable[[str, JobSpec, int], None],
+        job_id: str,
+        attempt: int,
+        spec: JobSpec,
+        retries_before: int,
+    ) -> None:
+        self.records, self.journal, self.publish = records, journal, publish
+        self.job_id, self.attempt, self.spec = job_id, attempt, spec
+        self.retries_before = retries_before
+        self.journaled = False
+        self.last_lines: Callable[[], list[tuple[str, str]]] = list
+
+    def record(self, status: JobStatus, **fields: Any) -> JobStatus:
+        """Write the attempt's last move; journal it when Redis is away. Returns the job's
+        status afterwards (another one when this attempt was fenced off)."""
+        try:
+            moved = self.records.transition(self.job_id, status, attempt=self.attempt, **fields)
+        except BrokerError as exc:
+            if self.journal is None:
+                raise
+            log.warning("job %s: broker away at the end (%s); journaling", self.job_id, exc)
+            plain = {k: (v.value if isinstance(v, Reason) else v) for k, v in fields.items()}
+            self.journal.write(
+                Entry(self.job_id, self.attempt, status.value, plain, self.last_lines())
+            )
+            self.journaled = True
+            return status
+        if not moved:
+            log.warning(
+                "job %s attempt %d: no longer current; %s not recorded",
+                self.job_id,
+                self.attempt,
+                status,
+            )
+            return self.records.status(self.job_id)
+        return status
+
+    def end(
+        self,
+        status: JobStatus,
+        reason: Reason,
+        message: str,
+        exit_code: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> JobStatus:
+        if reason in RETRYABLE and self.retries_before < self.spec.retries:
+            return self.requeue(
+                reason, f"attempt {self.attempt} {message}; retrying", exit_code=exit_code
+            )
+        return self.record(
+            status,
+            reason=reason,
+            message=message,
+            exit_code=exit_code,
+            timings=timings or {},
+        )
+
+    def requeue(self, reason: Reason, message: str, exit_code: int | None = None) -> JobStatus:
+        """Back to ``queued`` and published again (when journaled, the sweeper republishes
+        it once the broker is back: a queued job with no message)."""
+        status = self.record(JobStatus.QUEUED, reason=reason, message=message, exit_code=exit_code)
+        if status is JobStatus.QUEUED and not self.journaled:
+            self.publish(self.job_id, self.spec, self.attempt)
+        return status
