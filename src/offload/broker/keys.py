@@ -43,7 +43,19 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         no TTL (one index), pruned lazily by readers of ids
                                         whose record expired
 
-Terminal jobs' three keys expire after ``Settings.record_ttl`` seconds. A non-terminal job's
+Dependencies (:mod:`offload.broker.pipeline`; written at submit, read until the job ends)::
+
+    offload:job:<id>:parents     SET    every job this one waits for (its output references and
+                                        ``after``); kept for views, expires with the record
+    offload:job:<id>:waiting     SET    the parents not finished yet; the job is released (queued)
+                                        when it empties
+    offload:job:<id>:children    SET    the jobs waiting for this one
+    offload:waiting              ZSET   every ``waiting`` job -> when it began waiting; the
+                                        sweeper checks the old ones (a release a crash missed).
+                                        Members leave with the move out of ``waiting``
+
+Terminal jobs' keys (record, events, logs, parents, waiting, children) expire after
+``Settings.record_ttl`` seconds. A non-terminal job's
 keys have no TTL: the job is still owed an outcome.
 
 The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbeat)::
@@ -109,6 +121,7 @@ JOBS_INDEX = f"{PREFIX}:jobs"
 NODES = f"{PREFIX}:nodes"
 LEASES = f"{PREFIX}:leases"
 QUEUED = f"{PREFIX}:queued"
+WAITING = f"{PREFIX}:waiting"
 CLUSTER = f"{PREFIX}:cluster"
 SWEEPER_LOCK = f"{PREFIX}:sweeper:lock"
 SWEEPER_LAST = f"{PREFIX}:sweeper:last"
@@ -124,6 +137,18 @@ def events(job_id: str) -> str:
 
 def logs(job_id: str) -> str:
     return f"{PREFIX}:logs:{job_id}"
+
+
+def parents(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:parents"
+
+
+def waiting_on(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:waiting"
+
+
+def children(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:children"
 
 
 def node(name: str) -> str:

@@ -173,6 +173,8 @@ class JobRecords:
         pipe.zadd(keys.JOBS_INDEX, {job_id: float(now)})
         if status is JobStatus.QUEUED:
             pipe.zadd(keys.QUEUED, {job_id: float(now)})
+        else:
+            pipe.zadd(keys.WAITING, {job_id: float(now)})
         self._run(pipe.execute)
 
     def delete(self, job_id: str) -> None:
@@ -219,6 +221,7 @@ class JobRecords:
             keys.node_owners("%s"),
             job_id,
             JobStatus.QUEUED.value,
+            JobStatus.WAITING.value,
         ]
         for name, value in fields.items():
             if value is None:
@@ -228,7 +231,15 @@ class JobRecords:
             args += [name, str(value)]
         moved, _ = self._run(
             self._transition,
-            keys=[*self._job_keys(job_id), keys.LEASES, keys.QUEUED],
+            keys=[
+                *self._job_keys(job_id),
+                keys.LEASES,
+                keys.QUEUED,
+                keys.WAITING,
+                keys.parents(job_id),
+                keys.waiting_on(job_id),
+                keys.children(job_id),
+            ],
             args=args,
         )
         return int(moved) == 1

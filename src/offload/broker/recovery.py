@@ -20,8 +20,8 @@ import logging
 import psutil
 from celery import Celery
 
-from offload.broker.app import route
 from offload.broker.nodes import NodeRegistry, Owner
+from offload.broker.publish import publish
 from offload.broker.records import JobRecords
 from offload.broker.status import ACTIVE, JobStatus, Reason
 from offload.errors import JobNotFound
@@ -91,14 +91,7 @@ def requeue(
     )
     if not moved:
         return None
-    route(
-        app,
-        job_id,
-        rec.resource_class,
-        rec.spec.display_name(),
-        rec.spec.summary(),
-        f"{job_id}.r{rec.attempt + 1}",
-    )
+    publish(app, rec, f"{job_id}.r{rec.attempt + 1}")
     log.warning("job %s: %s; queued again", job_id, message)
     return JobStatus.QUEUED
 

@@ -16,10 +16,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# KEYS: job, events, logs, leases, queued
+# KEYS: job, events, logs, leases, queued, waiting index, parents, waiting-on, children
 # ARGV: 1 to, 2 now, 3 allowed-from set, 4 ttl (>0: terminal), 5 log maxlen,
 #       6 fencing attempt ('' = any), 7 active set, 8 running-key template,
-#       9 owners-key template, 10 job id, 11 queued state, then field/value pairs
+#       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, then field/value
+#       pairs
 # Returns {1, previous} when moved; {0, current} when the table refuses; {-1, current} fenced.
 TRANSITION = (
     _NOW
@@ -31,7 +32,7 @@ local na = redis.call('HMGET', KEYS[1], 'node', 'attempt')
 if ARGV[6] ~= '' and (na[2] or '0') ~= ARGV[6] then return {-1, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
 local reason = nil
-for i = 12, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   if ARGV[i] == 'reason' then reason = ARGV[i + 1] end
 end
@@ -50,11 +51,12 @@ if ARGV[1] == ARGV[11] then
 else
   redis.call('ZREM', KEYS[5], ARGV[10])
 end
+if cur == ARGV[12] then redis.call('ZREM', KEYS[6], ARGV[10]) end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'eof', ARGV[1])
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+  for _, i in ipairs({1, 2, 3, 7, 8, 9}) do redis.call('EXPIRE', KEYS[i], ttl) end
 end
 return {1, cur}
 """

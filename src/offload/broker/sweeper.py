@@ -20,6 +20,9 @@ One pass, on Redis server time:
    record expired) are dropped, so they neither count as work nor come back a day later.
 5. **Lost nodes.** A node silent for ``lost_after`` seconds is deregistered once it holds no
    job (its jobs leave it through step 2).
+6. **Waiting jobs.** A job ``waiting`` for longer than ``lost_message_grace`` whose parents
+   have ended is released or failed (:meth:`~offload.broker.pipeline.Pipeline.check_waiting`):
+   a release that a crash between a parent's end and its children's release missed.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ import redis
 from celery import Celery
 
 from offload.broker import keys, scripts
-from offload.broker.app import route
 from offload.broker.nodes import NodeRegistry
+from offload.broker.pipeline import Pipeline
+from offload.broker.publish import publish
 from offload.broker.records import JobRecords
 from offload.broker.recovery import requeue
 from offload.broker.status import ACTIVE, JobStatus
@@ -81,10 +85,12 @@ class SweepReport:
     republished: list[str] = field(default_factory=list)
     dropped_deliveries: int = 0
     deregistered: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # waiting jobs released or failed
 
     def __bool__(self) -> bool:
         return bool(
-            self.extended
+            self.settled
+            or self.extended
             or self.requeued
             or self.failed
             or self.republished
@@ -105,6 +111,7 @@ class Sweeper:
         self.max_losses = settings.max_node_losses
         self.interval = settings.sweep_interval
         self.lock_ms = int(max(settings.sweep_interval, 1.0) * 4000)
+        self.pipeline = Pipeline(records, app)
         self._extend = self.r.register_script(scripts.EXTEND_ALL)
         self._release = self.r.register_script(_RELEASE)
 
@@ -144,6 +151,7 @@ class Sweeper:
         self.republish_lost(now, report)
         report.dropped_deliveries = self.drop_stale_deliveries()
         report.deregistered = self.forget_lost_nodes(now)
+        report.settled = self.pipeline.check_waiting(now - self.grace)
         if report:
             log.warning("sweep: %s", report)
         return report
@@ -195,14 +203,7 @@ class Sweeper:
             self.r.zadd(keys.QUEUED, {job_id: now})  # looked at now; again after the grace
             if job_id in present:
                 continue
-            route(
-                self.app,
-                job_id,
-                rec.resource_class,
-                rec.spec.display_name(),
-                rec.spec.summary(),
-                f"{job_id}.p{uuid.uuid4().hex[:8]}",
-            )
+            publish(self.app, rec, f"{job_id}.p{uuid.uuid4().hex[:8]}")
             log.warning("job %s: queued with no message; published again", job_id)
             report.republished.append(job_id)
 

@@ -13,17 +13,19 @@ from typing import Any
 
 import redis
 
-from offload.broker.app import App, make_app, redis_client, route
+from offload.broker.app import App, make_app, redis_client
+from offload.broker.pipeline import Pipeline
+from offload.broker.publish import publish
 from offload.broker.records import JobRecord, JobRecords
 from offload.cache.factory import open_store
 from offload.cache.imports import import_s3
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
-from offload.errors import BrokerError, CacheError, SpecError
+from offload.errors import BrokerError, CacheError, JobNotFound, SpecError
 from offload.producer.job import Job, JobResult
-from offload.spec import OBJECT_ID_RE, JobSpec, resolve_class
+from offload.spec import OBJECT_ID_RE, JobSpec, OutputRef, parse_output_ref, resolve_class
 
-InputRef = str | os.PathLike[str]
+InputRef = str | os.PathLike[str] | OutputRef
 PLACEHOLDER_ID = "sha256:" + "0" * 64
 
 
@@ -86,8 +88,14 @@ class Client:
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
         task: tuple[int, int] | None = None,
+        after: Sequence[Job | str] | None = None,
     ) -> Job:
-        """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued."""
+        """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued.
+
+        An input may be another job's future output (``job.output("name")``) and ``after``
+        lists jobs that must succeed first: the job then waits (status ``waiting``) and is
+        queued the moment its last parent succeeds, its references resolved to content ids.
+        """
         draft = self._draft(
             image,
             command,
@@ -105,6 +113,7 @@ class Client:
             name=name,
             labels=labels,
             task=task,
+            after=after,
         )
         return self._publish(self._build(draft), draft.queue)
 
@@ -176,6 +185,7 @@ class Client:
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
         task: tuple[int, int] | None = None,
+        after: Sequence[Job | str] | None = None,
     ) -> _Draft:
         """Check everything about a job that needs no upload: every field, its class, and
         that its local input files exist. Nothing is written anywhere."""
@@ -197,6 +207,7 @@ class Client:
             name=name,
             labels=dict(labels or {}),
             task=task,
+            after=tuple(j.id if isinstance(j, Job) else j for j in (after or ())),
         )
         refs = dict(inputs or {})
         draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
@@ -204,7 +215,18 @@ class Client:
         queue = resolve_class(draft.resources, self.settings.classes).name
         for input_name, ref in refs.items():
             _check_ref(input_name, ref)
+            parent = _output_ref(input_name, ref)
+            if parent is not None:
+                self._check_job(f"inputs.{input_name}", parent.job_id)
+        for i, job_id in enumerate(draft.after):
+            self._check_job(f"after[{i}]", job_id)
         return _Draft(fields, refs, queue)
+
+    def _check_job(self, field: str, job_id: str) -> None:
+        try:
+            self.records.status(job_id)
+        except JobNotFound:
+            raise SpecError(field, f"no job {job_id} (a job must exist to be waited for)") from None
 
     def _build(self, draft: _Draft) -> JobSpec:
         """The job's spec, once its inputs are content ids in the store (uploaded if local)."""
@@ -219,6 +241,10 @@ class Client:
     def _upload_inputs(self, refs: Mapping[str, InputRef]) -> dict[str, str]:
         ids: dict[str, str] = {}
         for name, ref in refs.items():
+            parent = _output_ref(name, ref)
+            if parent is not None:
+                ids[name] = str(parent)  # resolved when the parent succeeds
+                continue
             if isinstance(ref, str) and ref.startswith("sha256:"):
                 if not OBJECT_ID_RE.match(ref):
                     raise SpecError(
@@ -237,6 +263,7 @@ class Client:
                     endpoint_url=self.settings.s3_endpoint_url,
                 )
                 continue
+            assert not isinstance(ref, OutputRef)  # handled above
             path = Path(ref)
             if not path.exists():
                 raise SpecError(f"inputs.{name}", f"no such file: {str(path)!r}")
@@ -252,9 +279,12 @@ class Client:
 
     def _publish(self, spec: JobSpec, queue: str) -> Job:
         job_id = uuid.uuid4().hex
+        if spec.parents():
+            Pipeline(self.records, self.app).submit(job_id, spec, queue)
+            return Job(self, job_id)
         self.records.create(job_id, spec, queue)
         try:
-            route(self.app, job_id, queue, spec.display_name(), spec.summary())
+            publish(self.app, self.records.get(job_id))
         except Exception as exc:
             self.records.delete(job_id)
             raise BrokerError(f"could not queue the job: {exc}") from exc
@@ -325,8 +355,28 @@ def _within(prefix: str, exc: SpecError) -> SpecError:
     return type(exc)(field, exc.message)
 
 
+def _output_ref(name: str, ref: InputRef) -> OutputRef | None:
+    """The other job's output ``ref`` names, if it names one (``job.output(...)`` or
+    ``output:<job id>/<name>``)."""
+    if isinstance(ref, OutputRef):
+        return ref
+    if isinstance(ref, str) and ref.startswith("output:"):
+        try:
+            parsed = parse_output_ref(ref)
+        except ValueError as exc:
+            raise SpecError(f"inputs.{name}", str(exc)) from None
+        if parsed is None:
+            raise SpecError(
+                f"inputs.{name}", f"expected 'output:<job id>/<output name>', got {ref!r}"
+            )
+        return parsed
+    return None
+
+
 def _check_ref(name: str, ref: InputRef) -> None:
     """An input reference's form, and for a local file that it is one (no reading)."""
+    if _output_ref(name, ref) is not None:
+        return
     if isinstance(ref, str) and ref.startswith("sha256:"):
         if not OBJECT_ID_RE.match(ref):
             raise SpecError(f"inputs.{name}", f"expected 'sha256:<64 hex digits>', got {ref!r}")

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from offload.broker.pipeline import Pipeline
 from offload.broker.records import Event, JobRecord
 from offload.broker.status import JobStatus
-from offload.errors import JobFailed
+from offload.errors import JobFailed, SpecError
+from offload.spec import OutputRef
 
 if TYPE_CHECKING:
     from offload.producer.client import Client
@@ -135,6 +137,23 @@ class Job:
         slots = sum(n.slots for n in up)
         return f"waiting for a free slot: {busy} of {slots} slot(s) of class {cls} busy"
 
-    def cancel(self) -> JobStatus:
-        """Cancel: at once if queued; a running job's worker kills its container."""
-        return self.client.records.request_cancel(self.id)
+    def cancel(self, *, with_descendants: bool = False) -> JobStatus:
+        """Cancel: at once if waiting or queued; a running job's worker kills its container.
+
+        Jobs waiting for this one then fail (``upstream_failed``); ``with_descendants``
+        cancels them too, and everything downstream of them.
+        """
+        pipeline = Pipeline(self.client.records, self.client.app)
+        if with_descendants:
+            return pipeline.cancel_with_descendants(self.id)[self.id]
+        status = self.client.records.request_cancel(self.id)
+        pipeline.on_done(self.id)
+        return status
+
+    def output(self, name: str) -> OutputRef:
+        """A reference to this job's output ``name`` (its path under ``/offload/out``),
+        usable as another job's input before this job has run."""
+        try:
+            return OutputRef(self.id, name)
+        except ValueError as exc:
+            raise SpecError("output", str(exc)) from None

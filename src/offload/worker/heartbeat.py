@@ -30,12 +30,15 @@ import threading
 import time
 from typing import Any
 
+import redis
+
 from offload.broker.app import make_app, redis_client
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
 from offload.broker.recovery import ProcessReaper
 from offload.broker.sweeper import Sweeper
 from offload.config import Settings
+from offload.errors import BrokerError
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import DockerRuntime, connect
 from offload.worker.journal import Journal
@@ -127,9 +130,17 @@ class Heartbeat:
     # -- the loop --------------------------------------------------------------------------
 
     def loop(self) -> None:
+        away = False  # the broker is unreachable: say so once, not at every beat
         while not self.stopped.is_set():
             try:
                 self.beat(time.time())
+                if away:
+                    log.warning("node %s: the broker is back", self.name)
+                away = False
+            except (BrokerError, redis.RedisError) as exc:
+                if not away:
+                    log.warning("node %s: the broker is unreachable (%s)", self.name, exc)
+                away = True
             except Exception:
                 log.exception("node %s: heartbeat", self.name)
             self.wake.wait(self.interval)

@@ -16,8 +16,10 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from offload.broker.app import TASK_NAME, TaskFailed, redis_client, route
+from offload.broker.app import TASK_NAME, TaskFailed, redis_client
 from offload.broker.nodes import NodeRegistry
+from offload.broker.pipeline import Pipeline
+from offload.broker.publish import publish
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
@@ -38,8 +40,7 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
     records = JobRecords.from_settings(redis_client(settings), settings)
 
     def requeue(job_id: str, spec: JobSpec, attempt: int) -> None:
-        queue = records.get(job_id).resource_class
-        route(app, job_id, queue, spec.display_name(), spec.summary(), f"{job_id}.{attempt + 1}")
+        publish(app, records.get(job_id), f"{job_id}.{attempt + 1}")
 
     registry = NodeRegistry(records.r, lost_after=settings.lost_after)
     work = settings.work_dir
@@ -89,7 +90,9 @@ def register(app: Celery, settings: Settings, capacity: Capacity) -> None:
             # cancelled while queued) fails the task, so Flower shows FAILURE and its reason.
             try:
                 ended = nodes[pid].records.get(job_id)
-            except BrokerError:
+                if ended.status.terminal:  # release or fail the jobs waiting for it
+                    Pipeline(nodes[pid].records, app).on_done(job_id)
+            except BrokerError:  # the sweeper settles its children once Redis is back
                 ended = None
             if ended and ended.status.terminal and ended.status is not JobStatus.SUCCEEDED:
                 raise TaskFailed(ended.reason or ended.status.value, ended.message or "")

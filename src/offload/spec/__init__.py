@@ -10,7 +10,6 @@ builds the spec with content ids only.
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -26,14 +25,20 @@ from pydantic import (
 )
 
 from offload.errors import SpecError, UnschedulableError
+from offload.spec.refs import JOB_ID_RE, OUTPUT_REF_RE, OutputRef, parse_output_ref
+from offload.spec.sizes import (
+    MAX_MEMORY,
+    MIN_MEMORY,
+    GiB,
+    KiB,
+    MiB,
+    TiB,
+    format_memory,
+    format_size,
+    parse_memory,
+    parse_size,
+)
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-TiB = 1024 * GiB
-
-MIN_MEMORY = 6 * MiB  # Docker refuses smaller memory limits
-MAX_MEMORY = 4 * TiB
 MAX_CPU = 1024.0
 MAX_GPUS = 64
 MAX_RETRIES = 10
@@ -45,9 +50,7 @@ MAX_SPEC_VALUES = 64 * KiB
 # a larger one reaches the job through /offload/params.json only.
 MAX_ENV_PARAM = 16 * KiB
 
-_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 # Anchored with \Z, not $ ($ also matches before a trailing newline); ASCII only.
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*\Z", re.IGNORECASE | re.ASCII)
 OBJECT_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -87,51 +90,6 @@ def _check_utf8(value: Any, path: tuple[str, ...] = ()) -> None:
     elif isinstance(value, list | tuple | set | frozenset):
         for i, v in enumerate(value):
             _check_utf8(v, (*path, str(i)))
-
-
-def parse_memory(value: int | float | str) -> int:
-    """Parse a memory size with Docker's binary units (``512m``, ``4g``, ``2GiB``) to bytes."""
-    size = parse_size(value)
-    if size < MIN_MEMORY:
-        raise ValueError(f"must be at least 6m (Docker's minimum), got {value!r}")
-    return size
-
-
-def parse_size(value: int | float | str) -> int:
-    """Parse a size in bytes with binary units (``512m``, ``10MiB``, ``4096``), at most 4t."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a size such as 512m, 4g or 2GiB, got {value!r}")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    else:
-        match = _MEMORY_RE.match(value)
-        if not match:
-            raise ValueError(
-                f"expected a size such as 512m, 4g or 2GiB (units b, k, m, g, t), got {value!r}"
-            )
-        number, unit = float(match.group(1)), match.group(2).lower()
-    if math.isnan(number):
-        raise ValueError(f"expected a size such as 512m, 4g or 2GiB, got {value!r}")
-    if number * _UNITS[unit] > MAX_MEMORY:  # also catches inf, before int() would overflow
-        raise ValueError(f"must be at most 4t, got {value!r}")
-    return int(number * _UNITS[unit])
-
-
-def format_memory(size: int) -> str:
-    """Render bytes with the largest exact binary unit, e.g. ``2147483648`` -> ``2GiB``."""
-    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if size % factor == 0:
-            return f"{size // factor}{unit}"
-    return f"{size}B"
-
-
-def format_size(size: int) -> str:
-    """Bytes for people: ``200.0 KiB``, ``10 MiB`` (no decimals when exact)."""
-    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if size >= factor:
-            value = size / factor
-            return f"{value:.0f} {unit}" if size % factor == 0 else f"{value:.1f} {unit}"
-    return f"{size} B"
 
 
 def param_text(value: Any) -> str:
@@ -212,7 +170,12 @@ JSONValue = Any
 
 
 class JobSpec(BaseModel):
-    """Everything that defines one job. Inputs are content ids by the time a spec exists."""
+    """Everything that defines one job.
+
+    Inputs are content ids, or references to another job's output (``output:<job>/<name>``)
+    that the platform resolves to content ids before the job runs; ``after`` names jobs that
+    must succeed first without passing data.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -230,6 +193,7 @@ class JobSpec(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     labels: dict[str, str] = Field(default_factory=dict)
     task: tuple[int, int] | None = None  # (index, count) of a fan-out made by Client.map
+    after: tuple[str, ...] = ()  # ids of jobs that must succeed first (no data passed)
 
     @field_validator("image")
     @classmethod
@@ -301,11 +265,47 @@ class JobSpec(BaseModel):
                     f"input name {name!r} must be a plain file name "
                     "(letters, digits, '.', '_', '-'; no '/')"
                 )
-            if not OBJECT_ID_RE.match(ref):
-                raise _FieldProblem(
-                    (name,), f"expected a content id 'sha256:<64 hex digits>', got {ref!r}"
-                )
+            if OBJECT_ID_RE.match(ref):
+                continue
+            try:
+                if parse_output_ref(ref) is not None:
+                    continue
+            except ValueError as exc:
+                raise _FieldProblem((name,), str(exc)) from None
+            raise _FieldProblem(
+                (name,),
+                "expected a content id 'sha256:<64 hex digits>' or another job's output "
+                f"'output:<job id>/<name>', got {ref!r}",
+            )
         return value
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, job_id in enumerate(value):
+            if not JOB_ID_RE.match(job_id):
+                raise _FieldProblem((str(i),), f"expected a job id (32 hex digits), got {job_id!r}")
+        return tuple(dict.fromkeys(value))
+
+    # -- dependencies ------------------------------------------------------------------------
+
+    def refs(self) -> dict[str, OutputRef]:
+        """The inputs that name another job's output, by input name."""
+        out = {}
+        for name, ref in self.inputs.items():
+            parsed = parse_output_ref(ref)
+            if parsed is not None:
+                out[name] = parsed
+        return out
+
+    def parents(self) -> tuple[str, ...]:
+        """Every job this one waits for: those its inputs name, then ``after``, once each."""
+        return tuple(dict.fromkeys([r.job_id for r in self.refs().values()] + list(self.after)))
+
+    def resolved(self, outputs: dict[str, str]) -> JobSpec:
+        """This spec with each output reference replaced by ``outputs[str(ref)]``."""
+        inputs = {name: outputs.get(ref, ref) for name, ref in self.inputs.items()}
+        return self.model_copy(update={"inputs": inputs})
 
     @field_validator("env")
     @classmethod
@@ -415,3 +415,32 @@ def spec_error(exc: ValidationError) -> SpecError:
         message = "unknown field"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return SpecError(field, message + more)
+
+
+__all__ = [
+    "DEFAULT_CLASSES",
+    "JOB_ID_RE",
+    "MAX_ENV_PARAM",
+    "MAX_MEMORY",
+    "MAX_SPEC_VALUES",
+    "MIN_MEMORY",
+    "OBJECT_ID_RE",
+    "OUTPUT_REF_RE",
+    "GiB",
+    "JobSpec",
+    "KiB",
+    "MiB",
+    "OutputRef",
+    "ResourceClass",
+    "Resources",
+    "TiB",
+    "build_spec",
+    "format_memory",
+    "format_size",
+    "param_text",
+    "parse_memory",
+    "parse_output_ref",
+    "parse_size",
+    "resolve_class",
+    "spec_error",
+]

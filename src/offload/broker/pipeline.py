@@ -1,0 +1,220 @@
+"""Dependencies between jobs: waiting, release, and failure that flows downstream.
+
+A job whose spec names other jobs (output references in its inputs, or ``after``) is
+recorded ``waiting``. Its unfinished parents are registered atomically (one Lua script reads
+each parent's status and links the pair), so a parent that finishes during the submission is
+never missed. When a parent ends:
+
+* succeeded — it leaves each child's waiting set; a child whose set empties is **released**:
+  its references are resolved to the parents' output ids (a missing output fails it with
+  ``input_missing``, naming it), it moves ``waiting → queued`` with the resolved spec, and is
+  published. The move is atomic, so when several processes release at once only one
+  publishes.
+* failed, timed out or cancelled — every waiting descendant ends ``failed`` with
+  ``upstream_failed``, naming the parent and why.
+
+Whoever records a job's end calls :meth:`Pipeline.on_done`; the sweeper calls
+:meth:`Pipeline.check_waiting` for jobs waiting longer than a grace period, so a worker dying
+between a parent's success and its children's release leaves no child waiting for ever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from celery import Celery
+
+from offload.broker import keys
+from offload.broker.publish import publish
+from offload.broker.records import JobRecords
+from offload.broker.status import TERMINAL, JobStatus, Reason, wire
+from offload.errors import JobNotFound
+from offload.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# KEYS: child's waiting set, child's parents set.
+# ARGV: 1 child id, 2 succeeded state, 3 terminal set, 4 job-key template,
+#       5 children-key template, 6.. parent ids.
+# Returns {n unfinished}; {-1, parent} for a parent with no record; {-2, parent, status} for
+# a parent that ended without succeeding.
+_DEPEND = """
+for i = 6, #ARGV do
+  local p = ARGV[i]
+  redis.call('SADD', KEYS[2], p)
+  local st = redis.call('HGET', string.format(ARGV[4], p), 'status')
+  if not st then return {-1, p} end
+  if st ~= ARGV[2] then
+    if string.find(ARGV[3], ',' .. st .. ',', 1, true) then return {-2, p, st} end
+    redis.call('SADD', string.format(ARGV[5], p), ARGV[1])
+    redis.call('SADD', KEYS[1], p)
+  end
+end
+return {redis.call('SCARD', KEYS[1])}
+"""
+
+
+class Pipeline:
+    def __init__(self, records: JobRecords, app: Celery) -> None:
+        self.records, self.app = records, app
+        self.r = records.r
+        self._depend = self.r.register_script(_DEPEND)
+
+    # -- submit ----------------------------------------------------------------------------
+
+    def submit(self, job_id: str, spec: JobSpec, resource_class: str) -> JobStatus:
+        """Record a job with parents ``waiting``, link it, and release it if nothing is left
+        to wait for. Returns its status afterwards."""
+        self.records.create(job_id, spec, resource_class, JobStatus.WAITING)
+        return self.link(job_id, spec)
+
+    def link(self, job_id: str, spec: JobSpec) -> JobStatus:
+        parents = spec.parents()
+        got = self.records._run(
+            self._depend,
+            keys=[keys.waiting_on(job_id), keys.parents(job_id)],
+            args=[
+                job_id,
+                JobStatus.SUCCEEDED.value,
+                wire(TERMINAL),
+                keys.job("%s"),
+                keys.children("%s"),
+                *parents,
+            ],
+        )
+        if int(got[0]) == -1:
+            self.fail(job_id, f"parent job {got[1]} does not exist (any more)")
+        elif int(got[0]) == -2:
+            self.fail(job_id, self._why(str(got[1]), str(got[2])))
+        elif int(got[0]) == 0:
+            self.release(job_id)
+        return self.records.status(job_id)
+
+    # -- parents ending ---------------------------------------------------------------------
+
+    def on_done(self, job_id: str) -> list[str]:
+        """A job ended: release or fail the children waiting for it. Returns those touched."""
+        try:
+            status = self.records.status(job_id)
+        except JobNotFound:
+            return []
+        if not status.terminal:
+            return []
+        touched = []
+        for child in sorted(self.r.smembers(keys.children(job_id))):
+            child = str(child)
+            if status is JobStatus.SUCCEEDED:
+                self.r.srem(keys.waiting_on(child), job_id)
+                if self.r.scard(keys.waiting_on(child)) == 0 and self.release(child):
+                    touched.append(child)
+            elif self.fail(child, self._why(job_id, status.value)):
+                touched.append(child)
+        return touched
+
+    def _why(self, parent: str, status: str) -> str:
+        try:
+            rec = self.records.get(parent)
+            name, reason = rec.name, rec.reason.value if rec.reason else status
+            detail = f": {rec.message}" if rec.message else ""
+        except JobNotFound:
+            name, reason, detail = parent, status, ""
+        return f"parent {name} ({parent}) {status}: {reason}{detail}"
+
+    def release(self, job_id: str) -> bool:
+        """Resolve a waiting job's references and queue it; False if it was not waiting."""
+        try:
+            rec = self.records.get(job_id)
+        except JobNotFound:
+            return False
+        if rec.status is not JobStatus.WAITING:
+            return False
+        outputs: dict[str, str] = {}
+        for name, ref in rec.spec.refs().items():
+            try:
+                parent = self.records.get(ref.job_id)
+            except JobNotFound:
+                self.fail(job_id, f"input {name!r}: job {ref.job_id} no longer exists")
+                return False
+            oid = parent.outputs.get(ref.name)
+            if oid is None:
+                made = ", ".join(sorted(parent.outputs)) or "no outputs"
+                self.fail(
+                    job_id,
+                    f"input {name!r}: job {parent.name} ({ref.job_id}) produced no output "
+                    f"{ref.name!r} (it produced {made})",
+                    Reason.INPUT_MISSING,
+                )
+                return False
+            outputs[str(ref)] = oid
+        spec = rec.spec.resolved(outputs)
+        if not self.records.transition(
+            job_id, JobStatus.QUEUED, spec=spec.encode(), view=json.dumps(spec.redacted())
+        ):
+            return False
+        publish(self.app, self.records.get(job_id), f"{job_id}.w{uuid.uuid4().hex[:6]}")
+        log.info("job %s released: its parents succeeded", job_id)
+        return True
+
+    def fail(self, job_id: str, message: str, reason: Reason = Reason.UPSTREAM_FAILED) -> bool:
+        """End a waiting job ``failed``, then its own waiting descendants."""
+        if not self.records.transition(job_id, JobStatus.FAILED, reason=reason, message=message):
+            return False
+        log.info("job %s failed: %s", job_id, message)
+        self.on_done(job_id)
+        return True
+
+    # -- views and control -------------------------------------------------------------------
+
+    def parents(self, job_id: str) -> list[str]:
+        return sorted(str(p) for p in self.r.smembers(keys.parents(job_id)))
+
+    def children(self, job_id: str) -> list[str]:
+        return sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
+
+    def waiting_for(self, job_id: str) -> list[str]:
+        return sorted(str(p) for p in self.r.smembers(keys.waiting_on(job_id)))
+
+    def descendants(self, job_id: str) -> list[str]:
+        """Every job downstream of ``job_id``, nearest first."""
+        seen: dict[str, None] = {}
+        frontier = [job_id]
+        while frontier:
+            nxt = []
+            for j in frontier:
+                for c in self.children(j):
+                    if c not in seen and c != job_id:
+                        seen[c] = None
+                        nxt.append(c)
+            frontier = nxt
+        return list(seen)
+
+    def cancel_with_descendants(self, job_id: str) -> dict[str, JobStatus]:
+        """Cancel a job and everything downstream of it; returns each one's status after."""
+        out = {job_id: self.records.request_cancel(job_id)}
+        for child in self.descendants(job_id):
+            out[child] = self.records.request_cancel(child)
+        return out
+
+    # -- crash safety ----------------------------------------------------------------------------
+
+    def check_waiting(self, older_than: float) -> list[str]:
+        """Settle jobs waiting since before ``older_than`` (Redis time) whose parents ended:
+        a release or a failure that a crash prevented. Returns the jobs settled."""
+        settled = []
+        for job_id in self.r.zrangebyscore(keys.WAITING, "-inf", older_than):
+            job_id = str(job_id)
+            try:
+                rec = self.records.get(job_id)
+            except JobNotFound:
+                self.r.zrem(keys.WAITING, job_id)
+                continue
+            if rec.status is not JobStatus.WAITING:
+                self.r.zrem(keys.WAITING, job_id)
+                continue
+            before = self.records.status(job_id)
+            self.r.delete(keys.waiting_on(job_id))
+            if self.link(job_id, rec.spec) is not before:
+                settled.append(job_id)
+        return settled
