@@ -30,6 +30,8 @@ Job records (written by the producer at submit, then by the worker; read by ever
         cancel        "1" once cancellation of a started job was asked for
         cache_hit     id of the earlier job whose outputs this one reused (memoized)
         gpus          comma list of the GPU UUIDs the current attempt was given
+        wait          what a ``waiting`` job waits for besides its parents (empty: its
+                      parents): ``limit:<label>=<value>``, ``held:<class>``, ``memo:<job id>``
         log_bytes     bytes of output in the log stream, all attempts (:mod:`offload.broker.logs`);
                       above ``log_max_bytes`` once truncated: an ``s=sys`` marker line ends it
     offload:job:<id>:events      STREAM the status timeline; one entry per transition:

@@ -165,6 +165,22 @@ class Pipeline:
         self.on_done(job_id)
         return True
 
+    # -- waiting for something else than parents -----------------------------------------------
+
+    def park(self, job_id: str, attempt: int, wait: str, message: str) -> bool:
+        """Give an attempt's slot back: the job waits (``wait`` says for what) until
+        :meth:`resume`. Fenced by ``attempt``."""
+        return self.records.transition(
+            job_id, JobStatus.WAITING, attempt=attempt, wait=wait, message=message
+        )
+
+    def resume(self, job_id: str) -> bool:
+        """Queue a parked job again (its limit freed, its class released, …)."""
+        if not self.records.transition(job_id, JobStatus.QUEUED, wait="", message=""):
+            return False
+        publish(self.app, self.records.get(job_id), f"{job_id}.u{uuid.uuid4().hex[:6]}")
+        return True
+
     # -- views and control -------------------------------------------------------------------
 
     def parents(self, job_id: str) -> list[str]:
@@ -212,6 +228,8 @@ class Pipeline:
                 continue
             if rec.status is not JobStatus.WAITING:
                 self.r.zrem(keys.WAITING, job_id)
+                continue
+            if rec.wait:  # a limit, a held class, an identical job: released by their owners
                 continue
             before = self.records.status(job_id)
             self.r.delete(keys.waiting_on(job_id))

@@ -70,6 +70,7 @@ class JobRecord:
     timings: dict[str, float] = field(default_factory=dict)
     pid: int = 0
     gpus: tuple[str, ...] = ()
+    wait: str = ""  # what a waiting job waits for: "" (its parents), "limit:…", "held:…", …
 
     @property
     def name(self) -> str:
@@ -103,6 +104,7 @@ def _parse(job_id: str, h: dict[str, str]) -> JobRecord:
         timings=json.loads(h.get("timings") or "{}"),
         pid=int(h.get("pid") or 0),
         gpus=tuple(g for g in (h.get("gpus") or "").split(",") if g),
+        wait=h.get("wait") or "",
     )
 
 

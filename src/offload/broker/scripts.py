@@ -51,7 +51,11 @@ if ARGV[1] == ARGV[11] then
 else
   redis.call('ZREM', KEYS[5], ARGV[10])
 end
-if cur == ARGV[12] then redis.call('ZREM', KEYS[6], ARGV[10]) end
+if ARGV[1] == ARGV[12] then
+  redis.call('ZADD', KEYS[6], now, ARGV[10])
+elseif cur == ARGV[12] then
+  redis.call('ZREM', KEYS[6], ARGV[10])
+end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])

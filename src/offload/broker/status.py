@@ -13,7 +13,9 @@ Every write of a job's status goes through :meth:`offload.broker.records.JobReco
 (or ``begin_attempt``), which checks the move against :data:`TRANSITIONS` inside the same Lua
 script that makes it; the scripts get their sets from here, never from literals.
 
-* ``waiting``: has unfinished parents (or is held); published when released.
+* ``waiting``: has unfinished parents, or is over a concurrency limit, or its class is held,
+  or an identical job is in flight; the record's ``wait`` field says which
+  (``parents`` when empty). Published when released.
 * ``queued``: its message is on a queue (a class queue or a node queue).
 * ``staging`` / ``running`` / ``uploading``: an attempt holds it under a lease its worker renews
   (the *active* states). A delivery of an active job never starts a second attempt: when the
@@ -60,8 +62,10 @@ _ENDINGS = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.STAGING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    # staging → waiting: the attempt found it must wait (a concurrency limit, a held class, an
+    # identical job in flight) and gives its slot back; the job says what it waits for.
     JobStatus.STAGING: frozenset(
-        {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUCCEEDED} | _ENDINGS
+        {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.WAITING, JobStatus.SUCCEEDED} | _ENDINGS
     ),
     JobStatus.RUNNING: frozenset({JobStatus.UPLOADING, JobStatus.QUEUED} | _ENDINGS),
     JobStatus.UPLOADING: frozenset({JobStatus.SUCCEEDED, JobStatus.QUEUED} | _ENDINGS),
