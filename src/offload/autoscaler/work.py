@@ -2,13 +2,15 @@
 
 kombu's Redis transport keeps, for a queue ``q``:
 
-* ready messages in lists: ``q`` (priority 0) and ``q\\x06\\x163``, ``q\\x06\\x166``,
-  ``q\\x06\\x169`` (its ``PRIORITY_STEPS`` = 0, 3, 6, 9 and ``Channel.sep`` = ``"\\x06\\x16"``);
+* ready messages in lists: one per priority step (:mod:`offload.broker.queues`);
 * delivered, not yet acknowledged messages in one hash for all queues, ``unacked``:
   delivery tag → JSON ``[message, exchange, routing_key]``. offload publishes with the
   default exchange and the class name as routing key (:func:`offload.broker.app.route`),
   and its class exchange binds each queue under its own name, so the routing key *is* the
   class; the message's own ``properties.delivery_info.routing_key`` is the fallback.
+
+Jobs routed to a node's own queue (``node.<name>``, :mod:`offload.broker.routing`) count as
+work of their class (each message's class read from its job record), ready or delivered.
 
 Running jobs are counted from the node registry's running sets
 (``offload:node:<name>:running``, :mod:`offload.broker.keys`), each job's class and status
@@ -29,17 +31,13 @@ import redis
 
 from offload.autoscaler.policy import ClassWork
 from offload.broker import keys
+from offload.broker.queues import PRIORITY_STEPS, UNACKED, message_job, queue_lists
+from offload.broker.routing import node_queue_messages
 from offload.broker.status import ACTIVE
 
-PRIORITY_STEPS = (0, 3, 6, 9)  # kombu.transport.redis.PRIORITY_STEPS
-PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
-UNACKED_KEY = "unacked"  # kombu.transport.redis.Channel.unacked_key
+UNACKED_KEY = UNACKED
 _ACTIVE = frozenset(s.value for s in ACTIVE)
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue's ready messages in, one per priority step."""
-    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
+queue_keys = queue_lists  # the lists kombu keeps a queue's ready messages in
 
 
 def _str(value: Any) -> str:
@@ -84,11 +82,45 @@ def read_work(
         cls = unacked_class(raw, wanted)
         if cls is not None:
             unacked[cls] += 1
+    nodes = sorted(_str(n) for n in replies[-1])
+    for cls, was_delivered in _node_queue_classes(r, nodes, replies[-2]):
+        if cls in ready:
+            (unacked if was_delivered else ready)[cls] += 1
     running = dict.fromkeys(names, 0)
-    for cls in _running_classes(r, sorted(_str(n) for n in replies[-1])):
+    for cls in _running_classes(r, nodes):
         if cls in running:
             running[cls] += 1
     return {n: ClassWork(ready=ready[n], unacked=unacked[n], running=running[n]) for n in names}
+
+
+def _node_queue_classes(
+    r: redis.Redis, nodes: list[str], unacked_raws: Iterable[Any]
+) -> list[tuple[str, bool]]:
+    """(class, delivered?) of every message in the nodes' own queues (locality routing): ready
+    in ``node.<name>``, or delivered from it and not acknowledged. A node queue holds jobs of
+    several classes: each message's class is its job record's."""
+    ready = [job_id for _, _, job_id in node_queue_messages(r, nodes)]
+    delivered = []
+    for raw in unacked_raws:
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, TypeError, IndexError, KeyError):
+            continue
+        if str(routing_key).startswith(keys.NODE_QUEUE_PREFIX):
+            job_id = message_job(raw)
+            if job_id is not None:
+                delivered.append(job_id)
+    jobs = [(j, False) for j in ready] + [(j, True) for j in delivered]
+    if not jobs:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for job_id, _ in jobs:
+        pipe.hget(keys.job(job_id), "class")
+    return [
+        (_str(cls), was)
+        for (_, was), cls in zip(jobs, pipe.execute(), strict=True)
+        if cls is not None
+    ]
 
 
 def _running_classes(r: redis.Redis, nodes: list[str]) -> list[str]:

@@ -151,7 +151,12 @@ class NodeRegistry:
     def deregister(self, name: str) -> None:
         pipe = self.r.pipeline()
         pipe.srem(NODES, name)
-        pipe.delete(keys.node(name), keys.node_running(name), keys.node_owners(name))
+        pipe.delete(
+            keys.node(name),
+            keys.node_running(name),
+            keys.node_owners(name),
+            keys.node_objects(name),  # its cache's object index (locality routing)
+        )
         pipe.execute()
 
     def drop_stale(self, name: str, job_id: str, owner: Owner) -> bool:

@@ -2,19 +2,141 @@
 
 Every publication — at submit, when a waiting job is released, on a retry, when the sweeper
 requeues a dead attempt's job or republishes a lost message — goes through :func:`publish`,
-so routing (the class queue, or a node queue for data locality) is decided in one place.
+so routing (the class queue, or a node queue for data locality) is decided in one place:
+:mod:`offload.broker.routing` decides, the decision is written into the job record
+(``routed_to``, ``route_why``) before the message is sent, and the sweeper calls
+:func:`move_overdue` to move a job its node has not started within ``locality_grace`` to its
+class queue.
+
+The settings routing needs ride on the Celery app (``offload_locality``,
+``offload_lost_after`` in its conf, set by :func:`offload.broker.app.make_app`); the Redis
+client is the app's broker URL, one per app.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+import weakref
+
+import redis
 from celery import Celery
+from kombu import Queue
 
-from offload.broker.app import route
-from offload.broker.records import JobRecord
+from offload.broker import keys, routing
+from offload.broker.app import EXCHANGE, route
+from offload.broker.records import JobRecord, JobRecords
+from offload.errors import JobNotFound
+
+log = logging.getLogger(__name__)
+
+_clients: weakref.WeakKeyDictionary[Celery, redis.Redis] = weakref.WeakKeyDictionary()
 
 
-def publish(app: Celery, rec: JobRecord, task_id: str | None = None) -> str:
-    """Send ``rec``'s job to its queue; returns the queue's name."""
-    queue = rec.resource_class
-    route(app, rec.id, queue, rec.spec.display_name(), rec.spec.summary(), task_id)
-    return queue
+def _redis(app: Celery) -> redis.Redis:
+    client = _clients.get(app)
+    if client is None:
+        client = redis.Redis.from_url(
+            str(app.conf.broker_url),
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+        )
+        _clients[app] = client
+    return client
+
+
+def declare_node_queue(app: Celery, node: str) -> str:
+    """Make ``node.<node>`` a queue ``app`` may publish to (and a worker consume); its name."""
+    name = keys.node_queue(node)
+    queues = app.amqp.queues
+    if name not in queues:
+        queues.add(Queue(name, EXCHANGE, routing_key=name))
+    return name
+
+
+def choose(app: Celery, rec: JobRecord) -> routing.Route | None:
+    """Where ``rec``'s job goes now; None: its class queue, with nothing to decide (locality
+    routing is off, or the job has no inputs)."""
+    if not app.conf.get("offload_locality", True):
+        return None
+    ids = routing.input_ids(rec.spec.inputs)
+    if not ids:
+        return None
+    lost_after = float(app.conf.get("offload_lost_after") or 15.0)
+    nodes = routing.read_nodes(_redis(app), rec.resource_class, ids, lost_after=lost_after)
+    return routing.decide(rec.resource_class, ids, nodes)
+
+
+def publish(
+    app: Celery, rec: JobRecord, task_id: str | None = None, *, class_queue_because: str = ""
+) -> str:
+    """Send ``rec``'s job to its queue; returns the queue's name.
+
+    With ``class_queue_because`` the job goes to its class queue for that reason (the
+    sweeper moving it out of a node queue), without routing.
+    """
+    decision: routing.Route | None = None
+    if class_queue_because:
+        decision = routing.Route(rec.resource_class, class_queue_because)
+    else:
+        try:
+            decision = choose(app, rec)
+        except redis.RedisError as exc:  # routing is an optimisation: never lose the job to it
+            log.warning("job %s: locality routing unavailable (%s); class queue", rec.id, exc)
+    if decision is None:
+        decision = routing.Route(rec.resource_class, "")
+    else:
+        if decision.node is not None:
+            declare_node_queue(app, decision.node)
+        routing.record(_redis(app), rec.id, decision)
+    route(
+        app,
+        rec.id,
+        decision.queue,
+        rec.spec.display_name(),
+        rec.spec.summary(),
+        task_id,
+        priority=rec.spec.priority,
+    )
+    return decision.queue
+
+
+def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> list[str]:
+    """Move the jobs routed to a node queue more than ``grace`` seconds ago (Redis time) and
+    not started there to their class queues; returns their ids.
+
+    A message is taken out of the node's list with ``LREM`` of its exact bytes: when that
+    removes nothing the node's worker took it first (it starts, or its delivery comes back
+    through Celery), and the job is left alone. A job that is no longer ``queued`` leaves the
+    routed index.
+    """
+    r = records.r
+    due = [str(j) for j in r.zrangebyscore(keys.ROUTED, "-inf", now - grace)]
+    if not due:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for job_id in due:
+        pipe.hmget(keys.job(job_id), "status", "routed_to")
+    states = dict(zip(due, pipe.execute(), strict=True))
+    waiting = {j: str(s[1]) for j, s in states.items() if s[0] == "queued" and s[1]}
+    for job_id in set(due) - set(waiting):
+        r.zrem(keys.ROUTED, job_id)
+    messages = routing.node_queue_messages(r, waiting.values())
+    moved = []
+    for job_id, node in sorted(waiting.items()):
+        mine = [(lst, raw) for lst, raw, j in messages if j == job_id]
+        mine = [(lst, raw) for lst, raw in mine if lst.startswith(keys.node_queue(node))]
+        taken = any(int(r.lrem(lst, 1, raw)) == 1 for lst, raw in mine)
+        r.zrem(keys.ROUTED, job_id)
+        if not taken:
+            continue  # the node took it meanwhile (or it is lost: the sweeper republishes it)
+        try:
+            rec = records.get(job_id)
+        except JobNotFound:  # the record went away: nothing to run
+            continue
+        why = f"node {node} did not start it within {grace:g} s"
+        publish(app, rec, f"{job_id}.m{uuid.uuid4().hex[:6]}", class_queue_because=why)
+        log.warning("job %s: %s; moved to class queue %s", job_id, why, rec.resource_class)
+        moved.append(job_id)
+    return moved

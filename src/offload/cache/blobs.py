@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
@@ -66,7 +66,13 @@ class LocalTier(BlobStore):
     (:meth:`put_owned`), keeps blobs that wait for an upload (:meth:`hold` /
     :meth:`release` / :meth:`held`) and takes damaged ones out of service
     (:meth:`quarantine`). Implementation: :class:`~offload.cache.localblobs.LocalBlobStore`.
+
+    Whoever keeps an index of the tier's content (the node's object index for locality) sets
+    :attr:`on_removed`: the tier calls it with the names of the blobs it evicted, deleted or
+    quarantined, after the fact, outside its locks.
     """
+
+    on_removed: Callable[[list[str]], None] | None = None
 
     @property
     @abstractmethod

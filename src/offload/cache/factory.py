@@ -5,6 +5,7 @@ from __future__ import annotations
 from offload.cache.blobs import BlobStore
 from offload.cache.keys import load_key
 from offload.cache.localblobs import LocalBlobStore
+from offload.cache.objindex import ObjectIndex
 from offload.cache.sealed import SealedStore
 from offload.config import Settings
 
@@ -32,7 +33,34 @@ def local_tier(settings: Settings, budget: int | None = None) -> LocalBlobStore:
     )
 
 
+_node_index: list[bool] = [False]  # set by the worker's entry point before its pool forks
+
+
+def index_this_node(on: bool = True) -> None:
+    """Declare this process (and the pool processes it forks) a worker node: the stores
+    :func:`open_store` opens from now on keep the node's object index for locality routing.
+    Producers and other tools leave it off: their caches are nobody's node."""
+    _node_index[0] = on
+
+
+def object_index(settings: Settings) -> ObjectIndex:
+    """The object index of ``settings.node_name`` (locality routing)."""
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
+    )
+    return ObjectIndex(
+        client,
+        settings.node_name,
+        min_bytes=settings.locality_min_bytes,
+        max_objects=settings.locality_max_objects,
+    )
+
+
 def open_store(settings: Settings) -> SealedStore:
-    """The node's sealed store: its local cache, plus S3 when configured."""
+    """The node's sealed store: its local cache, plus S3 when configured; on a worker node
+    (:func:`index_this_node`) with the node's object index."""
     key = load_key(settings.key_path)
-    return SealedStore(key, local_tier(settings), remote_tier(settings))
+    index = object_index(settings) if _node_index[0] and settings.locality else None
+    return SealedStore(key, local_tier(settings), remote_tier(settings), index=index)

@@ -235,8 +235,10 @@ class LocalBlobStore(LocalTier):
         """Remove the blob (pinned or not; open readers keep their bytes) and any hold on it."""
         path = self.path(name)
         with self._total.locked() as state, fs(f"delete blob {path}"):
-            self._take_out(state, path, None)
+            removed = self._take_out(state, path, None)
         self.release(name)
+        if removed:
+            self._report_removed([name])
 
     # -- pins, holds, quarantine -----------------------------------------------------------
 
@@ -282,9 +284,12 @@ class LocalBlobStore(LocalTier):
         path = self.path(name)
         target = self.quarantine_dir / name
         with self._total.locked() as state, fs(f"quarantine blob {path}"):
-            if self._take_out(state, path, target):
+            removed = self._take_out(state, path, target)
+            if removed:
                 (self.quarantine_dir / f"{name}.why").write_text(why.rstrip() + "\n")
         self.release(name)  # its bytes are bad: an upload waiting on them cannot happen
+        if removed:
+            self._report_removed([name])
 
     def quarantined(self) -> list[str]:
         return self._listdir(self.quarantine_dir)
@@ -317,13 +322,16 @@ class LocalBlobStore(LocalTier):
             entries = sorted(self._scan())
             total = sum(size for _, _, size in entries)
             freed = 0
+            evicted = []
             for _, name, size in entries:
                 if limit is None or total <= limit:
                     break
                 if name != protect and self._evict_one(name):
                     total -= size
                     freed += size
+                    evicted.append(name)
             self._total.write(state, total)
+        self._report_removed(evicted)
         if limit is not None and total > limit:
             log.warning(
                 "cache %s over budget (%d > %d): the rest is in use", self.root, total, limit
@@ -338,6 +346,15 @@ class LocalBlobStore(LocalTier):
                 return False
             path.unlink()
             return True
+
+    def _report_removed(self, names: list[str]) -> None:
+        """Tell :attr:`on_removed` (the node's object index) which blobs left; never raises."""
+        if not names or self.on_removed is None:
+            return
+        try:
+            self.on_removed(names)
+        except Exception:
+            log.exception("cache %s: reporting %d removed blob(s)", self.root, len(names))
 
     def _pinned(self, name: str) -> bool:
         with contextlib.suppress(FileNotFoundError), self.path(name).open("rb") as f:

@@ -15,6 +15,10 @@ create-if-absent, so a blob is never uploaded twice.
 
 An unreachable remote tier is never taken for "absent": :meth:`SealedStore.has` and reads of
 an object the local tier lacks raise :class:`~offload.errors.StoreUnavailable`.
+
+On a worker node the store keeps the node's object index (:mod:`offload.cache.objindex`)
+current: every object it stores, fetches or reads locally is noted with its plaintext size,
+and every blob the local tier evicts, deletes or quarantines is forgotten.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import BinaryIO
 from offload.cache import envelope
 from offload.cache.blobs import BlobStore, LocalTier
 from offload.cache.keys import ClusterKey
+from offload.cache.objindex import ObjectIndex
 from offload.cache.store import Store
 from offload.errors import CacheError, IntegrityError, ObjectNotFound, StoreUnavailable
 
@@ -36,10 +41,28 @@ log = logging.getLogger(__name__)
 
 
 class SealedStore(Store):
-    def __init__(self, key: ClusterKey, local: LocalTier, remote: BlobStore | None = None) -> None:
+    def __init__(
+        self,
+        key: ClusterKey,
+        local: LocalTier,
+        remote: BlobStore | None = None,
+        *,
+        index: ObjectIndex | None = None,
+    ) -> None:
         self.key = key
         self.local = local
         self.remote = remote
+        self.index = index
+        if index is not None:
+            local.on_removed = self._forget
+
+    def _forget(self, names: list[str]) -> None:
+        if self.index is not None:
+            self.index.forget(names, self.key.name_of)
+
+    def _indexed(self, oid: str, size: int) -> None:
+        if self.index is not None:
+            self.index.add(oid, size)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -56,6 +79,7 @@ class SealedStore(Store):
             tmp.unlink(missing_ok=True)
         if self.remote is not None:
             self._upload(sealed.name)
+        self._indexed(sealed.oid, sealed.size)
         return sealed.oid
 
     def _upload(self, name: str) -> bool:
@@ -123,6 +147,7 @@ class SealedStore(Store):
             os.replace(part, dest)
         finally:
             part.unlink(missing_ok=True)
+        self._indexed(oid, dest.stat().st_size)
 
     def _fetch(self, name: str, oid: str, dest: Path) -> None:
         """Copy a blob from the remote tier; in one pass verify it and decrypt it to ``dest``;
@@ -150,6 +175,7 @@ class SealedStore(Store):
         finally:
             tmp.unlink(missing_ok=True)
             part.unlink(missing_ok=True)
+        self._indexed(oid, dest.stat().st_size)
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Starting a worker node: a Celery worker consuming the classes this node serves."""
+"""Starting a worker node: a Celery worker consuming the classes this node serves and its own
+queue, ``node.<name>`` (jobs routed to it because its cache holds their inputs)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import threading
 import time
 
 from offload.broker.app import make_app
-from offload.cache.factory import open_store
+from offload.broker.publish import declare_node_queue
+from offload.cache.factory import index_this_node, object_index, open_store
 from offload.config import Settings
 from offload.spec import format_memory
 from offload.worker import capacity as cap_mod
@@ -67,6 +69,17 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
             len(left),
         )
     app = make_app(settings)
+    queues = list(classes)
+    if settings.locality:
+        # The index describes this run's cache from now on: what an earlier run recorded may
+        # have been evicted or removed since (`offload cache gc`). Stores opened from here on,
+        # in this process and the pool's, keep it current.
+        try:
+            object_index(settings).clear()
+        except Exception as exc:  # an unreachable broker: Celery waits for it below
+            log.warning("node %s: cannot clear its object index: %s", settings.node_name, exc)
+        index_this_node()
+        queues.append(declare_node_queue(app, settings.node_name))
     register(app, settings, cap)
     start_uploader(settings)
     install_heartbeat(settings, classes=classes, slots=slots, capacity=cap)
@@ -74,7 +87,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
         [
             "worker",
             "--queues",
-            ",".join(classes),
+            ",".join(queues),
             "--concurrency",
             str(slots),
             "--pool",
