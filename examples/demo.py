@@ -5,12 +5,14 @@
    (gradients, shapes, noise, stripes, a checkerboard, rings; 256-640 px) and,
    for three of them, near-duplicates: a resized copy, a JPEG recompressed at
    quality 40 and a copy brightened by 25 % -- 15 photos in all.
-2. Submits one ``offload/fingerprint`` job per photo (all first, then waits for
-   all): each computes a 64-bit perceptual hash of its photo.
-3. Submits one ``offload/dedupe`` job whose inputs are the fingerprint.json
-   outputs of step 2 (by content id: nothing is uploaded again); it groups the
-   photos whose hashes are within ``--threshold`` bits.
-4. Prints the groups and checks them against the copies it made.
+2. Submits the whole pipeline at once, before anything has run: one
+   ``offload/fingerprint`` job per photo (each computes a 64-bit perceptual hash
+   of its photo) and one ``offload/dedupe`` job whose inputs are those jobs'
+   future ``fingerprint.json`` outputs (``job.output(...)``): it waits, and is
+   queued by the platform the moment the last fingerprint succeeds; it groups
+   the photos whose hashes are within ``--threshold`` bits. Prints the graph.
+3. Waits for the dedupe job only, then prints the fingerprints and the groups
+   and checks them against the copies it made.
 
 Exit status: 0 when every job succeeded and the groups are exactly the known
 near-duplicate sets; 1 otherwise.
@@ -40,6 +42,7 @@ try:
     from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
     from rich.console import Console
     from rich.table import Table
+    from rich.tree import Tree
 except ImportError as exc:  # pragma: no cover - environment problem
     sys.exit(f"demo: {exc.name} is missing: pip install -e '.[dev]' (or run infra/setup.sh)")
 
@@ -262,6 +265,15 @@ def _hamming(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
+def pipeline_tree(dedupe: Any, jobs: dict[str, Any]) -> Tree:
+    """The graph as submitted: the dedupe job and, under it, the jobs it waits for."""
+    rec = dedupe.record()
+    tree = Tree(f"[bold]{rec.name}[/]  {dedupe.id}  [yellow]{rec.status}[/]")
+    for name, job in jobs.items():
+        tree.add(f"fingerprint.json of [bold]fingerprint {name}[/]  {job.id}  {job.status()}")
+    return tree
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     from offload import Client, JobFailed, OffloadError
 
@@ -280,43 +292,76 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
         client = Client()
         started = time.monotonic()
-
-        # 1. one fingerprint job per photo: submit them all, then wait for all
-        jobs = {}
-        for p in photos:
-            jobs[p.name] = client.submit(
-                FINGERPRINT_IMAGE,
-                inputs={"photo": str(p.path)},
-                params={"name": p.name},
-                name=f"fingerprint {p.name}",
-                cpu=0.5,
-                memory="256m",
-                timeout=120,
-            )
-        console.print(
-            f"submitted {len(jobs)} fingerprint jobs in {time.monotonic() - started:.1f} s"
-        )
+        photo_ids = {p.name: client.put(p.path) for p in photos}  # uploaded (sealed) once
     finally:
-        if workdir is not None:  # inputs are uploaded at submit; the files can go
+        if workdir is not None:  # inputs are stored now; the files can go
             shutil.rmtree(workdir, ignore_errors=True)
+
+    # 1. the whole pipeline in one go: a fingerprint job per photo, and the dedupe job over
+    #    their future outputs (it waits for them; nothing here waits for anything)
+    submitted, submitted_at = time.monotonic(), time.time()
+    jobs = {
+        p.name: client.submit(
+            FINGERPRINT_IMAGE,
+            inputs={"photo": photo_ids[p.name]},
+            params={"name": p.name},
+            name=f"fingerprint {p.name}",
+            cpu=0.5,
+            memory="256m",
+            timeout=120,
+        )
+        for p in photos
+    }
+    dedupe = client.submit(
+        DEDUPE_IMAGE,
+        inputs={name: job.output("fingerprint.json") for name, job in jobs.items()},
+        params={"threshold": args.threshold},
+        name=f"dedupe {len(jobs)} photos",
+        cpu=0.5,
+        memory="256m",
+        timeout=120,
+    )
+    console.print(
+        f"submitted {len(jobs) + 1} jobs in {time.monotonic() - submitted:.1f} s, "
+        "before any result:"
+    )
+    console.print(pipeline_tree(dedupe, jobs))
 
     failures: list[tuple[str, str, str]] = []  # (what, job id, why)
     fingerprints: dict[str, dict[str, Any]] = {}
-    fingerprint_ids: dict[str, str] = {}
-    with console.status("waiting for the fingerprint jobs…"):
-        for name, job in jobs.items():
+    groups: list[list[str]] = []
+    singles: list[str] = []
+    with console.status("waiting for the pipeline (the dedupe job waits for its inputs)…"):
+        try:
+            res = dedupe.result(timeout=args.timeout)
+            report = json.loads(client.read(res.outputs["groups.json"]))
+            groups = [sorted(g) for g in report.get("groups", [])]
+            singles = sorted(report.get("singles", []))
+        except JobFailed as exc:
+            failures.append(("dedupe", dedupe.id, _describe_failure(exc)))
+        except KeyError:
+            failures.append(("dedupe", dedupe.id, "no groups.json output"))
+        except (OffloadError, TimeoutError, ValueError) as exc:
+            failures.append(("dedupe", dedupe.id, _describe_failure(exc)))
+        for name, job in jobs.items():  # ended by now, unless the dedupe job timed out
             try:
-                res = job.result(timeout=args.timeout)
-                oid = res.outputs["fingerprint.json"]
-                fingerprints[name] = json.loads(client.read(oid))
-                fingerprint_ids[name] = oid
+                res = job.result(timeout=5)
+                fingerprints[name] = json.loads(client.read(res.outputs["fingerprint.json"]))
             except JobFailed as exc:
-                failures.append((f"fingerprint {name}", job.id, _describe_failure(exc)))
+                failures.insert(0, (f"fingerprint {name}", job.id, _describe_failure(exc)))
             except KeyError:
-                failures.append((f"fingerprint {name}", job.id, "no fingerprint.json output"))
+                failures.insert(0, (f"fingerprint {name}", job.id, "no fingerprint.json output"))
             except (OffloadError, TimeoutError, ValueError) as exc:
-                failures.append((f"fingerprint {name}", job.id, _describe_failure(exc)))
-    fingerprint_s = time.monotonic() - started
+                failures.insert(0, (f"fingerprint {name}", job.id, _describe_failure(exc)))
+    fp_done = [job.record().finished_at or 0 for job in jobs.values()]
+    dedupe_rec = dedupe.record()
+    fingerprint_s = max(fp_done) - submitted_at if all(fp_done) else 0.0
+    dedupe_s = (
+        dedupe_rec.finished_at - dedupe_rec.started_at
+        if dedupe_rec.finished_at and dedupe_rec.started_at
+        else 0.0
+    )
+    total_s = time.monotonic() - started
 
     table = Table(
         title=f"fingerprints ({fingerprint_s:.1f} s); bits off = Hamming distance to the original",
@@ -340,37 +385,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 off = str(_hamming(fp["phash"], fingerprints[p.original]["phash"]))
         table.add_row(p.name, copy_of, size, fp["phash"], off)
     console.print(table)
-
-    # 2. one dedupe job over every fingerprint (inputs by content id)
-    groups: list[list[str]] = []
-    singles: list[str] = []
-    dedupe_id = ""
-    dedupe_started = time.monotonic()
-    if fingerprint_ids:
-        dedupe = client.submit(
-            DEDUPE_IMAGE,
-            inputs=dict(fingerprint_ids),
-            params={"threshold": args.threshold},
-            name=f"dedupe {len(fingerprint_ids)} photos",
-            cpu=0.5,
-            memory="256m",
-            timeout=120,
-        )
-        dedupe_id = dedupe.id
-        with console.status("waiting for the dedupe job…"):
-            try:
-                res = dedupe.result(timeout=args.timeout)
-                report = json.loads(client.read(res.outputs["groups.json"]))
-                groups = [sorted(g) for g in report.get("groups", [])]
-                singles = sorted(report.get("singles", []))
-            except JobFailed as exc:
-                failures.append(("dedupe", dedupe.id, _describe_failure(exc)))
-            except KeyError:
-                failures.append(("dedupe", dedupe.id, "no groups.json output"))
-            except (OffloadError, TimeoutError, ValueError) as exc:
-                failures.append(("dedupe", dedupe.id, _describe_failure(exc)))
-    dedupe_s = time.monotonic() - dedupe_started
-    total_s = time.monotonic() - started
 
     # 3. the groups, checked against the copies we made
     want_groups, want_singles = expected_groups(photos)
@@ -409,13 +423,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
     console.print(verdict)
     console.print(
-        f"{len(jobs) + (1 if dedupe_id else 0)} jobs in {total_s:.1f} s "
+        f"{len(jobs) + 1} jobs in {total_s:.1f} s "
         f"(fingerprints {fingerprint_s:.1f} s, dedupe {dedupe_s:.1f} s)"
     )
     flower = os.environ.get("OFFLOAD_FLOWER_URL", "http://127.0.0.1:5555")
-    example_id = dedupe_id or next(iter(jobs.values())).id
     console.print(f"Flower (task dashboard): {flower}")
-    console.print(f"follow a job's logs:     offload logs {example_id}")
+    console.print(f"the pipeline:            offload status {dedupe.id}")
+    console.print(f"follow a job's logs:     offload logs {dedupe.id}")
     return 0 if groups_ok else 1
 
 

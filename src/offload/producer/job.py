@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from offload.broker.pipeline import Pipeline
 from offload.broker.records import Event, JobRecord
 from offload.broker.status import JobStatus
-from offload.errors import JobFailed, SpecError
+from offload.errors import JobFailed, JobNotFound, SpecError
 from offload.spec import OutputRef
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class JobResult:
 
 @dataclass(frozen=True)
 class LogLine:
-    stream: str  # "out" | "err"
+    stream: str  # "out" | "err" | "sys" (offload's own note)
     text: str
     attempt: int
 
@@ -105,13 +105,39 @@ class Job:
         return result
 
     def logs(self, follow: bool = False) -> Iterator[LogLine]:
-        """The job's output lines; with ``follow`` keep reading until the job ends."""
+        """The job's output lines; with ``follow`` keep reading until the job ends.
+
+        A cache hit ran no container: after its own lines (usually none) come a ``sys`` line
+        naming the job whose outputs it took, then that job's lines, while they are kept.
+        """
+        records = self.client.records
         attempt = 0
-        for entry in self.client.records.log_entries(self.id, follow=follow):
+        for entry in records.log_entries(self.id, follow=follow):
             if "a" in entry:
                 attempt = int(entry["a"])
                 continue
             yield LogLine(entry.get("s", "out"), entry.get("l", ""), attempt)
+        try:
+            maker = records.get(self.id).cache_hit
+        except JobNotFound:  # expired while we read
+            return
+        if not maker:
+            return
+        try:
+            records.status(maker)
+            kept = True
+        except JobNotFound:
+            kept = False
+        tail = "its logs follow" if kept else "its logs are no longer kept"
+        yield LogLine("sys", f"[offload] cache hit: outputs made by job {maker}; {tail}", attempt)
+        if not kept:
+            return
+        made_by = 0
+        for entry in records.log_entries(maker, follow=False):
+            if "a" in entry:
+                made_by = int(entry["a"])
+                continue
+            yield LogLine(entry.get("s", "out"), entry.get("l", ""), made_by)
 
     def why_waiting(self) -> str | None:
         """For a queued job, why it is still waiting (the autoscaler's word, or the nodes')."""
