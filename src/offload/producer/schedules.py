@@ -1,0 +1,348 @@
+"""Schedules: a job submitted again and again, on a cron expression or every so often.
+
+A schedule is ``submit``'s arguments (validated at ``add`` by the same code as ``submit``: a
+bad option raises :class:`SpecError` naming it, and nothing is stored; local input files are
+uploaded once, then referred to by content id) plus its timing and its overlap policy:
+
+* ``skip`` (default): a fire time whose previous run has not finished yet makes no job; it
+  shows as ``skipped`` in ``offload schedule ls``.
+* ``allow``: every fire time makes a job.
+
+Each run is an ordinary job named after its schedule, labelled ``schedule=<name>``, with its
+scheduled time (ISO 8601 UTC) in ``OFFLOAD_SCHEDULED_AT``. Definitions and state live in
+Redis (:mod:`offload.broker.keys`: ``offload:schedules``, ``offload:schedule:<name>:state``);
+:mod:`offload.scheduler` fires them. :meth:`Schedules.fire` is the one way a fire time
+becomes a job: it *claims* the time first, in one Lua script, so a time is handled once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import redis
+
+from offload.broker import keys
+from offload.errors import JobNotFound, OffloadError, SpecError
+from offload.producer.client import Client
+from offload.producer.job import Job
+from offload.producer.timing import Timing, iso
+from offload.spec import OutputRef
+
+log = logging.getLogger(__name__)
+
+SCHEDULED_AT_ENV = "OFFLOAD_SCHEDULED_AT"
+SCHEDULE_LABEL = "schedule"
+OVERLAPS = ("skip", "allow")
+Overlap = Literal["skip", "allow"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+# ``submit``'s keywords a schedule takes: all but the job's name (the schedule's), fan-out
+# and ``after`` (a run has no parents). New ``submit`` options (priority…) come along.
+NOT_SCHEDULABLE = frozenset({"self", "image", "command", "name", "task", "after"})
+SUBMIT_OPTIONS = frozenset(inspect.signature(Client.submit).parameters) - NOT_SCHEDULABLE
+
+# Claim fire time ARGV[2] of schedule ARGV[1]: only while it exists, is not paused, the caller
+# is the active scheduler (ARGV[5] its lock token) and the time was not handled yet.
+CLAIM = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'gone' end
+if redis.call('GET', KEYS[3]) ~= ARGV[5] then return 'not_active' end
+if redis.call('HGET', KEYS[2], 'paused') == '1' then return 'paused' end
+local last = tonumber(redis.call('HGET', KEYS[2], 'last_at') or '-1')
+if last >= tonumber(ARGV[2]) then return 'handled' end
+redis.call('HSET', KEYS[2], 'last_at', ARGV[2], 'next_at', ARGV[3], 'last_outcome', ARGV[4])
+return 'claimed'
+"""
+# Record a run (ARGV[2]: job id, may be empty) and, when ARGV[1] is still the last fire time
+# handled, that time's outcome. Nothing once the schedule is gone.
+RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'last_job', ARGV[2], 'last_run_at', ARGV[1])
+end
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'last_at') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'last_outcome', ARGV[3])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule's definition: what to submit, when, and what to do on overlap."""
+
+    name: str
+    image: str
+    command: list[str] | None
+    options: dict[str, Any]  # submit's keywords, JSON-able; inputs are content ids / s3:// URIs
+    timing: Timing
+    overlap: Overlap = "skip"
+    created_at: float = 0.0
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> Schedule:
+        raw = json.loads(data)
+        return cls(**{**raw, "timing": Timing(**raw["timing"])})
+
+    def submit_kwargs(self, scheduled_at: float) -> dict[str, Any]:
+        """``Client.submit``'s arguments for the run of ``scheduled_at``."""
+        opts = dict(self.options)
+        opts["env"] = {**(opts.get("env") or {}), SCHEDULED_AT_ENV: iso(scheduled_at)}
+        opts["labels"] = {**(opts.get("labels") or {}), SCHEDULE_LABEL: self.name}
+        return {"image": self.image, "command": self.command, "name": self.name, **opts}
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    next_at: float | None = None
+    last_at: float | None = None  # the last fire time handled (run, skipped or failed)
+    last_outcome: str = ""  # submitted | skipped: … | error: … | submitting (claimed)
+    last_job: str | None = None  # the last job this schedule made (run-now included)
+    last_run_at: float | None = None  # that job's scheduled time
+    paused: bool = False
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> ScheduleState:
+        def num(k: str) -> float | None:
+            return float(h[k]) if h.get(k) else None
+
+        return cls(
+            next_at=num("next_at"),
+            last_at=num("last_at"),
+            last_outcome=h.get("last_outcome", ""),
+            last_job=h.get("last_job") or None,
+            last_run_at=num("last_run_at"),
+            paused=h.get("paused") == "1",
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """What ``offload schedule ls`` shows: the definition, its state, the last run's status."""
+
+    schedule: Schedule
+    state: ScheduleState
+    last_status: str | None  # the last job's status now ("expired" once its record is gone)
+
+
+@dataclass(frozen=True)
+class Fired:
+    """What one fire time became."""
+
+    name: str
+    at: float
+    job_id: str | None
+    outcome: str
+
+
+class Schedules:
+    """Add, list, pause, resume, remove and run schedules; ``client.settings`` picks Redis."""
+
+    def __init__(self, client: Client | None = None) -> None:
+        self.client = client or Client()
+
+    @property
+    def r(self) -> redis.Redis:
+        return self.client.redis
+
+    def add(
+        self,
+        name: str,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        cron: str | None = None,
+        every: str | float | timedelta | None = None,
+        overlap: Overlap = "skip",
+        now: float | None = None,
+        **options: Any,
+    ) -> Schedule:
+        """Store a schedule running ``image`` (with ``command``) on ``cron`` or ``every``.
+
+        ``options`` are :meth:`Client.submit`'s keywords (inputs, params, secrets, cpu,
+        memory, gpus, timeout, retries, env, network, cache, labels, …), checked as submit
+        checks them. The first run is at the first fire time after now.
+        """
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise SpecError(
+                "name", f"expected letters, digits, '.', '_' or '-' (at most 100), got {name!r}"
+            )
+        if overlap not in OVERLAPS:
+            raise SpecError("overlap", f"expected one of {list(OVERLAPS)}, got {overlap!r}")
+        unknown = set(options) - SUBMIT_OPTIONS
+        if unknown:
+            raise SpecError(
+                sorted(unknown)[0], f"not an option of a schedule; known: {sorted(SUBMIT_OPTIONS)}"
+            )
+        now = time.time() if now is None else now
+        timing = Timing.of(cron, every, now)
+        env = options.get("env") or {}
+        if SCHEDULED_AT_ENV in env:
+            raise SpecError(f"env.{SCHEDULED_AT_ENV}", "is set by the scheduler")
+        for key, ref in (options.get("inputs") or {}).items():
+            if isinstance(ref, OutputRef) or (isinstance(ref, str) and ref.startswith("output:")):
+                raise SpecError(
+                    f"inputs.{key}",
+                    "a schedule's input is a file, a content id or an s3:// URI, "
+                    "not another job's output",
+                )
+        draft = self.client._draft(image, command, name=name, **options)
+        options = dict(options)
+        for key, value in options.items():  # a RetryPolicy, …: its JSON form
+            if hasattr(value, "model_dump"):
+                options[key] = value.model_dump(mode="json")
+        if options.get("inputs"):  # local files uploaded once; s3:// imported at each run
+            refs = {k: v for k, v in draft.refs.items() if not str(v).startswith("s3://")}
+            options["inputs"] = {**draft.refs, **self.client._upload_inputs(refs)}
+            options["inputs"] = {k: str(v) for k, v in options["inputs"].items()}
+        schedule = Schedule(
+            name=name,
+            image=image,
+            command=(shlex.split(command) if isinstance(command, str) else list(command or []))
+            or None,
+            options=options,
+            timing=timing,
+            overlap=overlap,
+            created_at=now,
+        )
+        try:
+            encoded = schedule.encode()
+        except (TypeError, ValueError) as exc:
+            raise SpecError("options", f"must be JSON-able to be stored: {exc}") from None
+        state: dict[str | bytes, str] = {"next_at": repr(timing.next_after(now)), "paused": "0"}
+        if not self.r.hsetnx(keys.SCHEDULES, name, encoded):
+            raise SpecError("name", f"a schedule named {name!r} exists; remove it first")
+        self.r.delete(keys.schedule_state(name))
+        self.r.hset(keys.schedule_state(name), mapping=state)
+        return schedule
+
+    def get(self, name: str) -> ScheduleInfo:
+        raw = self.r.hget(keys.SCHEDULES, name)
+        if raw is None:
+            raise SpecError("name", f"no schedule named {name!r}")
+        return self._info(Schedule.decode(raw), self.state(name))
+
+    def ls(self) -> list[ScheduleInfo]:
+        return [self._info(s, st) for s, st in self.all()]
+
+    def all(self) -> list[tuple[Schedule, ScheduleState]]:
+        """Every schedule with its state, by name; a definition that cannot be read is logged."""
+        out = []
+        for name, raw in sorted(self.r.hgetall(keys.SCHEDULES).items()):
+            try:
+                out.append((Schedule.decode(raw), self.state(name)))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("schedule %s: cannot read its definition: %s", name, exc)
+        return out
+
+    def state(self, name: str) -> ScheduleState:
+        return ScheduleState.from_hash(self.r.hgetall(keys.schedule_state(name)))
+
+    def rm(self, name: str) -> None:
+        with self.r.pipeline() as p:
+            p.hdel(keys.SCHEDULES, name)
+            p.delete(keys.schedule_state(name))
+            removed, _ = p.execute()
+        if not removed:
+            raise SpecError("name", f"no schedule named {name!r}")
+
+    def pause(self, name: str) -> None:
+        self.get(name)
+        self.r.hset(keys.schedule_state(name), "paused", "1")
+
+    def resume(self, name: str, now: float | None = None) -> None:
+        """Fire again from the next fire time on; times missed while paused are not made up."""
+        info = self.get(name)
+        now = time.time() if now is None else now
+        nxt = info.schedule.timing.next_after(now)
+        self.r.hset(keys.schedule_state(name), mapping={"paused": "0", "next_at": repr(nxt)})
+
+    def run(self, name: str, now: float | None = None) -> Job:
+        """Submit a run now (``OFFLOAD_SCHEDULED_AT`` = now), paused or not; timing unchanged."""
+        schedule = self.get(name).schedule
+        at = round(time.time() if now is None else now, 3)
+        job = self.client.submit(**schedule.submit_kwargs(at))
+        self._record(name, at, job.id, "")
+        return job
+
+    # -- firing (the scheduler) ------------------------------------------------------------
+
+    def fire(
+        self, schedule: Schedule, state: ScheduleState, now: float, token: str
+    ) -> Fired | None:
+        """Handle the latest fire time at or before ``now`` (once due): claim it, then submit
+        its run, or record it skipped. None when it was not this caller's to handle.
+
+        The claim comes first: a scheduler that dies after it and before submitting loses
+        that one run (shown as ``submitting``); no later scheduler submits it again.
+        """
+        if state.paused or state.next_at is None or state.next_at > now:
+            return None
+        at = max(schedule.timing.latest_at_or_before(now) or state.next_at, state.next_at)
+        nxt = schedule.timing.next_after(now)
+        busy = self._unfinished(state.last_job) if schedule.overlap == "skip" else None
+        outcome = f"skipped: run {state.last_job} is {busy}" if busy else "submitting"
+        claim = self.r.eval(
+            CLAIM,
+            3,
+            keys.SCHEDULES,
+            keys.schedule_state(schedule.name),
+            keys.SCHEDULER_LOCK,
+            schedule.name,
+            repr(at),
+            repr(nxt),
+            outcome,
+            token,
+        )
+        if _text(claim) != "claimed":
+            return None
+        if busy:
+            log.info("schedule %s: %s skipped, %s", schedule.name, iso(at), outcome)
+            return Fired(schedule.name, at, None, outcome)
+        try:
+            job = self.client.submit(**schedule.submit_kwargs(at))
+        except (OffloadError, redis.RedisError) as exc:
+            log.warning(
+                "schedule %s: the run of %s was not submitted: %s", schedule.name, iso(at), exc
+            )
+            self._record(schedule.name, at, "", f"error: {exc}")
+            return Fired(schedule.name, at, None, f"error: {exc}")
+        self._record(schedule.name, at, job.id, "submitted")
+        log.info("schedule %s: %s submitted as job %s", schedule.name, iso(at), job.id)
+        return Fired(schedule.name, at, job.id, "submitted")
+
+    def _record(self, name: str, at: float, job_id: str, outcome: str) -> None:
+        self.r.eval(RECORD, 1, keys.schedule_state(name), repr(at), job_id, outcome)
+
+    def _unfinished(self, job_id: str | None) -> str | None:
+        """The status of ``job_id`` while it has not finished; None once it has (or is gone)."""
+        if job_id is None:
+            return None
+        try:
+            status = self.client.records.status(job_id)
+        except JobNotFound:
+            return None
+        return None if status.terminal else status.value
+
+    def _info(self, schedule: Schedule, state: ScheduleState) -> ScheduleInfo:
+        last: str | None = None
+        if state.last_job:
+            try:
+                last = self.client.records.status(state.last_job).value
+            except JobNotFound:
+                last = "expired"
+        return ScheduleInfo(schedule, state, last)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
