@@ -40,6 +40,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ready_messages(r: redis.Redis, queue: str) -> list[str]:
+    """The raw messages ready in ``queue``, over all of kombu's priority lists, first served
+    first."""
+    from offload.broker.queues import queue_lists
+
+    return [m for name in queue_lists(queue) for m in r.lrange(name, 0, -1)]
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

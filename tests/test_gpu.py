@@ -20,7 +20,7 @@ from offload.worker.executor import Node, execute
 from offload.worker.gpus import GpuAllocator, lock_dir
 from offload.worker.runtime import ContainerRequest, StartFailed
 
-from .conftest import Platform, job_containers
+from .conftest import Platform, job_containers, ready_messages
 
 NVIDIA_SMI = "0, GPU-1b2c, 81559, NVIDIA H100 80GB HBM3\n1, GPU-9f8e, 81559, NVIDIA H100, PCIe\n"
 
@@ -111,7 +111,7 @@ def test_gpu_job_is_routed_and_fails_clearly_on_a_node_without_gpu_runtime(
     p = private_platform
     job = p.client.submit("offload/base", ["nvidia-smi"], gpus=1, cpu=1, memory="1g")
     assert job.record().resource_class == "gpu-large"
-    assert p.client.redis.llen("gpu-large") == 1
+    assert len(ready_messages(p.client.redis, "gpu-large")) == 1
     # A node that believes it has a GPU (the one fault we cannot cause here) runs the job
     # with the real engine, which has no NVIDIA runtime.
     gpu = Gpu(0, "test", "GPU-0", 1 << 30)

@@ -10,7 +10,7 @@ import docker
 
 from offload import JobStatus
 
-from .conftest import Platform, job_containers, wait_for
+from .conftest import Platform, job_containers, ready_messages, wait_for
 
 SCRIPT = "echo attempt start; sleep 4; echo done > /offload/out/result.txt"
 
@@ -50,7 +50,7 @@ def test_pool_process_sigkilled_mid_job(
     os.kill(child.pid, signal.SIGKILL)
     check_ran_once_more(job.id, p, docker_client, first)
     # the redelivered message was acknowledged: nothing waits in the queue any more
-    assert p.client.redis.llen("cpu-small") == 0
+    assert ready_messages(p.client.redis, "cpu-small") == []
 
 
 def test_whole_worker_sigkilled_then_another_takes_over(
@@ -76,7 +76,11 @@ def test_redelivery_of_a_finished_job_does_not_run_it_again(platform: Platform) 
 
     rec = job.record()
     route(platform.client.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
-    wait_for(lambda: platform.client.redis.llen("cpu-small") == 0, 30, "the message to be consumed")
+    wait_for(
+        lambda: not ready_messages(platform.client.redis, "cpu-small"),
+        30,
+        "the message to be consumed",
+    )
     again = platform.client.job(job.id)
     assert again.result(timeout=10).attempt == 1
     assert [line.text for line in again.logs()] == ["ran"]

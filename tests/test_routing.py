@@ -24,7 +24,7 @@ from offload.config import load_settings
 from offload.errors import ConfigError, SpecError, UnschedulableError
 from offload.spec import DEFAULT_CLASSES, GiB, ResourceClass, Resources, resolve_class
 
-from .conftest import Platform, make_platform
+from .conftest import Platform, make_platform, ready_messages
 
 CLASS_NAMES = ("cpu-small", "cpu-large", "gpu-large")
 ABSENT_ID = "sha256:" + "0123456789abcdef" * 4
@@ -196,11 +196,11 @@ def stored_files(platform: Platform) -> list[Path]:
 
 
 def queue_lengths(r: redis.Redis) -> dict[str, int]:
-    return {name: r.llen(name) for name in CLASS_NAMES}
+    return {name: len(ready_messages(r, name)) for name in CLASS_NAMES}
 
 
 def messages(r: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in r.lrange(queue, 0, -1)]
+    return [json.loads(m) for m in ready_messages(r, queue)]
 
 
 def body(message: dict[str, Any]) -> Any:
@@ -252,7 +252,7 @@ def test_the_message_is_json_naming_the_task_and_the_job(
         env={"MODE": "fast"},
         name="thumbs",
     )
-    [raw] = broker.lrange("cpu-small", 0, -1)
+    [raw] = ready_messages(broker, "cpu-small")
     message = json.loads(raw)
     headers = message["headers"]
     assert headers["task"] == "offload.run_job"
@@ -347,7 +347,7 @@ def test_a_custom_class_is_its_own_queue(queued_platform: Platform, broker: redi
     run = custom.cli("submit", "offload/base", "--memory", "48g")
     assert run.returncode == 0, run.stderr
     job_id = run.stdout.strip()
-    assert broker.llen("mem-huge") == 1
+    assert len(ready_messages(broker, "mem-huge")) == 1
     assert queue_lengths(broker) == {"cpu-small": 0, "cpu-large": 0, "gpu-large": 0}
     assert json.loads(broker.lindex("mem-huge", 0))["headers"]["id"] == job_id
     assert queued_platform.client.job(job_id).record().resource_class == "mem-huge"

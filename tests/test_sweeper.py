@@ -20,6 +20,7 @@ from offload.broker.status import JobStatus, Reason
 from offload.broker.sweeper import UNACKED, Sweeper, message_job
 from offload.config import Settings
 from offload.spec import JobSpec
+from tests.conftest import ready_messages
 
 SPEC = JobSpec(image="offload/base", command=("true",))
 
@@ -71,7 +72,7 @@ def expire(r: redis.Redis, job_id: str) -> None:
 
 
 def queued_ids(r: redis.Redis) -> list[str]:
-    return [message_job(m) or "" for m in r.lrange("cpu-small", 0, -1)]
+    return [message_job(m) or "" for m in ready_messages(r, "cpu-small")]
 
 
 def sweep(sweeper: Sweeper, r: redis.Redis):  # type: ignore[no-untyped-def]

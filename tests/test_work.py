@@ -19,10 +19,11 @@ from offload.autoscaler.loop import Autoscaler, join_nodes, limits_from_settings
 from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
 from offload.autoscaler.policy import ClassLimits, ClassWork, Limits, NodeView, PolicyMemory, decide
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
-from offload.autoscaler.work import PRIORITY_SEP, PRIORITY_STEPS, UNACKED_KEY, queue_keys, read_work
+from offload.autoscaler.work import UNACKED_KEY, queue_keys, read_work
 from offload.broker import keys
-from offload.broker.app import TASK_NAME, make_app, redis_client, route
+from offload.broker.app import make_app, redis_client, route
 from offload.broker.nodes import NodeInfo, NodeRegistry
+from offload.broker.queues import PRIORITY_SEP, PRIORITY_STEPS
 from offload.broker.records import JobRecords
 from offload.broker.scaling import read_status
 from offload.broker.status import JobStatus
@@ -59,23 +60,20 @@ def app(settings: Settings) -> Iterator[Celery]:
     a.close()
 
 
-def publish(app: Celery, queue: str, priority: int | None = None) -> str:
+def publish(app: Celery, queue: str, priority: int = 0) -> str:
+    """Publish as offload does: a job's priority 0-9 (9 first) into kombu's priority lists."""
     job_id = uuid.uuid4().hex
-    if priority is None:
-        route(app, job_id, queue, "test/job", "test")
-    else:
-        app.send_task(
-            TASK_NAME, args=[job_id], queue=queue, exchange="", routing_key=queue,
-            task_id=job_id, priority=priority,
-        )  # fmt: skip
+    route(app, job_id, queue, "test/job", "test", priority=priority)
     return job_id
 
 
-def test_constants_are_kombus() -> None:
-    assert list(PRIORITY_STEPS) == kombu_redis.PRIORITY_STEPS
+def test_constants_are_kombus(settings: Settings) -> None:
+    """offload's idea of kombu's layout is the one the app configures and kombu uses."""
+    options = make_app(settings).conf.broker_transport_options
+    assert options["priority_steps"] == list(PRIORITY_STEPS) == list(range(10))
     assert kombu_redis.Channel.sep == PRIORITY_SEP
     assert kombu_redis.Channel.unacked_key == UNACKED_KEY
-    assert queue_keys("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]
+    assert queue_keys("q") == ["q", *(f"q\x06\x16{p}" for p in range(1, 10))]
 
 
 def test_ready_counts_every_priority_list(app: Celery, r: redis.Redis) -> None:
@@ -84,7 +82,8 @@ def test_ready_counts_every_priority_list(app: Celery, r: redis.Redis) -> None:
     publish(app, "cpu-small", priority=5)
     publish(app, "cpu-small", priority=9)
     publish(app, "cpu-large")
-    assert r.llen("cpu-small\x06\x163") == 1 and r.llen("cpu-small\x06\x169") == 1
+    assert r.llen("cpu-small\x06\x164") == 1 and r.llen("cpu-small") == 1  # 5 and 9
+    assert r.llen("cpu-small\x06\x169") == 3  # the default priority 0: served last
     work = read_work(r, CLASSES)
     assert work == {
         "cpu-small": ClassWork(ready=5),
@@ -294,7 +293,7 @@ def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis)
         registry.register(
             n, provider="memory", classes=["cpu-small"], slots=2, cpus=1, memory=1, gpus=0
         )
-    r.delete("cpu-small")  # the jobs were taken and are done
+    r.delete(*queue_keys("cpu-small"))  # the jobs were taken and are done
     records = JobRecords(r, record_ttl=600, log_max_entries=1000)
     busy_job = _record(records, "cpu-small")
     records.begin_attempt(busy_job, names[1])  # names[1] runs a job; the class has 1 job

@@ -15,7 +15,15 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from offload.errors import ConfigError
-from offload.spec import DEFAULT_CLASSES, GiB, MiB, ResourceClass, parse_memory, parse_size
+from offload.spec import (
+    DEFAULT_CLASSES,
+    GiB,
+    MiB,
+    ResourceClass,
+    RetryPolicy,
+    parse_memory,
+    parse_size,
+)
 
 DEFAULT_LOG_MAX_BYTES = 10 * MiB
 
@@ -77,12 +85,29 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=5.0, gt=0)
     lost_message_grace: float = Field(default=30.0, gt=0)
     max_node_losses: int = Field(default=3, ge=1)  # attempts dying with their worker → failed
+    # The cluster's default retry policy (JSON, fields of offload.spec.RetryPolicy), which a
+    # job's own `retry` overrides field by field.
+    retry_policy: dict[str, Any] = Field(default_factory=dict)
+    # Locality (broker/routing.py): a job goes to the queue of a live node of its class with a
+    # free slot whose cache holds the most of its input bytes; one not started there within
+    # locality_grace seconds moves to its class queue. Nodes index their cached objects of at
+    # least locality_min_bytes, at most locality_max_objects of them (cache/objindex.py).
+    locality: bool = True
+    locality_grace: float = Field(default=10.0, gt=0)
+    locality_min_bytes: int = Field(default=1 * MiB, ge=0)
+    locality_max_objects: int = Field(default=10_000, ge=1)
 
-    @field_validator("classes", "autoscale", mode="before")
+    @field_validator("classes", "autoscale", "retry_policy", mode="before")
     @classmethod
     def _classes(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = json.loads(value)
+        return value
+
+    @field_validator("retry_policy")
+    @classmethod
+    def _retry_policy(cls, value: dict[str, Any]) -> dict[str, Any]:
+        RetryPolicy.model_validate(value)  # names the bad field, at start-up
         return value
 
     @field_validator("cache_budget", mode="before")
@@ -92,7 +117,7 @@ class Settings(BaseSettings):
             return parse_memory(value) if value.strip() else None
         return value
 
-    @field_validator("log_max_bytes", "redis_max_memory", mode="before")
+    @field_validator("log_max_bytes", "redis_max_memory", "locality_min_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -2,7 +2,7 @@
 
 A local ``redis-server`` (only when the configured Redis is on loopback and not already
 answering), one worker node, the autoscaler with the local provider (more worker processes
-while work piles up), and Flower — all bound to 127.0.0.1. Process ids are kept in
+while work piles up), the scheduler, and Flower — all bound to 127.0.0.1. Process ids are kept in
 ``<home>/run/`` and logs in ``<home>/logs/`` so ``offload down`` can stop what ``up`` started.
 """
 
@@ -216,12 +216,32 @@ def start_autoscaler(settings: Settings) -> Service:
     return Service("autoscaler", "started", "local provider")
 
 
+def start_scheduler(settings: Settings) -> Service:
+    """The scheduler: fires schedules (active, or standing by for another one in the cluster)."""
+    if running_pid(settings, "scheduler"):
+        return Service("scheduler", "running", "schedules")
+    _spawn(settings, "scheduler", [sys.executable, "-m", "offload", "scheduler"])
+    from offload.broker import keys
+    from offload.broker.app import redis_client
+
+    r = redis_client(settings)
+
+    def ready() -> bool:
+        if not running_pid(settings, "scheduler"):
+            raise OffloadError("the scheduler exited")
+        return bool(r.exists(keys.SCHEDULER_LOCK))
+
+    _wait("the scheduler", ready, 30, settings.home / "logs/scheduler.log")
+    return Service("scheduler", "started", "schedules")
+
+
 def up(settings: Settings) -> list[Service]:
     return [
         ensure_key(settings),
         start_redis(settings),
         start_worker(settings),
         start_autoscaler(settings),
+        start_scheduler(settings),
         start_flower(settings),
     ]
 
@@ -241,13 +261,15 @@ def down(
 ) -> list[Service]:
     """Stop what ``up`` started, Redis last (its AOF keeps the queue for the next ``up``).
 
-    Flower and the autoscaler stop first. The workers (the embedded one and the autoscaler's
-    local nodes) then drain: they take no new job and finish their running ones, for as long
-    as that takes or ``timeout`` seconds. With ``force``, or once the timeout has passed, they
-    are killed and their running jobs handed back: each goes back to ``queued`` (its retry
-    budget untouched), its container is removed, and it runs again after the next ``up``.
+    Flower, the scheduler and the autoscaler stop first. The workers (the embedded one and
+    the autoscaler's local nodes) then drain: they take no new job and finish their running
+    ones, for as long as that takes or ``timeout`` seconds. With ``force``, or once the
+    timeout has passed, they are killed and their running jobs handed back: each goes back to
+    ``queued`` (its retry budget untouched), its container is removed, and it runs again
+    after the next ``up``.
     """
-    stopped = [s for name in ("flower", "autoscaler") if (s := _stop(settings, name, 30))]
+    first = ("flower", "scheduler", "autoscaler")
+    stopped = [s for name in first if (s := _stop(settings, name, 30))]
     workers = _drain_workers(settings)
     deadline = 0.0 if force else None if timeout is None else time.monotonic() + timeout
     left = _wait_drained(settings, workers, deadline, progress)

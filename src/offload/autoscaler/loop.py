@@ -40,6 +40,7 @@ from offload.autoscaler.policy import (
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.autoscaler.work import read_work
 from offload.broker.app import make_app, redis_client
+from offload.broker.limits import held_classes
 from offload.broker.nodes import NodeInfo, NodeRegistry
 from offload.broker.records import JobRecords
 from offload.broker.scaling import ClassStatus, write_status
@@ -143,6 +144,7 @@ class Autoscaler:
         self.status_ttl = status_ttl
         self.memory = PolicyMemory()
         self.protected: dict[str, bool] = {}  # node -> protection last told to the provider
+        self.held: set[str] = set()  # classes held (offload hold) at the last tick
 
     def observe(self, now: float) -> tuple[dict[str, ClassWork], list[NodeView], set[str]]:
         """Work per class, node views, and the names of the registered nodes."""
@@ -160,6 +162,8 @@ class Autoscaler:
             except Exception:
                 log.exception("recovering lost nodes")
         work, views, registered = self.observe(now)
+        self.held = held_classes(self.r)  # a held class's waiting work starts no node
+        work = {c: ClassWork(running=w.running) if c in self.held else w for c, w in work.items()}
         room = self.provider.headroom(self.classes)
         decision = decide(work, views, now, self.limits, self.memory, room)
         self.memory = decision.memory
@@ -230,7 +234,8 @@ class Autoscaler:
                 draining=len(d.drain)
                 + sum(1 for v in views if v.resource_class == cls and v.state == "draining"),
                 work=d.work,
-                reason=failures.get(cls, d.reason),
+                reason=(f"held (offload release {cls}); " if cls in self.held else "")
+                + failures.get(cls, d.reason),
                 at=now,
             )
             for cls, d in decision.classes.items()

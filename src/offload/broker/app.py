@@ -14,6 +14,7 @@ from celery import Celery
 from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
+from offload.broker.queues import PRIORITY_STEPS, kombu_priority
 from offload.config import Settings
 from offload.errors import JobError
 
@@ -73,6 +74,9 @@ def make_app(settings: Settings) -> Celery:
         # sweep for messages of dead workers every 5 s (kombu's default is ~100 s)
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
+        # ten priority lists per queue, so each of a job's priorities 0-9 is its own
+        "priority_steps": list(PRIORITY_STEPS),
+        "queue_order_strategy": "priority",
     }
     conf: dict[str, Any] = dict(
         task_queues=queues_for(settings),
@@ -100,6 +104,9 @@ def make_app(settings: Settings) -> Celery:
         worker_redirect_stdouts=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         enable_utc=True,
+        # locality routing (broker/publish.py): plain values, shown by `celery inspect conf`
+        offload_locality=settings.locality,
+        offload_lost_after=settings.lost_after,
     )
     if settings.redis_url.startswith("rediss://"):
         conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
@@ -108,9 +115,16 @@ def make_app(settings: Settings) -> Celery:
 
 
 def route(
-    app: Celery, job_id: str, queue: str, shown_as: str, summary: str, task_id: str | None = None
+    app: Celery,
+    job_id: str,
+    queue: str,
+    shown_as: str,
+    summary: str,
+    task_id: str | None = None,
+    priority: int = 0,
 ) -> None:
-    """Publish a job to its class queue; Flower shows it as ``shown_as`` with ``summary``."""
+    """Publish a job to ``queue`` with its ``priority`` (0-9, 9 first); Flower shows it as
+    ``shown_as`` with ``summary``."""
     app.send_task(
         TASK_NAME,
         args=[job_id],
@@ -121,6 +135,7 @@ def route(
         routing_key=queue,
         task_id=task_id or job_id,
         shadow=shown_as,
+        priority=kombu_priority(priority),
         argsrepr=summary,
         kwargsrepr="{}",
     )

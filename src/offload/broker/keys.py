@@ -30,10 +30,15 @@ Job records (written by the producer at submit, then by the worker; read by ever
         cancel        "1" once cancellation of a started job was asked for
         cache_hit     id of the earlier job whose outputs this one reused (memoized)
         gpus          comma list of the GPU UUIDs the current attempt was given
+        retry_at      Redis time a delayed retry of this queued job is due
         wait          what a ``waiting`` job waits for besides its parents (empty: its
                       parents): ``limit:<label>=<value>``, ``held:<class>``, ``memo:<job id>``
         log_bytes     bytes of output in the log stream, all attempts (:mod:`offload.broker.logs`);
                       above ``log_max_bytes`` once truncated: an ``s=sys`` marker line ends it
+        routed_to     the node whose queue the job's last publication went to (empty: its
+                      class queue); written by :func:`offload.broker.publish.publish`
+        route_why     why it went there, for people: ``holds 240 MiB of 256 MiB inputs``,
+                      ``no live node holds its inputs``, ``node X did not start it within 10 s``
     offload:job:<id>:events      STREAM the status timeline; one entry per transition:
                                         status, at, node, attempt[, reason]
                                  readers block on it (XREAD) to wait for a result
@@ -51,7 +56,9 @@ Dependencies (:mod:`offload.broker.pipeline`; written at submit, read until the 
                                         ``after``); kept for views, expires with the record
     offload:job:<id>:waiting     SET    the parents not finished yet; the job is released (queued)
                                         when it empties
-    offload:job:<id>:children    SET    the jobs waiting for this one
+    offload:job:<id>:children    SET    the jobs that depend on this one (kept for views once it
+                                        ended), and identical jobs waiting for its outputs
+                                        (their ``wait`` = ``memo:<id>``)
     offload:waiting              ZSET   every ``waiting`` job -> when it began waiting; the
                                         sweeper checks the old ones (a release a crash missed).
                                         Members leave with the move out of ``waiting``
@@ -74,6 +81,14 @@ The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbe
     offload:node:<name>:owners      HASH   job id -> "<pid>:<attempt>", the pool process running
                                            that attempt (to tell a live attempt from a dead one);
                                            written and removed with ``:running``
+    offload:node:<name>:objects     ZSET   content id -> plaintext bytes of the objects this node's
+                                           cache holds (locality routing,
+                                           :mod:`offload.cache.objindex`): only objects of at
+                                           least ``locality_min_bytes``, at most
+                                           ``locality_max_objects`` (the smallest dropped first);
+                                           added on put / fetch / local read, removed on
+                                           eviction; cleared at the node's start and
+                                           deregistration. No TTL (bounded; removed with the node)
     offload:node:<name>:recovering  STRING lock (SET NX EX 60) held by whoever redelivers the jobs
                                            of this node once it is lost; expires by itself
 
@@ -88,6 +103,15 @@ Ownership (:mod:`offload.broker.records`, :mod:`offload.broker.sweeper`)::
                                         the message of a job queued longer than a grace period
                                         and publishes it again when it is in no queue. Members
                                         leave at begin_attempt or at any move out of ``queued``
+    offload:retries              ZSET   job id -> when its delayed retry is due (Redis time); the
+                                        sweeper publishes it then (a retry waiting out its
+                                        backoff holds no slot and no unacknowledged message).
+                                        Members leave when published or when the job moves on
+    offload:routed               ZSET   job id -> when (Redis time) its message went to a node
+                                        queue (:mod:`offload.broker.routing`); the sweeper moves
+                                        it to its class queue when the node has not started it
+                                        within ``locality_grace``. Members leave then, or once
+                                        the sweeper finds the job started or gone
     offload:cluster              STRING this cluster's id (uuid4 hex, SET NX by the first node); job
                                         containers carry it as a label, so a node only ever
                                         reaps containers of its own cluster on a shared engine.
@@ -103,6 +127,19 @@ The autoscaler (:mod:`offload.broker.scaling`)::
                                         and expiring after 60 s (absent: no autoscaler runs):
                                         desired, up, starting, draining, work, reason, at
 
+Schedules (:mod:`offload.producer.schedules`, fired by :mod:`offload.scheduler`)::
+
+    offload:schedules            HASH   schedule name -> its definition (JSON: image, command,
+                                        submit options, cron or every, overlap, created_at);
+                                        written by ``offload schedule add``, removed by ``rm``.
+                                        No TTL (configuration)
+    offload:schedule:<name>:state HASH  next_at, last_at (the last fire time handled: claimed
+                                        once, atomically, by the active scheduler), last_outcome,
+                                        last_job, last_run_at, paused; created with the schedule,
+                                        deleted with it
+    offload:scheduler:lock       STRING the token of the active scheduler (SET NX PX, renewed
+                                        every tick; a standby takes over once it expires)
+
 The data tier's shared indexes (:mod:`offload.cache.actions`, :mod:`offload.cache.imports`)::
 
     offload:memo:<key>           STRING the action cache: JSON {outputs, job_id} of the successful
@@ -111,9 +148,33 @@ The data tier's shared indexes (:mod:`offload.cache.actions`, :mod:`offload.cach
     offload:import:<hash>        STRING the content id an ``s3://`` URI (at one ETag) was imported
                                         as; expires after ``Settings.memo_ttl`` (an import is a
                                         memo of the same kind; re-imported when gone)
+    offload:inflight:<key>       STRING the id of the job now running the action of memo <key>
+                                        (SET NX by its attempt at the memo check; an identical job
+                                        finding it held by an active job waits for that one:
+                                        :mod:`offload.broker.inflight`); deleted when the holder's
+                                        attempt ends, expires after about the job's timeout
 
-Celery owns the queue keys (one list per resource class, named after the class, plus kombu's
-``unacked`` bookkeeping); offload never writes them directly.
+Job control (:mod:`offload.broker.limits`; written by ``offload limit`` / ``hold``, by each
+attempt at its start and end, and by the sweeper)::
+
+    offload:limits               HASH   ``<label>=<value>`` -> the most jobs so labelled that may
+                                        run at once, cluster-wide. No TTL (configuration)
+    offload:limit:<l>=<v>:holders HASH  job id -> attempt holding one of the limit's permits;
+                                        taken at the attempt's start (one Lua script), returned
+                                        at its end, or by the sweeper once that attempt is no
+                                        longer active. Deleted with the limit
+    offload:limit:<l>=<v>:waiting ZSET  job id -> when it first found the limit full; the
+                                        oldest is queued again when a permit comes back.
+                                        Members leave when resumed or when they get a permit
+    offload:held                 SET    resource classes whose new jobs do not start (``offload
+                                        hold``); no TTL (configuration)
+    offload:held:<class>:waiting ZSET   job id -> when it found its class held; all queued
+                                        again at ``offload release``. Members leave when resumed
+
+Celery owns the queue keys (one list per resource class, named after the class; one per node,
+``node.<name>`` (:func:`node_queue`), for jobs routed to the node holding their inputs; plus
+kombu's ``unacked`` bookkeeping); offload writes them only through Celery, except the
+sweeper's ``LREM`` of one exact message when it moves a job out of a node queue.
 """
 
 from __future__ import annotations
@@ -124,9 +185,16 @@ NODES = f"{PREFIX}:nodes"
 LEASES = f"{PREFIX}:leases"
 QUEUED = f"{PREFIX}:queued"
 WAITING = f"{PREFIX}:waiting"
+RETRIES = f"{PREFIX}:retries"
 CLUSTER = f"{PREFIX}:cluster"
+LIMITS = f"{PREFIX}:limits"
+HELD = f"{PREFIX}:held"
 SWEEPER_LOCK = f"{PREFIX}:sweeper:lock"
 SWEEPER_LAST = f"{PREFIX}:sweeper:last"
+ROUTED = f"{PREFIX}:routed"
+NODE_QUEUE_PREFIX = "node."
+SCHEDULES = f"{PREFIX}:schedules"
+SCHEDULER_LOCK = f"{PREFIX}:scheduler:lock"
 
 
 def job(job_id: str) -> str:
@@ -165,6 +233,15 @@ def node_owners(name: str) -> str:
     return f"{PREFIX}:node:{name}:owners"
 
 
+def node_objects(name: str) -> str:
+    return f"{PREFIX}:node:{name}:objects"
+
+
+def node_queue(name: str) -> str:
+    """The Celery queue of one node (jobs routed to it for their inputs), not an offload key."""
+    return f"{NODE_QUEUE_PREFIX}{name}"
+
+
 def node_recovering(name: str) -> str:
     return f"{PREFIX}:node:{name}:recovering"
 
@@ -179,3 +256,23 @@ def memo(key: str) -> str:
 
 def s3_import(digest: str) -> str:
     return f"{PREFIX}:import:{digest}"
+
+
+def inflight(key: str) -> str:
+    return f"{PREFIX}:inflight:{key}"
+
+
+def limit_holders(limit: str) -> str:
+    return f"{PREFIX}:limit:{limit}:holders"
+
+
+def limit_waiting(limit: str) -> str:
+    return f"{PREFIX}:limit:{limit}:waiting"
+
+
+def held_waiting(resource_class: str) -> str:
+    return f"{PREFIX}:held:{resource_class}:waiting"
+
+
+def schedule_state(name: str) -> str:
+    return f"{PREFIX}:schedule:{name}:state"

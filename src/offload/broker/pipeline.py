@@ -13,6 +13,12 @@ never missed. When a parent ends:
 * failed, timed out or cancelled — every waiting descendant ends ``failed`` with
   ``upstream_failed``, naming the parent and why.
 
+A job waiting for an identical job in flight (``wait`` = ``memo:<job id>``, set by
+:func:`offload.broker.inflight.wait_for`) is linked as that job's child, but is no dependent:
+when that job ends, however it ends, it is queued again (to take the outputs from the memo,
+or to run itself) — never failed upstream; :meth:`Pipeline.children` and ``descendants`` leave
+it out (:meth:`Pipeline.twins` lists it).
+
 Whoever records a job's end calls :meth:`Pipeline.on_done`; the sweeper calls
 :meth:`Pipeline.check_waiting` for jobs waiting longer than a grace period, so a worker dying
 between a parent's success and its children's release leaves no child waiting for ever.
@@ -27,6 +33,7 @@ import uuid
 from celery import Celery
 
 from offload.broker import keys
+from offload.broker.inflight import TWIN
 from offload.broker.publish import publish
 from offload.broker.records import JobRecords
 from offload.broker.status import TERMINAL, JobStatus, Reason, wire
@@ -46,9 +53,12 @@ for i = 6, #ARGV do
   redis.call('SADD', KEYS[2], p)
   local st = redis.call('HGET', string.format(ARGV[4], p), 'status')
   if not st then return {-1, p} end
+  local ck = string.format(ARGV[5], p)
+  redis.call('SADD', ck, ARGV[1])  -- for views too when it ended: a child of a finished job
+  local ttl = redis.call('TTL', string.format(ARGV[4], p))
+  if ttl > 0 then redis.call('EXPIRE', ck, ttl) end
   if st ~= ARGV[2] then
     if string.find(ARGV[3], ',' .. st .. ',', 1, true) then return {-2, p, st} end
-    redis.call('SADD', string.format(ARGV[5], p), ARGV[1])
     redis.call('SADD', KEYS[1], p)
   end
 end
@@ -105,7 +115,11 @@ class Pipeline:
         touched = []
         for child in sorted(self.r.smembers(keys.children(job_id))):
             child = str(child)
-            if status is JobStatus.SUCCEEDED:
+            if self._twin_of(child) == job_id:  # identical, not dependent: queued either way
+                self.r.srem(keys.children(job_id), child)
+                if self.resume(child):
+                    touched.append(child)
+            elif status is JobStatus.SUCCEEDED:
                 self.r.srem(keys.waiting_on(child), job_id)
                 if self.r.scard(keys.waiting_on(child)) == 0 and self.release(child):
                     touched.append(child)
@@ -181,13 +195,31 @@ class Pipeline:
         publish(self.app, self.records.get(job_id), f"{job_id}.u{uuid.uuid4().hex[:6]}")
         return True
 
+    def _twin_of(self, job_id: str) -> str | None:
+        """The identical job ``job_id`` waits for, if it waits for one."""
+        wait = self.r.hget(keys.job(job_id), "wait") or ""
+        return str(wait).removeprefix(TWIN) if str(wait).startswith(TWIN) else None
+
+    def _ended(self, job_id: str) -> bool:
+        try:
+            return self.records.status(job_id).terminal
+        except JobNotFound:
+            return True
+
     # -- views and control -------------------------------------------------------------------
 
     def parents(self, job_id: str) -> list[str]:
         return sorted(str(p) for p in self.r.smembers(keys.parents(job_id)))
 
     def children(self, job_id: str) -> list[str]:
-        return sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
+        """The jobs that depend on this one (identical jobs waiting for it: :meth:`twins`)."""
+        members = sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
+        return [c for c in members if self._twin_of(c) != job_id]
+
+    def twins(self, job_id: str) -> list[str]:
+        """Identical jobs waiting for this one to take its outputs."""
+        members = sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
+        return [c for c in members if self._twin_of(c) == job_id]
 
     def waiting_for(self, job_id: str) -> list[str]:
         return sorted(str(p) for p in self.r.smembers(keys.waiting_on(job_id)))
@@ -229,7 +261,13 @@ class Pipeline:
             if rec.status is not JobStatus.WAITING:
                 self.r.zrem(keys.WAITING, job_id)
                 continue
-            if rec.wait:  # a limit, a held class, an identical job: released by their owners
+            if rec.wait.startswith(TWIN):  # an identical job: queued again once it ended
+                twin = rec.wait.removeprefix(TWIN)
+                if self._ended(twin) and self.resume(job_id):
+                    self.r.srem(keys.children(twin), job_id)
+                    settled.append(job_id)
+                continue
+            if rec.wait:  # a limit, a held class: released by their owners
                 continue
             before = self.records.status(job_id)
             self.r.delete(keys.waiting_on(job_id))

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from offload.broker import keys, scripts
 from offload.broker.logs import LogStreams
+from offload.broker.model import Event, JobRecord, parse_record
 from offload.broker.status import (
     ACTIVE,
     PENDING,
@@ -32,80 +32,6 @@ from offload.broker.status import (
 from offload.config import DEFAULT_LOG_MAX_BYTES, Settings
 from offload.errors import BrokerError, JobNotFound, JobTimeout
 from offload.spec import JobSpec
-
-
-@dataclass(frozen=True)
-class Event:
-    """One entry of a job's status timeline."""
-
-    status: JobStatus
-    at: float
-    node: str
-    attempt: int
-    reason: Reason | None = None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A job's record as stored in Redis, parsed."""
-
-    id: str
-    spec: JobSpec
-    view: dict[str, Any]
-    resource_class: str
-    status: JobStatus
-    created_at: float
-    updated_at: float
-    attempt: int = 0
-    node: str | None = None
-    container: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    reason: Reason | None = None
-    message: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    cancel_requested: bool = False
-    cache_hit: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    pid: int = 0
-    gpus: tuple[str, ...] = ()
-    wait: str = ""  # what a waiting job waits for: "" (its parents), "limit:…", "held:…", …
-
-    @property
-    def name(self) -> str:
-        return self.spec.display_name()
-
-
-def _num(value: str | None) -> float | None:
-    return float(value) if value else None
-
-
-def _parse(job_id: str, h: dict[str, str]) -> JobRecord:
-    return JobRecord(
-        id=job_id,
-        spec=JobSpec.decode(h["spec"]),
-        view=json.loads(h.get("view") or "{}"),
-        resource_class=h.get("class", ""),
-        status=JobStatus(h["status"]),
-        created_at=float(h.get("created_at") or 0),
-        updated_at=float(h.get("updated_at") or 0),
-        attempt=int(h.get("attempt") or 0),
-        node=h.get("node") or None,
-        container=h.get("container") or None,
-        started_at=_num(h.get("started_at")),
-        finished_at=_num(h.get("finished_at")),
-        exit_code=int(h["exit_code"]) if h.get("exit_code") else None,
-        reason=Reason(h["reason"]) if h.get("reason") else None,
-        message=h.get("message") or None,
-        outputs=json.loads(h.get("outputs") or "{}"),
-        cancel_requested=h.get("cancel") == "1",
-        cache_hit=h.get("cache_hit") or None,
-        timings=json.loads(h.get("timings") or "{}"),
-        pid=int(h.get("pid") or 0),
-        gpus=tuple(g for g in (h.get("gpus") or "").split(",") if g),
-        wait=h.get("wait") or "",
-    )
 
 
 class JobRecords:
@@ -129,6 +55,7 @@ class JobRecords:
         self._begin = client.register_script(scripts.BEGIN_ATTEMPT)
         self._renew = client.register_script(scripts.RENEW)
         self._cancel = client.register_script(scripts.CANCEL)
+        self._delay = client.register_script(scripts.DELAY)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobRecords:
@@ -241,6 +168,7 @@ class JobRecords:
                 keys.parents(job_id),
                 keys.waiting_on(job_id),
                 keys.children(job_id),
+                keys.RETRIES,
             ],
             args=args,
         )
@@ -256,7 +184,7 @@ class JobRecords:
         """
         prev, attempt = self._run(
             self._begin,
-            keys=[*self._job_keys(job_id), keys.LEASES, keys.QUEUED],
+            keys=[*self._job_keys(job_id), keys.LEASES, keys.QUEUED, keys.RETRIES],
             args=[
                 node,
                 str(time.time()),
@@ -271,6 +199,16 @@ class JobRecords:
             ],
         )
         return (JobStatus(prev) if prev else None), int(attempt)
+
+    def delay(self, job_id: str, seconds: float) -> float:
+        """Hold a queued job's message back ``seconds`` (its retry's backoff); the sweeper
+        publishes it when due. Returns the due time (Redis time), 0 if the job is not queued."""
+        due = self._run(
+            self._delay,
+            keys=[keys.job(job_id), keys.RETRIES, keys.QUEUED],
+            args=[seconds, job_id, JobStatus.QUEUED.value],
+        )
+        return float(due)
 
     def renew(self, job_id: str, attempt: int) -> bool:
         """Extend ``attempt``'s lease; False when it no longer holds the job (stop it)."""
@@ -319,7 +257,7 @@ class JobRecords:
         h = self._run(self.r.hgetall, keys.job(job_id))
         if not h:
             raise JobNotFound(job_id)
-        return _parse(job_id, h)
+        return parse_record(job_id, h)
 
     def status(self, job_id: str) -> JobStatus:
         value = self._run(self.r.hget, keys.job(job_id), "status")
@@ -336,6 +274,7 @@ class JobRecords:
                 node=f.get("node", ""),
                 attempt=int(f.get("attempt") or 0),
                 reason=Reason(f["reason"]) if f.get("reason") else None,
+                message=f.get("message") or None,
             )
             for _, f in entries
         ]

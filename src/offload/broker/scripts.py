@@ -16,7 +16,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# KEYS: job, events, logs, leases, queued, waiting index, parents, waiting-on, children
+# KEYS: job, events, logs, leases, queued, waiting index, parents, waiting-on, children, retries
 # ARGV: 1 to, 2 now, 3 allowed-from set, 4 ttl (>0: terminal), 5 log maxlen,
 #       6 fencing attempt ('' = any), 7 active set, 8 running-key template,
 #       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, then field/value
@@ -31,13 +31,15 @@ if not string.find(ARGV[3], ',' .. cur .. ',', 1, true) then return {0, cur} end
 local na = redis.call('HMGET', KEYS[1], 'node', 'attempt')
 if ARGV[6] ~= '' and (na[2] or '0') ~= ARGV[6] then return {-1, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-local reason = nil
+local reason, message = nil, nil
 for i = 13, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   if ARGV[i] == 'reason' then reason = ARGV[i + 1] end
+  if ARGV[i] == 'message' then message = ARGV[i + 1] end
 end
 local ev = {'status', ARGV[1], 'at', ARGV[2], 'node', na[1] or '', 'attempt', na[2] or '0'}
 if reason and reason ~= '' then table.insert(ev, 'reason'); table.insert(ev, reason) end
+if message and message ~= '' then table.insert(ev, 'message'); table.insert(ev, message) end
 redis.call('XADD', KEYS[2], '*', unpack(ev))
 if not string.find(ARGV[7], ',' .. ARGV[1] .. ',', 1, true) then
   redis.call('ZREM', KEYS[4], ARGV[10])
@@ -50,6 +52,7 @@ if ARGV[1] == ARGV[11] then
   redis.call('ZADD', KEYS[5], now, ARGV[10])
 else
   redis.call('ZREM', KEYS[5], ARGV[10])
+  redis.call('ZREM', KEYS[10], ARGV[10])
 end
 if ARGV[1] == ARGV[12] then
   redis.call('ZADD', KEYS[6], now, ARGV[10])
@@ -66,7 +69,7 @@ return {1, cur}
 """
 )
 
-# KEYS: job, events, logs, leases, queued
+# KEYS: job, events, logs, leases, queued, retries
 # ARGV: 1 node, 2 now, 3 log maxlen, 4 startable-from set, 5 lease seconds, 6 pid,
 #       7 running-key template, 8 owners-key template, 9 job id, 10 the attempt's first state
 # Returns {previous status, new attempt}; {status, attempt} unchanged when not startable;
@@ -82,11 +85,12 @@ end
 local a = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', ARGV[10], 'node', ARGV[1], 'pid', ARGV[6],
            'updated_at', ARGV[2], 'started_at', '', 'container', '', 'exit_code', '',
-           'reason', '', 'message', '', 'gpus', '')
+           'reason', '', 'message', '', 'gpus', '', 'retry_at', '')
 redis.call('SADD', string.format(ARGV[7], ARGV[1]), ARGV[9])
 redis.call('HSET', string.format(ARGV[8], ARGV[1]), ARGV[9], ARGV[6] .. ':' .. a)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[9])
 redis.call('ZREM', KEYS[5], ARGV[9])
+redis.call('ZREM', KEYS[6], ARGV[9])
 redis.call('XADD', KEYS[2], '*', 'status', ARGV[10], 'at', ARGV[2], 'node', ARGV[1], 'attempt', a)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'a', a)
 return {cur, a}
@@ -132,5 +136,20 @@ local floor = now + tonumber(ARGV[1])
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', floor)
 for _, m in ipairs(members) do redis.call('ZADD', KEYS[1], floor, m) end
 return #members
+"""
+)
+
+# KEYS: job, retries, queued.  ARGV: 1 seconds, 2 job id, 3 queued state.
+# A queued job's message is sent only once the delay is over (by the sweeper). Returns the
+# due time, or 0 when the job is not queued.
+DELAY = (
+    _NOW
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[3] then return '0' end
+local due = now + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[2], due, ARGV[2])
+redis.call('ZADD', KEYS[3], due, ARGV[2])
+redis.call('HSET', KEYS[1], 'retry_at', tostring(due))
+return tostring(due)
 """
 )

@@ -23,58 +23,38 @@ One pass, on Redis server time:
 6. **Waiting jobs.** A job ``waiting`` for longer than ``lost_message_grace`` whose parents
    have ended is released or failed (:meth:`~offload.broker.pipeline.Pipeline.check_waiting`):
    a release that a crash between a parent's end and its children's release missed.
+7. **Permits and holds.** A concurrency permit whose attempt is no longer active is returned
+   and the limit's waiters queued (:meth:`~offload.broker.limits.Limits.sweep`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
 
 from offload.broker import keys, scripts
+from offload.broker.limits import Limits
 from offload.broker.nodes import NodeRegistry
 from offload.broker.pipeline import Pipeline
-from offload.broker.publish import publish
+from offload.broker.publish import move_overdue, publish
+from offload.broker.queues import UNACKED, UNACKED_INDEX, message_job, message_jobs, queue_lists
 from offload.broker.records import JobRecords
 from offload.broker.recovery import requeue
+from offload.broker.routing import node_queue_messages, registered_nodes
 from offload.broker.status import ACTIVE, JobStatus
 from offload.config import Settings
 from offload.errors import JobNotFound
 
 log = logging.getLogger(__name__)
 
-# kombu's Redis transport: a queue's ready messages live in one list per priority step, and
-# delivered-unacknowledged ones in a hash (kombu.transport.redis.Channel).
-PRIORITY_STEPS = (0, 3, 6, 9)
-PRIORITY_SEP = "\x06\x16"
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
-
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def queue_lists(queue: str) -> list[str]:
-    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS]
-
-
-def message_job(raw: str | bytes) -> str | None:
-    """The job id a kombu message (JSON envelope) is about, or None if it is not ours."""
-    try:
-        msg = json.loads(raw)
-        if isinstance(msg, list):  # an unacked entry: [message, exchange, routing_key]
-            msg = msg[0]
-        task_id = str(msg["headers"]["id"])
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None
-    return task_id.split(".", 1)[0]
 
 
 @dataclass
@@ -86,10 +66,14 @@ class SweepReport:
     dropped_deliveries: int = 0
     deregistered: list[str] = field(default_factory=list)
     settled: list[str] = field(default_factory=list)  # waiting jobs released or failed
+    retried: list[str] = field(default_factory=list)  # delayed retries published when due
+    moved: list[str] = field(default_factory=list)  # out of node queues (locality grace)
 
     def __bool__(self) -> bool:
         return bool(
             self.settled
+            or self.retried
+            or self.moved
             or self.extended
             or self.requeued
             or self.failed
@@ -108,10 +92,12 @@ class Sweeper:
         self.queues = [c.name for c in settings.classes]
         self.lease_ttl = settings.lease_ttl
         self.grace = settings.lost_message_grace
+        self.locality_grace = settings.locality_grace
         self.max_losses = settings.max_node_losses
         self.interval = settings.sweep_interval
         self.lock_ms = int(max(settings.sweep_interval, 1.0) * 4000)
         self.pipeline = Pipeline(records, app)
+        self.limits = Limits(records, self.pipeline.park, self.pipeline.resume)
         self._extend = self.r.register_script(scripts.EXTEND_ALL)
         self._release = self.r.register_script(_RELEASE)
 
@@ -148,10 +134,13 @@ class Sweeper:
                 )
             return report
         self.expire_leases(now, report)
+        report.retried = self.publish_due_retries(now)
+        report.moved = move_overdue(self.app, self.records, self.locality_grace, now)
         self.republish_lost(now, report)
         report.dropped_deliveries = self.drop_stale_deliveries()
         report.deregistered = self.forget_lost_nodes(now)
         report.settled = self.pipeline.check_waiting(now - self.grace)
+        report.settled += self.limits.sweep(self.queues, now - self.grace)  # permits, holds
         if report:
             log.warning("sweep: %s", report)
         return report
@@ -184,6 +173,24 @@ class Sweeper:
             elif outcome is JobStatus.FAILED:
                 report.failed.append(job_id)
 
+    # -- delayed retries --------------------------------------------------------------------
+
+    def publish_due_retries(self, now: float) -> list[str]:
+        """Publish the queued jobs whose retry backoff is over (ZREM decides who does it)."""
+        sent = []
+        for job_id in self.r.zrangebyscore(keys.RETRIES, "-inf", now):
+            job_id = str(job_id)
+            if not self.r.zrem(keys.RETRIES, job_id):
+                continue  # another sweeper took it
+            try:
+                rec = self.records.get(job_id)
+            except JobNotFound:
+                continue
+            if rec.status is JobStatus.QUEUED:
+                publish(self.app, rec, f"{job_id}.d{rec.attempt + 1}")
+                sent.append(job_id)
+        return sent
+
     # -- 3. lost messages -------------------------------------------------------------------
 
     def republish_lost(self, now: float, report: SweepReport) -> None:
@@ -211,8 +218,9 @@ class Sweeper:
         present: set[str] = set()
         for queue in self.queues:
             for name in queue_lists(queue):
-                present.update(_jobs(self.r.lrange(name, 0, -1)))
-        present.update(_jobs(self.r.hvals(UNACKED)))
+                present.update(message_jobs(self.r.lrange(name, 0, -1)))
+        present.update(j for _, _, j in node_queue_messages(self.r, registered_nodes(self.r)))
+        present.update(message_jobs(self.r.hvals(UNACKED)))
         return present
 
     # -- 4. stale deliveries ----------------------------------------------------------------
@@ -241,10 +249,3 @@ class Sweeper:
                 self.registry.deregister(node.name)
                 gone.append(node.name)
         return gone
-
-
-def _jobs(raws: Iterable[str | bytes]) -> Iterable[str]:
-    for raw in raws:
-        job_id = message_job(raw)
-        if job_id is not None:
-            yield job_id

@@ -47,11 +47,13 @@ def cli() -> None:
 def main() -> None:
     from offload.cli import (  # noqa: F401  (registers the commands)
         cachecmd,
+        controlcmd,
         jobs,
         keycmd,
         nodescmd,
         platform,
         scalecmd,
+        schedulecmd,
     )
 
     cli(prog_name="offload")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,11 +14,17 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TaskID
 from rich.table import Table
 
+from offload.broker import keys
+from offload.broker.pipeline import Pipeline
+from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus, Reason
 from offload.cli import cli, handle_errors, settings_of
+from offload.cli.controlcmd import why_lines
+from offload.cli.graphview import graph, graph_lines
 from offload.errors import SpecError
 from offload.producer.client import Client
 from offload.producer.job import Job, JobResult
+from offload.spec import JOB_ID_RE, OutputRef
 
 console = Console(highlight=False)
 EXIT_TIMED_OUT = 124
@@ -63,6 +70,41 @@ def _pairs(option: str, values: tuple[str, ...]) -> list[tuple[str, str]]:
     return out
 
 
+# ``--input NAME=JOB_ID:OUTPUT``: a value that starts with 32 hex digits and a colon names
+# another job's output; anything else is a content id, an s3:// URI or a local path.
+JOB_OUTPUT_RE = re.compile(r"^([0-9a-f]{32}):(.*)\Z", re.DOTALL)
+INPUT_HELP = (
+    "An input, mounted at /offload/in/NAME: NAME=PATH (a local file, uploaded), "
+    "NAME=sha256:<id> (a stored object), NAME=s3://bucket/key, or NAME=JOB_ID:OUTPUT — "
+    "another job's output OUTPUT (its path under /offload/out), where JOB_ID is the 32 "
+    "hex digits `offload submit` printed; the job then waits until that job succeeds. "
+    "A value that starts with 32 hex digits and ':' is always read as JOB_ID:OUTPUT: "
+    "write such a local file as ./PATH. Repeatable."
+)
+
+
+def _inputs(values: tuple[str, ...]) -> dict[str, str | OutputRef]:
+    """``--input`` values: ``JOB_ID:OUTPUT`` becomes a reference to that job's output."""
+    out: dict[str, str | OutputRef] = {}
+    for name, value in _pairs("--input", values):
+        match = JOB_OUTPUT_RE.match(value)
+        if match is None:
+            out[name] = value
+            continue
+        try:
+            out[name] = OutputRef(match.group(1), match.group(2))
+        except ValueError as exc:
+            raise SpecError(f"--input {name}", f"JOB_ID:OUTPUT {value!r}: {exc}") from None
+    return out
+
+
+def _after(values: tuple[str, ...]) -> list[str]:
+    for value in values:
+        if not JOB_ID_RE.match(value):
+            raise SpecError("--after", f"expected a job id (32 hex digits), got {value!r}")
+    return list(values)
+
+
 def _params(values: tuple[str, ...], option: str = "--param") -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, value in _pairs(option, values):
@@ -101,14 +143,26 @@ def print_logs(job: Job, follow: bool) -> None:
 @click.option("--cpu", type=float, default=1.0, show_default=True, help="CPUs (fractional).")
 @click.option("--memory", default="512m", show_default=True, help="Memory: 512m, 4g, 2GiB.")
 @click.option("--gpus", type=int, default=0, show_default=True)
-@click.option("--input", "inputs", multiple=True, metavar="NAME=PATH|NAME=sha256:…")
+@click.option(
+    "--input", "inputs", multiple=True, metavar="NAME=PATH|sha256:…|JOB_ID:OUTPUT", help=INPUT_HELP
+)
+@click.option(
+    "--after",
+    "after",
+    multiple=True,
+    metavar="JOB_ID",
+    help="Start only once job JOB_ID succeeded (order without data; fails with "
+    "upstream_failed if it does not). Repeatable.",
+)
 @click.option("--param", "params", multiple=True, metavar="K=V | K:=JSON")
 @click.option("--secret", "secrets", multiple=True, metavar="K=V", help="A param never shown.")
 @click.option("--env", "env", multiple=True, metavar="K=V")
 @click.option("--timeout", type=float, default=None, help="Seconds before the job is killed.")
 @click.option("--retries", type=int, default=0, show_default=True)
 @click.option("--network", is_flag=True, help="Give the container network access.")
-@click.option("--no-cache", is_flag=True, help="Run even if an identical job succeeded before.")
+@click.option(
+    "--no-cache", is_flag=True, help="Run even if an identical job succeeded before or runs now."
+)
 @click.option("--name", default=None)
 @click.option("--label", "labels", multiple=True, metavar="K=V")
 @click.option("--wait", is_flag=True, help="Follow the logs and exit with the job's outcome.")
@@ -122,6 +176,7 @@ def submit(
     memory: str,
     gpus: int,
     inputs: tuple[str, ...],
+    after: tuple[str, ...],
     params: tuple[str, ...],
     secrets: tuple[str, ...],
     env: tuple[str, ...],
@@ -133,12 +188,17 @@ def submit(
     labels: tuple[str, ...],
     wait: bool,
 ) -> None:
-    """Submit a job running IMAGE (optionally with COMMAND); prints its id."""
+    """Submit a job running IMAGE (optionally with COMMAND); prints its id.
+
+    A job whose inputs name other jobs' outputs (--input NAME=JOB_ID:OUTPUT) or that runs
+    --after other jobs is `waiting` until they succeed, then queued with those outputs.
+    """
     client = _client(ctx)
     job = client.submit(
         image,
         list(command) or None,
-        inputs=dict(_pairs("--input", inputs)),
+        inputs=_inputs(inputs),
+        after=_after(after),
         params=_params(params),
         secrets=_params(secrets, "--secret"),
         cpu=cpu,
@@ -179,10 +239,12 @@ def _print_outcome(result: JobResult) -> None:
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Show a job's status, timeline and outputs."""
+    """Show a job's status, timeline and outputs; its parents and children, and for a
+    waiting job what it waits for."""
     job = _client(ctx).job(job_id)
     rec = job.record()
     timeline = job.timeline()
+    deps = graph(job.client, rec)
     if as_json:
         data = {
             "id": rec.id,
@@ -198,7 +260,9 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             "spec": rec.view,
             "timings": rec.timings,
             "cache_hit": rec.cache_hit,
-            "waiting": job.why_waiting(),
+            "waiting": job.client.control.why(rec) or job.why_waiting(),
+            "route": route_line(job.client, rec),
+            **deps,
             "timeline": [
                 {
                     "status": e.status.value,
@@ -218,6 +282,17 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         console.print(f"reason: {rec.reason} — {rec.message or ''}  exit code {rec.exit_code}")
     if rec.status is JobStatus.QUEUED:
         console.print(f"waiting: {job.why_waiting()}")
+    route = route_line(job.client, rec)
+    if route:
+        console.print(f"route: {route}")
+    for line in why_lines(job.client, rec):  # a concurrency limit or a held class
+        console.print(line)
+    for line in graph_lines(deps):  # parents, children, what a waiting job waits for
+        console.print(line)
+    if rec.cache_hit:
+        console.print(
+            f"cache hit: outputs made by job {rec.cache_hit} (offload logs shows its logs)"
+        )
     t0 = rec.created_at
     for e in timeline:
         extra = f" ({e.reason})" if e.reason else ""
@@ -226,17 +301,35 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         console.print(f"output {path} {oid}")
 
 
+def route_line(client: Client, rec: JobRecord) -> str | None:
+    """Where locality routing sent the job's last message and why: ``routed to node X: holds
+    240 MiB of 256 MiB inputs`` or ``class queue cpu-small: no live node holds its inputs``."""
+    node, why = client.redis.hmget(keys.job(rec.id), "routed_to", "route_why")
+    if not why:
+        return None
+    where = f"routed to node {node}" if node else f"class queue {rec.resource_class}"
+    return f"{where}: {why}"
+
+
 @cli.command(name="ls")
 @click.option("-n", "--limit", type=int, default=20, show_default=True)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in JobStatus]),
+    help="Only jobs in this status (repeatable): --status waiting lists the jobs waiting for "
+    "their parents (or an identical job in flight).",
+)
 @click.pass_context
 @handle_errors
-def ls(ctx: click.Context, limit: int) -> None:
+def ls(ctx: click.Context, limit: int, statuses: tuple[str, ...]) -> None:
     """List recent jobs (tab-separated when stdout is not a terminal)."""
     now = time.time()
     rows = [
         (rec.id, rec.name, rec.resource_class, rec.status.value, rec.reason or "",
          f"{now - rec.created_at:.0f}s")
-        for rec in _client(ctx).jobs(limit)
+        for rec in _recent(_client(ctx), limit, statuses)
     ]  # fmt: skip
     if not sys.stdout.isatty():
         for row in rows:
@@ -246,6 +339,17 @@ def ls(ctx: click.Context, limit: int) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+LS_SCAN = 5000  # how many recent jobs `ls --status` looks through
+
+
+def _recent(client: Client, limit: int, statuses: tuple[str, ...]) -> list[JobRecord]:
+    """The ``limit`` most recent jobs, only those in ``statuses`` when given."""
+    if not statuses:
+        return client.jobs(limit)
+    wanted = {JobStatus(s) for s in statuses}
+    return [rec for rec in client.jobs(LS_SCAN) if rec.status in wanted][:limit]
 
 
 @cli.command()
@@ -260,11 +364,27 @@ def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
 
 @cli.command()
 @click.argument("job_id")
+@click.option(
+    "--with-descendants",
+    is_flag=True,
+    help="Cancel every job downstream of JOB_ID too (else those waiting for it fail "
+    "upstream_failed).",
+)
 @click.pass_context
 @handle_errors
-def cancel(ctx: click.Context, job_id: str) -> None:
-    """Cancel a job: at once when queued; a running one is killed by its worker."""
-    state = _client(ctx).job(job_id).cancel()
+def cancel(ctx: click.Context, job_id: str, with_descendants: bool) -> None:
+    """Cancel a job: at once when waiting or queued; a running one is killed by its worker."""
+    job = _client(ctx).job(job_id)
+    if not with_descendants:
+        _say_cancelled(job_id, job.cancel())
+        return
+    for each, state in (
+        Pipeline(job.client.records, job.client.app).cancel_with_descendants(job_id).items()
+    ):
+        _say_cancelled(each, state)
+
+
+def _say_cancelled(job_id: str, state: JobStatus) -> None:
     if state is JobStatus.CANCELLED:
         click.echo(f"{job_id} cancelled")
     elif state.terminal:

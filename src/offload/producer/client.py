@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from offload.broker.app import App, make_app, redis_client
+from offload.broker.limits import LimitUsage
 from offload.broker.pipeline import Pipeline
 from offload.broker.publish import publish
 from offload.broker.records import JobRecord, JobRecords
@@ -22,8 +23,16 @@ from offload.cache.imports import import_s3
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import BrokerError, CacheError, JobNotFound, SpecError
+from offload.producer.control import Control
 from offload.producer.job import Job, JobResult
-from offload.spec import OBJECT_ID_RE, JobSpec, OutputRef, parse_output_ref, resolve_class
+from offload.spec import (
+    OBJECT_ID_RE,
+    JobSpec,
+    OutputRef,
+    RetryPolicy,
+    parse_output_ref,
+    resolve_class,
+)
 
 InputRef = str | os.PathLike[str] | OutputRef
 PLACEHOLDER_ID = "sha256:" + "0" * 64
@@ -89,6 +98,8 @@ class Client:
         labels: Mapping[str, str] | None = None,
         task: tuple[int, int] | None = None,
         after: Sequence[Job | str] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        priority: int = 0,
     ) -> Job:
         """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued.
 
@@ -114,6 +125,8 @@ class Client:
             labels=labels,
             task=task,
             after=after,
+            retry=retry,
+            priority=priority,
         )
         return self._publish(self._build(draft), draft.queue)
 
@@ -186,6 +199,8 @@ class Client:
         labels: Mapping[str, str] | None = None,
         task: tuple[int, int] | None = None,
         after: Sequence[Job | str] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        priority: int = 0,
     ) -> _Draft:
         """Check everything about a job that needs no upload: every field, its class, and
         that its local input files exist. Nothing is written anywhere."""
@@ -208,6 +223,8 @@ class Client:
             labels=dict(labels or {}),
             task=task,
             after=tuple(j.id if isinstance(j, Job) else j for j in (after or ())),
+            retry=self._retry_policy(retry),
+            priority=priority,
         )
         refs = dict(inputs or {})
         draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
@@ -221,6 +238,11 @@ class Client:
         for i, job_id in enumerate(draft.after):
             self._check_job(f"after[{i}]", job_id)
         return _Draft(fields, refs, queue)
+
+    def _retry_policy(self, retry: RetryPolicy | Mapping[str, Any] | None) -> dict[str, Any]:
+        """The cluster's default policy (``OFFLOAD_RETRY_POLICY``), overridden by the job's."""
+        own = retry.model_dump() if isinstance(retry, RetryPolicy) else dict(retry or {})
+        return {**self.settings.retry_policy, **own}
 
     def _check_job(self, field: str, job_id: str) -> None:
         try:
@@ -298,6 +320,29 @@ class Client:
     def jobs(self, limit: int = 50) -> list[JobRecord]:
         return self.records.list(limit)
 
+    # -- job control: concurrency limits and held classes (offload.producer.control) --------
+
+    @cached_property
+    def control(self) -> Control:
+        return Control(self)
+
+    def set_limit(self, limit: str, max_running: int) -> LimitUsage:
+        """At most ``max_running`` jobs labelled ``limit`` ("db=orders") run at once."""
+        return self.control.set_limit(limit, max_running)
+
+    def remove_limit(self, limit: str) -> bool:
+        return self.control.remove_limit(limit)
+
+    def limits(self) -> list[LimitUsage]:
+        return self.control.limits()
+
+    def hold(self, resource_class: str) -> bool:
+        """Start no new job of the class until :meth:`release`; running ones finish."""
+        return self.control.hold(resource_class)
+
+    def release(self, resource_class: str) -> list[str]:
+        return self.control.release(resource_class)
+
     # -- data ------------------------------------------------------------------------------
 
     def put(self, path: str | os.PathLike[str]) -> str:
@@ -329,7 +374,18 @@ class _Draft:
 # The ``submit`` keywords a ``map`` item may set: mappings merged over ``common``'s, the rest
 # replacing them.
 MERGED_KEYS = ("inputs", "params", "secrets", "env", "labels")
-REPLACED_KEYS = ("name", "cpu", "memory", "gpus", "timeout", "retries", "network", "cache")
+REPLACED_KEYS = (
+    "name",
+    "cpu",
+    "memory",
+    "gpus",
+    "timeout",
+    "retries",
+    "retry",
+    "priority",
+    "network",
+    "cache",
+)
 
 
 def _merge(item: Any, common: Mapping[str, Any], index: int, count: int) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import (
@@ -24,8 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-from offload.errors import SpecError, UnschedulableError
+from offload.errors import SpecError
+from offload.spec.classes import (
+    DEFAULT_CLASSES,
+    ResourceClass,
+    Resources,
+    resolve_class,
+)
 from offload.spec.refs import JOB_ID_RE, OUTPUT_REF_RE, OutputRef, parse_output_ref
+from offload.spec.retry import RetryPolicy
 from offload.spec.sizes import (
     MAX_MEMORY,
     MIN_MEMORY,
@@ -39,8 +45,6 @@ from offload.spec.sizes import (
     parse_size,
 )
 
-MAX_CPU = 1024.0
-MAX_GPUS = 64
 MAX_RETRIES = 10
 # The command, parameters and environment together: they travel in every job record and the
 # environment reaches the container's exec (Linux refuses one string over 128 KiB and the
@@ -54,6 +58,8 @@ MAX_ENV_PARAM = 16 * KiB
 OBJECT_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# OFFLOAD_* names the platform sets through env: a schedule's run time (producer/schedules.py)
+PLATFORM_ENV = frozenset({"OFFLOAD_SCHEDULED_AT"})
 
 # Docker's reference grammar (distribution/reference), anchored.
 _ALNUM = r"[a-z0-9]+"
@@ -97,75 +103,6 @@ def param_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-class Resources(BaseModel):
-    """What a job needs from a node: CPUs (fractional), memory in bytes, whole GPUs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    cpu: float = Field(default=1.0, gt=0, le=MAX_CPU, allow_inf_nan=False)
-    memory: int = Field(default=512 * MiB)
-    gpus: int = Field(default=0, ge=0, le=MAX_GPUS)
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, value: Any) -> int:
-        return parse_memory(value)
-
-    @field_validator("cpu")
-    @classmethod
-    def _cpu(cls, value: float) -> float:
-        if value < 0.01:
-            raise ValueError("must be at least 0.01 CPU")
-        return value
-
-
-class ResourceClass(BaseModel):
-    """A named queue and the largest (and, for GPUs, smallest) job it takes."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    max_cpu: float = Field(gt=0)
-    max_memory: int
-    min_gpus: int = Field(default=0, ge=0)
-    max_gpus: int = Field(default=0, ge=0)
-
-    @field_validator("max_memory", mode="before")
-    @classmethod
-    def _memory(cls, value: Any) -> int:
-        return parse_memory(value)
-
-    def fits(self, res: Resources) -> bool:
-        return (
-            res.cpu <= self.max_cpu
-            and res.memory <= self.max_memory
-            and self.min_gpus <= res.gpus <= self.max_gpus
-        )
-
-    def describe(self) -> str:
-        gpus = f", {self.min_gpus}-{self.max_gpus} GPU" if self.max_gpus else ""
-        return f"{self.name} (<= {self.max_cpu:g} CPU, <= {format_memory(self.max_memory)}{gpus})"
-
-
-DEFAULT_CLASSES: tuple[ResourceClass, ...] = (
-    ResourceClass(name="cpu-small", max_cpu=1, max_memory=2 * GiB),
-    ResourceClass(name="cpu-large", max_cpu=8, max_memory=32 * GiB),
-    ResourceClass(name="gpu-large", max_cpu=32, max_memory=256 * GiB, min_gpus=1, max_gpus=8),
-)
-
-
-def resolve_class(res: Resources, classes: Sequence[ResourceClass]) -> ResourceClass:
-    """The smallest class that fits ``res``; :class:`UnschedulableError` when none does."""
-    fitting = [c for c in classes if c.fits(res)]
-    if not fitting:
-        wanted = f"{res.cpu:g} CPU, {format_memory(res.memory)}, {res.gpus} GPU"
-        names = "; ".join(c.describe() for c in classes)
-        raise UnschedulableError(
-            "resources", f"no resource class can take {wanted}; classes: {names}"
-        )
-    return min(fitting, key=lambda c: (c.max_gpus, c.max_cpu, c.max_memory))
-
-
 JSONValue = Any
 
 
@@ -187,6 +124,8 @@ class JobSpec(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    priority: int = Field(default=0, ge=0, le=9)  # 9 first; through kombu's priority lists
     env: dict[str, str] = Field(default_factory=dict)
     network: bool = False
     cache: bool = True
@@ -313,7 +252,7 @@ class JobSpec(BaseModel):
         for key in value:
             if not _ENV_RE.match(key):
                 raise ValueError(f"environment name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
-            if key.upper().startswith("OFFLOAD_"):
+            if key.upper().startswith("OFFLOAD_") and key not in PLATFORM_ENV:
                 raise ValueError(f"environment name {key!r}: the OFFLOAD_ prefix is reserved")
             if "\x00" in value[key]:
                 raise _FieldProblem((key,), "must not contain NUL characters")
@@ -433,6 +372,7 @@ __all__ = [
     "OutputRef",
     "ResourceClass",
     "Resources",
+    "RetryPolicy",
     "TiB",
     "build_spec",
     "format_memory",

@@ -9,20 +9,22 @@ neither loses an outcome nor makes a job run again.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus, Reason
-from offload.errors import BrokerError
-from offload.spec import JobSpec
+from offload.errors import BrokerError, SpecError
+from offload.spec import JobSpec, ResourceClass, format_memory, resolve_class
+from offload.spec.retry import RETRYABLE_REASONS
 from offload.worker.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
 
 # Failures that spend a retry; a lost node or a node without a free GPU spends none.
-RETRYABLE = frozenset({Reason.EXIT_CODE, Reason.OOM_KILLED, Reason.TIMEOUT, Reason.START_FAILED})
+RETRYABLE = frozenset(Reason(r) for r in RETRYABLE_REASONS)
 
 
 def retries_used(records: JobRecords, job_id: str) -> int:
@@ -44,10 +46,12 @@ class Recorder:
         attempt: int,
         spec: JobSpec,
         retries_before: int,
+        classes: Sequence[ResourceClass] = (),
     ) -> None:
         self.records, self.journal, self.publish = records, journal, publish
         self.job_id, self.attempt, self.spec = job_id, attempt, spec
         self.retries_before = retries_before
+        self.classes = classes
         self.journaled = False
         self.last_lines: Callable[[], list[tuple[str, str]]] = list
 
@@ -84,9 +88,27 @@ class Recorder:
         exit_code: int | None = None,
         timings: dict[str, float] | None = None,
     ) -> JobStatus:
-        if reason in RETRYABLE and self.retries_before < self.spec.retries:
-            return self.requeue(
-                reason, f"attempt {self.attempt} {message}; retrying", exit_code=exit_code
+        policy = self.spec.retry
+        if self.retries_before < self.spec.retries and policy.retries(reason.value, exit_code):
+            n = self.retries_before + 1
+            spec, queue, more = self.spec, "", ""
+            if reason is Reason.OOM_KILLED:
+                escalated = self.more_memory()
+                if escalated is None:
+                    message += "; no resource class can give it more memory"
+                    return self.record(status, reason=reason, message=message, exit_code=exit_code)
+                spec, queue = escalated
+                mem = format_memory(spec.resources.memory)
+                more = f" with {mem} of memory in {queue}"
+            delay = policy.delay(n)
+            return self.retry(
+                reason,
+                f"attempt {self.attempt} {message}; retry {n} of {self.spec.retries}"
+                f"{more} in {delay:.1f}s",
+                exit_code,
+                delay,
+                spec if spec is not self.spec else None,
+                queue,
             )
         return self.record(
             status,
@@ -95,6 +117,42 @@ class Recorder:
             exit_code=exit_code,
             timings=timings or {},
         )
+
+    def more_memory(self) -> tuple[JobSpec, str] | None:
+        """The spec with ``retry.memory_factor`` times the memory, and the class that takes
+        it — the next one up when its own no longer does; None when none does."""
+        res = self.spec.resources
+        memory = int(res.memory * self.spec.retry.memory_factor)
+        try:
+            bigger = res.model_copy(update={"memory": memory})
+            queue = resolve_class(bigger, self.classes).name
+        except (SpecError, ValueError):
+            return None
+        return self.spec.model_copy(update={"resources": bigger}), queue
+
+    def retry(
+        self,
+        reason: Reason,
+        message: str,
+        exit_code: int | None,
+        delay: float,
+        spec: JobSpec | None,
+        queue: str,
+    ) -> JobStatus:
+        """Back to ``queued`` for a retry, published after ``delay`` seconds by the sweeper
+        (no slot, no unacknowledged message meanwhile); with ``spec``/``queue`` when the next
+        attempt asks for more memory, in another class."""
+        fields: dict[str, Any] = {"reason": reason, "message": message, "exit_code": exit_code}
+        if spec is not None:
+            fields.update(spec=spec.encode(), view=json.dumps(spec.redacted()), **{"class": queue})
+        status = self.record(JobStatus.QUEUED, **fields)
+        if status is not JobStatus.QUEUED or self.journaled:
+            return status
+        if delay > 0:
+            self.records.delay(self.job_id, delay)
+        else:
+            self.publish(self.job_id, spec or self.spec, self.attempt)
+        return status
 
     def requeue(self, reason: Reason, message: str, exit_code: int | None = None) -> JobStatus:
         """Back to ``queued`` and published again (when journaled, the sweeper republishes

@@ -13,80 +13,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from offload.broker.nodes import NodeRegistry
-from offload.broker.records import JobRecords
+from offload.broker.inflight import InFlight, wait_for
 from offload.broker.status import JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo, action_key
-from offload.cache.store import Store
 from offload.errors import BrokerError, CacheError, StoreUnavailable
 from offload.spec import JobSpec, format_memory
 from offload.worker import staging
-from offload.worker.capacity import Capacity
 from offload.worker.endings import Recorder, retries_used
-from offload.worker.gpus import GpuAllocator, GpuLease, GpusBusy
-from offload.worker.journal import Journal
+from offload.worker.gpus import GpuLease, GpusBusy
 from offload.worker.lease import LeaseKeeper
 from offload.worker.logsink import LogForwarder
-from offload.worker.runtime import ContainerRequest, Exit, ImageMissing, Runtime, StartFailed
+from offload.worker.node import CacheHit, HandBack, Node, Outcome, Parked, Superseded
+from offload.worker.runtime import ContainerRequest, Exit, ImageMissing, StartFailed
 
 log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between cancel checks while a container runs
-
-
-@dataclass
-class Node:
-    """What an executor needs from the node it runs on."""
-
-    name: str
-    capacity: Capacity
-    records: JobRecords
-    store: Store
-    runtime: Runtime
-    work_dir: Path
-    user: str
-    pids_limit: int
-    tmpfs_size: str
-    requeue: Callable[[str, JobSpec, int], None]
-    memo: ActionCache | None = None
-    registry: NodeRegistry | None = None  # the node registry: running set, live attempts
-    gpus: GpuAllocator | None = None  # gives each attempt GPUs of its own
-    journal: Journal | None = None  # outcomes reached while Redis is away
-    cluster: str = ""  # the cluster's id, a label on every container (see LocalReaper)
-
-
-class CacheHit(Exception):
-    """An earlier identical job's outputs are still fetchable: no container needed."""
-
-    def __init__(self, memo: Memo) -> None:
-        super().__init__(memo.job_id)
-        self.memo = memo
-
-
-class Superseded(Exception):
-    """This attempt is no longer the job's current one (fenced): stop and write nothing."""
-
-
-class HandBack(Exception):
-    """This node cannot run the job now (no free GPU): back to the queue, no retry used."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
-
-
-class Outcome(Exception):
-    """Ends an attempt early with a terminal status and reason."""
-
-    def __init__(
-        self, status: JobStatus, reason: Reason, message: str, exit_code: int | None = None
-    ):
-        super().__init__(message)
-        self.status, self.reason, self.message, self.exit_code = status, reason, message, exit_code
 
 
 def execute(node: Node, job_id: str) -> JobStatus | None:
@@ -105,7 +48,11 @@ def execute(node: Node, job_id: str) -> JobStatus | None:
     # The node's running set and the lease follow the record: begin_attempt put the job
     # there, the attempt's last transition takes it out (same atomic calls).
     record = node.records.get(job_id)
-    return Attempt(node, job_id, attempt, record.spec).run()
+    run = Attempt(node, job_id, attempt, record.spec)
+    try:
+        return run.run()
+    finally:  # after its end and memo are written, before the jobs waiting for it are queued
+        run.release_in_flight()
 
 
 class Attempt:
@@ -115,6 +62,7 @@ class Attempt:
         self.workspace: staging.Workspace | None = None
         self.timings: dict[str, float] = {}
         self.memo_key: str | None = None
+        self.in_flight: InFlight | None = None  # set once this attempt claimed its action
         self.forwarder: LogForwarder | None = None
         self.t_start = 0.0
         self.gpu_lease: GpuLease | None = None
@@ -127,6 +75,7 @@ class Attempt:
             attempt,
             spec,
             retries_used(node.records, job_id),
+            node.classes,
         )
 
     @property
@@ -140,6 +89,7 @@ class Attempt:
         try:
             self.check_cancel()
             self.check_fits()
+            self.check_limits()
             self.stage()
             self.start()
             exit_ = self.wait()
@@ -159,6 +109,9 @@ class Attempt:
         except HandBack as hb:
             self.cleanup()
             return self.rec.requeue(hb.reason, hb.message)
+        except Parked:
+            self.cleanup()
+            return JobStatus.WAITING
         except Superseded:
             self.cleanup()
             log.warning("job %s attempt %d: no longer current; stopped", *self.ident)
@@ -192,6 +145,17 @@ class Attempt:
     def check_cancel(self) -> None:
         if self.node.records.cancel_requested(self.job_id):
             raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled")
+
+    def check_limits(self) -> None:
+        """A permit of every concurrency limit the job's labels fall under, or the job waits
+        (so does a job of a held class) and its slot goes back (:mod:`offload.broker.limits`)."""
+        if self.node.limits is None:
+            return
+        verdict = self.node.limits.enter(self.job_id, self.attempt, self.spec.labels)
+        if verdict == "parked":
+            raise Parked()
+        if verdict == "fenced":
+            raise Superseded()
 
     def check_fits(self) -> None:
         why = self.node.capacity.can_run(self.spec.resources)
@@ -227,6 +191,7 @@ class Attempt:
         self.memo_key = action_key(self.spec, digest)
         hit = memo.get(self.memo_key)
         if hit is None:
+            self.check_in_flight(memo)
             return
         try:
             present = all(self.node.store.has(oid) for oid in hit.outputs.values())
@@ -241,6 +206,40 @@ class Attempt:
         if present:
             raise CacheHit(hit)
         memo.drop(self.memo_key)  # its outputs are gone: run the job again
+        self.check_in_flight(memo)
+
+    def check_in_flight(self, memo: ActionCache) -> None:
+        """No memo: claim the action for this job (:mod:`offload.broker.inflight`). When an
+        identical job runs it now, this attempt gives its slot back and the job waits for it;
+        queued again when it ends, the job takes its outputs from the memo or runs itself."""
+        assert self.memo_key is not None
+        inflight = InFlight(self.node.records.r)
+        ttl = self.spec.timeout + self.node.records.lease_ttl + 60
+        holder = inflight.claim(self.memo_key, self.job_id, ttl)
+        if holder is None:
+            self.in_flight = inflight
+            return
+        if holder.status is JobStatus.SUCCEEDED:  # it ended a moment ago, memo not written yet
+            outputs = self.node.records.get(holder.job_id).outputs
+            try:
+                if all(self.node.store.has(oid) for oid in outputs.values()):
+                    raise CacheHit(Memo(self.memo_key, outputs, holder.job_id))
+            except StoreUnavailable:
+                pass
+            return  # run it ourselves
+        log.info("job %s: identical job %s runs now; waiting for it", self.job_id, holder.job_id)
+        if wait_for(self.node.records, self.job_id, self.attempt, holder.job_id):
+            self.node.requeue(self.job_id, self.spec, self.attempt)  # it ended meanwhile
+        raise Parked()
+
+    def release_in_flight(self) -> None:
+        """Let go of this job's claim on its action, however the attempt ended."""
+        if self.in_flight is None or self.memo_key is None:
+            return
+        try:
+            self.in_flight.release(self.memo_key, self.job_id, self.attempt)
+        except BrokerError as exc:  # it expires by itself
+            log.warning("job %s: in-flight marker not released (%s)", self.job_id, exc)
 
     def start(self) -> None:
         assert self.workspace is not None
@@ -378,3 +377,5 @@ class Attempt:
             self.gpu_lease.release()
         if self.workspace is not None:
             self.workspace.remove()
+        if self.node.limits is not None:  # permits back once the container is gone
+            self.node.limits.leave(self.job_id, self.attempt, self.spec.labels)

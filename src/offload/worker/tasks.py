@@ -17,6 +17,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from offload.broker.app import TASK_NAME, TaskFailed, redis_client
+from offload.broker.limits import Limits
 from offload.broker.nodes import NodeRegistry
 from offload.broker.pipeline import Pipeline
 from offload.broker.publish import publish
@@ -43,6 +44,7 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         publish(app, records.get(job_id), f"{job_id}.{attempt + 1}")
 
     registry = NodeRegistry(records.r, lost_after=settings.lost_after)
+    pipeline = Pipeline(records, app)
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Node(
@@ -61,6 +63,8 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         gpus=GpuAllocator(capacity.gpus, lock_dir(settings.home)),
         journal=Journal(settings.journal_dir),
         cluster=registry.cluster_id(),
+        classes=settings.classes,
+        limits=Limits(records, pipeline.park, pipeline.resume),
     )
 
 

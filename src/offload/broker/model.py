@@ -1,0 +1,87 @@
+"""A job's record and timeline entries as read from Redis (schema: :mod:`offload.broker.keys`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from offload.broker.status import JobStatus, Reason
+from offload.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's status timeline."""
+
+    status: JobStatus
+    at: float
+    node: str
+    attempt: int
+    reason: Reason | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's record as stored in Redis, parsed."""
+
+    id: str
+    spec: JobSpec
+    view: dict[str, Any]
+    resource_class: str
+    status: JobStatus
+    created_at: float
+    updated_at: float
+    attempt: int = 0
+    node: str | None = None
+    container: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: Reason | None = None
+    message: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    cancel_requested: bool = False
+    cache_hit: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    pid: int = 0
+    gpus: tuple[str, ...] = ()
+    wait: str = ""  # what a waiting job waits for: "" (its parents), "limit:…", "held:…", …
+    retry_at: float | None = None  # when a queued job's delayed retry is due (Redis time)
+
+    @property
+    def name(self) -> str:
+        return self.spec.display_name()
+
+
+def _num(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def parse_record(job_id: str, h: dict[str, str]) -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        spec=JobSpec.decode(h["spec"]),
+        view=json.loads(h.get("view") or "{}"),
+        resource_class=h.get("class", ""),
+        status=JobStatus(h["status"]),
+        created_at=float(h.get("created_at") or 0),
+        updated_at=float(h.get("updated_at") or 0),
+        attempt=int(h.get("attempt") or 0),
+        node=h.get("node") or None,
+        container=h.get("container") or None,
+        started_at=_num(h.get("started_at")),
+        finished_at=_num(h.get("finished_at")),
+        exit_code=int(h["exit_code"]) if h.get("exit_code") else None,
+        reason=Reason(h["reason"]) if h.get("reason") else None,
+        message=h.get("message") or None,
+        outputs=json.loads(h.get("outputs") or "{}"),
+        cancel_requested=h.get("cancel") == "1",
+        cache_hit=h.get("cache_hit") or None,
+        timings=json.loads(h.get("timings") or "{}"),
+        pid=int(h.get("pid") or 0),
+        gpus=tuple(g for g in (h.get("gpus") or "").split(",") if g),
+        wait=h.get("wait") or "",
+        retry_at=_num(h.get("retry_at")),
+    )

@@ -1,0 +1,77 @@
+"""What an attempt needs from its node, and how an attempt's steps end early."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from offload.broker.limits import Limits
+from offload.broker.nodes import NodeRegistry
+from offload.broker.records import JobRecords
+from offload.broker.status import JobStatus, Reason
+from offload.cache.actions import ActionCache, Memo
+from offload.cache.store import Store
+from offload.spec import JobSpec, ResourceClass
+from offload.worker.capacity import Capacity
+from offload.worker.gpus import GpuAllocator
+from offload.worker.journal import Journal
+from offload.worker.runtime import Runtime
+
+
+@dataclass
+class Node:
+    """What an executor needs from the node it runs on."""
+
+    name: str
+    capacity: Capacity
+    records: JobRecords
+    store: Store
+    runtime: Runtime
+    work_dir: Path
+    user: str
+    pids_limit: int
+    tmpfs_size: str
+    requeue: Callable[[str, JobSpec, int], None]
+    memo: ActionCache | None = None
+    registry: NodeRegistry | None = None  # the node registry: running set, live attempts
+    gpus: GpuAllocator | None = None  # gives each attempt GPUs of its own
+    journal: Journal | None = None  # outcomes reached while Redis is away
+    cluster: str = ""  # the cluster's id, a label on every container (see LocalReaper)
+    classes: Sequence[ResourceClass] = ()  # where an OOM-killed job may grow into
+    limits: Limits | None = None  # concurrency limits and held classes (check_limits)
+
+
+class CacheHit(Exception):
+    """An earlier identical job's outputs are still fetchable: no container needed."""
+
+    def __init__(self, memo: Memo) -> None:
+        super().__init__(memo.job_id)
+        self.memo = memo
+
+
+class Parked(Exception):
+    """The job waits (a full concurrency limit, a held class, an identical job in flight):
+    its slot is given back."""
+
+
+class Superseded(Exception):
+    """This attempt is no longer the job's current one (fenced): stop and write nothing."""
+
+
+class HandBack(Exception):
+    """This node cannot run the job now (no free GPU): back to the queue, no retry used."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+class Outcome(Exception):
+    """Ends an attempt early with a terminal status and reason."""
+
+    def __init__(
+        self, status: JobStatus, reason: Reason, message: str, exit_code: int | None = None
+    ):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.exit_code = status, reason, message, exit_code
