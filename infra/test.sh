@@ -14,4 +14,7 @@ echo "test: import layers (import-linter; contracts in pyproject.toml)"
 .venv/bin/lint-imports --no-cache
 echo "test: pytest"
 # pytest exits 5 when no test ran; like every non-zero code, that fails this script.
-exec .venv/bin/pytest "$@"
+# Tests run in OFFLOAD_TEST_WORKERS processes (pytest-xdist; default 3: most of a test's time is
+# spent waiting on containers and workers, not on the CPU), each with its own redis-server,
+# Redis databases, homes and ports; nothing they share is written by two at once.
+exec .venv/bin/pytest -n "${OFFLOAD_TEST_WORKERS:-3}" "$@"

@@ -114,7 +114,11 @@ def test_truncation_at_a_chunk_boundary_with_a_forged_consistent_header_is_refus
     refused(blob[:-ABYTES], s.oid)  # the real header, the final chunk dropped
 
 
-@pytest.mark.parametrize("junk", [b"\x00", b"junk", os.urandom(ABYTES), os.urandom(SMALL + ABYTES)])
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x00", b"junk", bytes(range(ABYTES)), bytes(i % 251 for i in range(SMALL + ABYTES))],
+    ids=["zero-byte", "text", "a-tag", "a-chunk-and-a-tag"],
+)
 def test_appended_junk_is_refused(junk: bytes) -> None:
     _, oid, blob = three_and_a_half_chunks()
     refused(blob + junk, oid)

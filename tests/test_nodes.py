@@ -61,7 +61,7 @@ def test_worker_registers_heartbeats_and_drains_on_sigterm(private_platform: Pla
     time.sleep(2.5)
     assert nodes(p)[name]["heartbeat_age"] < 3  # still beating
 
-    job = p.client.submit("offload/base", ["sh", "-c", "sleep 5; echo ok"], name="drained")
+    job = p.client.submit("offload/base", ["sh", "-c", "sleep 12; echo ok"], name="drained")
     wait_for(lambda: nodes(p)[name]["running"] == [job.id], 60, "the job in the running set")
     table = p.cli("nodes", timeout=30).stdout.splitlines()  # stdout is a pipe: tab-separated
     row = next(line.split("\t") for line in table if line.startswith(name))

@@ -114,3 +114,39 @@ def test_bad_retry_and_priority_options_are_refused_naming_the_field(worker: Pla
         c.submit("offload/base", retry={"never_exit_codes": [300]})
     with pytest.raises(SpecError, match=r"^priority"):
         c.submit("offload/base", priority=10)
+
+
+def test_retry_and_priority_options_on_the_command_line(worker: Platform) -> None:
+    run = worker.cli(
+        "submit",
+        "offload/base",
+        "--retries",
+        "2",
+        "--retry-never",
+        "3",
+        "--backoff",
+        "5,3,60",
+        "--priority",
+        "7",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    )
+    assert run.returncode == 0, run.stderr
+    job = worker.client.job(run.stdout.strip())
+    spec = job.record().spec
+    assert spec.priority == 7 and spec.retry.never_exit_codes == {3}
+    assert (spec.retry.backoff_initial, spec.retry.backoff_factor, spec.retry.backoff_max) == (
+        5,
+        3,
+        60,
+    )
+    wait_for(lambda: job.record().retry_at is not None, 30, "the retry to be scheduled")
+    status = worker.cli("status", job.id)
+    assert "next retry: at" in status.stdout and "retry 1 of 2" in status.stdout
+    job.cancel()
+    bad = worker.cli("submit", "offload/base", "--backoff", "soon")
+    assert bad.returncode == 2 and "--backoff" in bad.stderr
+    bad = worker.cli("submit", "offload/base", "--retry-on", "cancelled")
+    assert bad.returncode == 2 and "retry.on" in bad.stderr

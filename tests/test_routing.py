@@ -349,7 +349,7 @@ def test_a_custom_class_is_its_own_queue(queued_platform: Platform, broker: redi
     job_id = run.stdout.strip()
     assert len(ready_messages(broker, "mem-huge")) == 1
     assert queue_lengths(broker) == {"cpu-small": 0, "cpu-large": 0, "gpu-large": 0}
-    assert json.loads(broker.lindex("mem-huge", 0))["headers"]["id"] == job_id
+    assert json.loads(ready_messages(broker, "mem-huge")[0])["headers"]["id"] == job_id
     assert queued_platform.client.job(job_id).record().resource_class == "mem-huge"
 
     before = snapshot(broker)

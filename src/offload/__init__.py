@@ -18,10 +18,12 @@ from offload.errors import (
     JobTimeout,
     OffloadError,
     SpecError,
+    StoreUnavailable,
     UnschedulableError,
 )
 from offload.producer import Client, Job, JobResult, LogLine
-from offload.spec import JobSpec, Resources
+from offload.producer.schedules import Schedules
+from offload.spec import JobSpec, OutputRef, Resources, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -40,10 +42,14 @@ __all__ = [
     "JobTimeout",
     "LogLine",
     "OffloadError",
+    "OutputRef",
     "Reason",
     "Resources",
+    "RetryPolicy",
+    "Schedules",
     "Settings",
     "SpecError",
+    "StoreUnavailable",
     "UnschedulableError",
     "load_settings",
 ]

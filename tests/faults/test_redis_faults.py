@@ -83,13 +83,13 @@ def test_redis_away_for_several_leases_while_jobs_run(
     client = p.client
     ids = [
         client.submit(
-            "offload/base", ["sh", "-c", f"sleep 5; echo {i} > /offload/out/n"], name=f"out-{i}"
+            "offload/base", ["sh", "-c", f"sleep 8; echo {i} > /offload/out/n"], name=f"out-{i}"
         ).id
         for i in range(4)
     ]
     wait_for(lambda: containers_running(docker_client) == 2, 60, "two jobs running")
     own_redis.kill9()
-    time.sleep(16)  # four leases (4 s): both running jobs end while Redis is away
+    time.sleep(16)  # four leases (4 s): both running jobs (8 s) end while Redis is away
     own_redis.start()
 
     wait_terminal(p, ids, 120)

@@ -54,6 +54,7 @@ def main() -> None:
         platform,
         scalecmd,
         schedulecmd,
+        submitcmd,
     )
 
     cli(prog_name="offload")

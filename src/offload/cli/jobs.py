@@ -1,121 +1,32 @@
-"""Job commands: submit, status, ls, logs, cancel, get, put."""
+"""Job commands: status, ls, logs, cancel, get, put (``submit`` is in :mod:`.submitcmd`)."""
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import DownloadColumn, Progress, TaskID
 from rich.table import Table
 
 from offload.broker import keys
 from offload.broker.pipeline import Pipeline
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus, Reason
-from offload.cli import cli, handle_errors, settings_of
+from offload.cli import cli, handle_errors
+from offload.cli.common import client_of
 from offload.cli.controlcmd import why_lines
 from offload.cli.graphview import graph, graph_lines
-from offload.errors import SpecError
 from offload.producer.client import Client
 from offload.producer.job import Job, JobResult
-from offload.spec import JOB_ID_RE, OutputRef
 
 console = Console(highlight=False)
 EXIT_TIMED_OUT = 124
 EXIT_CANCELLED = 130
 EXIT_OOM = 137
 EXIT_FAILED = 7
-
-
-class UploadProgress:
-    """A progress bar on stderr for files over 32 MiB while they are sealed and stored."""
-
-    THRESHOLD = 32 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.bars: dict[Path, tuple[Progress, TaskID]] = {}
-
-    def __call__(self, path: Path, done: int, total: int) -> None:
-        if total < self.THRESHOLD:
-            return
-        if path not in self.bars:
-            bar = Progress(
-                *Progress.get_default_columns(), DownloadColumn(), console=Console(stderr=True)
-            )
-            bar.start()
-            self.bars[path] = (bar, bar.add_task(f"upload {path.name}", total=total))
-        bar, task = self.bars[path]
-        bar.update(task, completed=done)
-        if done >= total:
-            bar.stop()
-
-
-def _client(ctx: click.Context) -> Client:
-    return Client(settings_of(ctx), progress=UploadProgress())
-
-
-def _pairs(option: str, values: tuple[str, ...]) -> list[tuple[str, str]]:
-    out = []
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(option, f"expected KEY=VALUE, got {item!r}")
-        out.append((key, value))
-    return out
-
-
-# ``--input NAME=JOB_ID:OUTPUT``: a value that starts with 32 hex digits and a colon names
-# another job's output; anything else is a content id, an s3:// URI or a local path.
-JOB_OUTPUT_RE = re.compile(r"^([0-9a-f]{32}):(.*)\Z", re.DOTALL)
-INPUT_HELP = (
-    "An input, mounted at /offload/in/NAME: NAME=PATH (a local file, uploaded), "
-    "NAME=sha256:<id> (a stored object), NAME=s3://bucket/key, or NAME=JOB_ID:OUTPUT — "
-    "another job's output OUTPUT (its path under /offload/out), where JOB_ID is the 32 "
-    "hex digits `offload submit` printed; the job then waits until that job succeeds. "
-    "A value that starts with 32 hex digits and ':' is always read as JOB_ID:OUTPUT: "
-    "write such a local file as ./PATH. Repeatable."
-)
-
-
-def _inputs(values: tuple[str, ...]) -> dict[str, str | OutputRef]:
-    """``--input`` values: ``JOB_ID:OUTPUT`` becomes a reference to that job's output."""
-    out: dict[str, str | OutputRef] = {}
-    for name, value in _pairs("--input", values):
-        match = JOB_OUTPUT_RE.match(value)
-        if match is None:
-            out[name] = value
-            continue
-        try:
-            out[name] = OutputRef(match.group(1), match.group(2))
-        except ValueError as exc:
-            raise SpecError(f"--input {name}", f"JOB_ID:OUTPUT {value!r}: {exc}") from None
-    return out
-
-
-def _after(values: tuple[str, ...]) -> list[str]:
-    for value in values:
-        if not JOB_ID_RE.match(value):
-            raise SpecError("--after", f"expected a job id (32 hex digits), got {value!r}")
-    return list(values)
-
-
-def _params(values: tuple[str, ...], option: str = "--param") -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for key, value in _pairs(option, values):
-        if key.endswith(":"):
-            try:
-                params[key[:-1]] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise SpecError(f"{option} {key[:-1]}", f"K:=VALUE needs JSON: {exc}") from None
-        else:
-            params[key] = value
-    return params
 
 
 def outcome_code(result: JobResult) -> int:
@@ -137,92 +48,7 @@ def print_logs(job: Job, follow: bool) -> None:
         stream.flush()
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
-@click.argument("image")
-@click.argument("command", nargs=-1)
-@click.option("--cpu", type=float, default=1.0, show_default=True, help="CPUs (fractional).")
-@click.option("--memory", default="512m", show_default=True, help="Memory: 512m, 4g, 2GiB.")
-@click.option("--gpus", type=int, default=0, show_default=True)
-@click.option(
-    "--input", "inputs", multiple=True, metavar="NAME=PATH|sha256:…|JOB_ID:OUTPUT", help=INPUT_HELP
-)
-@click.option(
-    "--after",
-    "after",
-    multiple=True,
-    metavar="JOB_ID",
-    help="Start only once job JOB_ID succeeded (order without data; fails with "
-    "upstream_failed if it does not). Repeatable.",
-)
-@click.option("--param", "params", multiple=True, metavar="K=V | K:=JSON")
-@click.option("--secret", "secrets", multiple=True, metavar="K=V", help="A param never shown.")
-@click.option("--env", "env", multiple=True, metavar="K=V")
-@click.option("--timeout", type=float, default=None, help="Seconds before the job is killed.")
-@click.option("--retries", type=int, default=0, show_default=True)
-@click.option("--network", is_flag=True, help="Give the container network access.")
-@click.option(
-    "--no-cache", is_flag=True, help="Run even if an identical job succeeded before or runs now."
-)
-@click.option("--name", default=None)
-@click.option("--label", "labels", multiple=True, metavar="K=V")
-@click.option("--wait", is_flag=True, help="Follow the logs and exit with the job's outcome.")
-@click.pass_context
-@handle_errors
-def submit(
-    ctx: click.Context,
-    image: str,
-    command: tuple[str, ...],
-    cpu: float,
-    memory: str,
-    gpus: int,
-    inputs: tuple[str, ...],
-    after: tuple[str, ...],
-    params: tuple[str, ...],
-    secrets: tuple[str, ...],
-    env: tuple[str, ...],
-    timeout: float | None,
-    retries: int,
-    network: bool,
-    no_cache: bool,
-    name: str | None,
-    labels: tuple[str, ...],
-    wait: bool,
-) -> None:
-    """Submit a job running IMAGE (optionally with COMMAND); prints its id.
-
-    A job whose inputs name other jobs' outputs (--input NAME=JOB_ID:OUTPUT) or that runs
-    --after other jobs is `waiting` until they succeed, then queued with those outputs.
-    """
-    client = _client(ctx)
-    job = client.submit(
-        image,
-        list(command) or None,
-        inputs=_inputs(inputs),
-        after=_after(after),
-        params=_params(params),
-        secrets=_params(secrets, "--secret"),
-        cpu=cpu,
-        memory=memory,
-        gpus=gpus,
-        timeout=timeout,
-        retries=retries,
-        env=dict(_pairs("--env", env)),
-        network=network,
-        cache=not no_cache,
-        name=name,
-        labels=dict(_pairs("--label", labels)),
-    )
-    if not wait:
-        click.echo(job.id)
-        return
-    click.echo(job.id, err=True)
-    print_logs(job, follow=True)
-    result = job.result(raise_on_failure=False)
-    _print_outcome(result)
-    sys.exit(outcome_code(result))
-
-
-def _print_outcome(result: JobResult) -> None:
+def print_outcome(result: JobResult) -> None:
     err = Console(stderr=True, highlight=False)
     if result.ok:
         for path, oid in result.outputs.items():
@@ -241,7 +67,7 @@ def _print_outcome(result: JobResult) -> None:
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show a job's status, timeline and outputs; its parents and children, and for a
     waiting job what it waits for."""
-    job = _client(ctx).job(job_id)
+    job = client_of(ctx).job(job_id)
     rec = job.record()
     timeline = job.timeline()
     deps = graph(job.client, rec)
@@ -280,7 +106,10 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     console.print(f"status: [bold]{rec.status}[/]  attempt {rec.attempt}  node {rec.node or '-'}")
     if rec.reason:
         console.print(f"reason: {rec.reason} — {rec.message or ''}  exit code {rec.exit_code}")
-    if rec.status is JobStatus.QUEUED:
+    if rec.status is JobStatus.QUEUED and rec.retry_at:
+        when = time.strftime("%H:%M:%S", time.localtime(rec.retry_at))
+        console.print(f"next retry: at {when} (in {max(0.0, rec.retry_at - time.time()):.0f}s)")
+    elif rec.status is JobStatus.QUEUED:
         console.print(f"waiting: {job.why_waiting()}")
     route = route_line(job.client, rec)
     if route:
@@ -297,6 +126,8 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     for e in timeline:
         extra = f" ({e.reason})" if e.reason else ""
         console.print(f"  +{e.at - t0:7.3f}s  {e.status}{extra}  {e.node}")
+        if e.message and e.status is JobStatus.QUEUED and e.attempt:
+            console.print(f"             {e.message}")  # a retry: when, with what resources
     for path, oid in rec.outputs.items():
         console.print(f"output {path} {oid}")
 
@@ -329,7 +160,7 @@ def ls(ctx: click.Context, limit: int, statuses: tuple[str, ...]) -> None:
     rows = [
         (rec.id, rec.name, rec.resource_class, rec.status.value, rec.reason or "",
          f"{now - rec.created_at:.0f}s")
-        for rec in _recent(_client(ctx), limit, statuses)
+        for rec in _recent(client_of(ctx), limit, statuses)
     ]  # fmt: skip
     if not sys.stdout.isatty():
         for row in rows:
@@ -359,7 +190,7 @@ def _recent(client: Client, limit: int, statuses: tuple[str, ...]) -> list[JobRe
 @handle_errors
 def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
     """Print a job's output (stdout to stdout, stderr to stderr)."""
-    print_logs(_client(ctx).job(job_id), follow)
+    print_logs(client_of(ctx).job(job_id), follow)
 
 
 @cli.command()
@@ -374,7 +205,7 @@ def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
 @handle_errors
 def cancel(ctx: click.Context, job_id: str, with_descendants: bool) -> None:
     """Cancel a job: at once when waiting or queued; a running one is killed by its worker."""
-    job = _client(ctx).job(job_id)
+    job = client_of(ctx).job(job_id)
     if not with_descendants:
         _say_cancelled(job_id, job.cancel())
         return
@@ -401,7 +232,7 @@ def _say_cancelled(job_id: str, state: JobStatus) -> None:
 @handle_errors
 def get(ctx: click.Context, object_id: str, output: Path, force: bool) -> None:
     """Fetch, verify and decrypt OBJECT_ID (an output's sha256 id) into a file."""
-    _client(ctx).download(object_id, output, overwrite=force)
+    client_of(ctx).download(object_id, output, overwrite=force)
     click.echo(str(output))
 
 
@@ -413,6 +244,6 @@ def get(ctx: click.Context, object_id: str, output: Path, force: bool) -> None:
 @handle_errors
 def put(ctx: click.Context, files: tuple[Path, ...]) -> None:
     """Store FILES; prints each one's id, usable as a job input."""
-    client = _client(ctx)
+    client = client_of(ctx)
     for f in files:
         click.echo(f"{client.put(f)}  {f}")

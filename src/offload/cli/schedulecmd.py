@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from offload.cli import cli, handle_errors, settings_of
-from offload.cli.jobs import _pairs, _params
+from offload.cli.common import pairs, parse_params
 from offload.producer.client import Client
 from offload.producer.schedules import OVERLAPS, ScheduleInfo, Schedules
 from offload.producer.timing import iso
@@ -94,19 +94,19 @@ def add(
         cron=cron,
         every=every,
         overlap=overlap,  # type: ignore[arg-type]  # click.Choice checked it
-        inputs=dict(_pairs("--input", inputs)),
-        params=_params(params),
-        secrets=_params(secrets, "--secret"),
+        inputs=dict(pairs("--input", inputs)),
+        params=parse_params(params),
+        secrets=parse_params(secrets, "--secret"),
         cpu=cpu,
         memory=memory,
         gpus=gpus,
         timeout=timeout,
         retries=retries,
         priority=priority,
-        env=dict(_pairs("--env", env)),
+        env=dict(pairs("--env", env)),
         network=network,
         cache=not no_cache,
-        labels=dict(_pairs("--label", labels)),
+        labels=dict(pairs("--label", labels)),
     )
     nxt = _schedules(ctx).state(s.name).next_at
     click.echo(f"{s.name}: {s.timing.describe()}, next run {iso(nxt)}")

@@ -24,17 +24,22 @@ from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import BrokerError, CacheError, JobNotFound, SpecError
 from offload.producer.control import Control
+from offload.producer.items import (
+    InputRef,
+    check_ref,
+    merge_item,
+    output_ref,
+    within,
+)
 from offload.producer.job import Job, JobResult
 from offload.spec import (
     OBJECT_ID_RE,
     JobSpec,
     OutputRef,
     RetryPolicy,
-    parse_output_ref,
     resolve_class,
 )
 
-InputRef = str | os.PathLike[str] | OutputRef
 PLACEHOLDER_ID = "sha256:" + "0" * 64
 
 
@@ -152,15 +157,15 @@ class Client:
         drafts = []
         for i, item in enumerate(each):
             try:
-                drafts.append(self._draft(image, command, **_merge(item, common, i, len(each))))
+                drafts.append(self._draft(image, command, **merge_item(item, common, i, len(each))))
             except SpecError as exc:
-                raise _within(f"each[{i}]", exc) from None
+                raise within(f"each[{i}]", exc) from None
         specs = []
         for i, draft in enumerate(drafts):
             try:
                 specs.append(self._build(draft))
             except SpecError as exc:
-                raise _within(f"each[{i}]", exc) from None
+                raise within(f"each[{i}]", exc) from None
         return [self._publish(spec, draft.queue) for spec, draft in zip(specs, drafts, strict=True)]
 
     def wait(self, jobs: Sequence[Job], timeout: float | None = None) -> list[JobResult]:
@@ -171,13 +176,6 @@ class Client:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             results.append(job.result(left, raise_on_failure=False))
         return results
-
-    def submit_spec(self, spec: JobSpec) -> Job:
-        """Queue an already-built spec (inputs must be content ids in the store)."""
-        self._check_timeout(spec.timeout)
-        for name, oid in spec.inputs.items():
-            self._check_present(name, oid)
-        return self._publish(spec, resolve_class(spec.resources, self.settings.classes).name)
 
     def _draft(
         self,
@@ -231,8 +229,8 @@ class Client:
         self._check_timeout(draft.timeout)
         queue = resolve_class(draft.resources, self.settings.classes).name
         for input_name, ref in refs.items():
-            _check_ref(input_name, ref)
-            parent = _output_ref(input_name, ref)
+            check_ref(input_name, ref)
+            parent = output_ref(input_name, ref)
             if parent is not None:
                 self._check_job(f"inputs.{input_name}", parent.job_id)
         for i, job_id in enumerate(draft.after):
@@ -263,7 +261,7 @@ class Client:
     def _upload_inputs(self, refs: Mapping[str, InputRef]) -> dict[str, str]:
         ids: dict[str, str] = {}
         for name, ref in refs.items():
-            parent = _output_ref(name, ref)
+            parent = output_ref(name, ref)
             if parent is not None:
                 ids[name] = str(parent)  # resolved when the parent succeeds
                 continue
@@ -373,76 +371,3 @@ class _Draft:
 
 # The ``submit`` keywords a ``map`` item may set: mappings merged over ``common``'s, the rest
 # replacing them.
-MERGED_KEYS = ("inputs", "params", "secrets", "env", "labels")
-REPLACED_KEYS = (
-    "name",
-    "cpu",
-    "memory",
-    "gpus",
-    "timeout",
-    "retries",
-    "retry",
-    "priority",
-    "network",
-    "cache",
-)
-
-
-def _merge(item: Any, common: Mapping[str, Any], index: int, count: int) -> dict[str, Any]:
-    """The keyword arguments of one ``map`` item: its mappings merged over ``common``."""
-    if not isinstance(item, Mapping):
-        raise SpecError("", f"expected a mapping of submit's keywords, got {item!r}")
-    unknown = set(item) - {*MERGED_KEYS, *REPLACED_KEYS}
-    if unknown:
-        raise SpecError("", f"unknown keys {sorted(map(str, unknown))}")
-    kwargs = {**common, **{key: item[key] for key in REPLACED_KEYS if key in item}}
-    for key in MERGED_KEYS:
-        if key in item:
-            if not isinstance(item[key], Mapping):
-                raise SpecError(key, f"expected a mapping, got {item[key]!r}")
-            kwargs[key] = {**(common.get(key) or {}), **item[key]}
-    kwargs["task"] = (index, count)
-    return kwargs
-
-
-def _within(prefix: str, exc: SpecError) -> SpecError:
-    """``exc`` (same class) with its field named under ``prefix``: ``each[2].env.X``."""
-    field = f"{prefix}.{exc.field}" if exc.field else prefix
-    return type(exc)(field, exc.message)
-
-
-def _output_ref(name: str, ref: InputRef) -> OutputRef | None:
-    """The other job's output ``ref`` names, if it names one (``job.output(...)`` or
-    ``output:<job id>/<name>``)."""
-    if isinstance(ref, OutputRef):
-        return ref
-    if isinstance(ref, str) and ref.startswith("output:"):
-        try:
-            parsed = parse_output_ref(ref)
-        except ValueError as exc:
-            raise SpecError(f"inputs.{name}", str(exc)) from None
-        if parsed is None:
-            raise SpecError(
-                f"inputs.{name}", f"expected 'output:<job id>/<output name>', got {ref!r}"
-            )
-        return parsed
-    return None
-
-
-def _check_ref(name: str, ref: InputRef) -> None:
-    """An input reference's form, and for a local file that it is one (no reading)."""
-    if _output_ref(name, ref) is not None:
-        return
-    if isinstance(ref, str) and ref.startswith("sha256:"):
-        if not OBJECT_ID_RE.match(ref):
-            raise SpecError(f"inputs.{name}", f"expected 'sha256:<64 hex digits>', got {ref!r}")
-        return
-    if isinstance(ref, str) and ref.startswith("s3://"):
-        return
-    if not isinstance(ref, (str, os.PathLike)):
-        raise SpecError(f"inputs.{name}", f"expected a content id, s3:// URI or path, got {ref!r}")
-    path = Path(ref)
-    if not path.exists():
-        raise SpecError(f"inputs.{name}", f"no such file: {str(path)!r}")
-    if not path.is_file():
-        raise SpecError(f"inputs.{name}", f"expected a regular file, got {str(path)!r}")

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 LABEL_JOB = "offload.job_id"
 LABEL_ATTEMPT = "offload.attempt"
 LABEL_MANAGED = "offload.managed"
-LABEL_NODE = "offload.node"
+# not "offload.node": that one labels the docker provider's node containers
+LABEL_NODE = "offload.job_node"
 LABEL_CLUSTER = "offload.cluster"
 LABEL_GPUS = "offload.gpus"  # comma list of the UUIDs of the GPUs the container was given
 

@@ -1,0 +1,137 @@
+"""Shared pieces of the job commands: the client with upload progress, option parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TaskID
+
+from offload.cli import settings_of
+from offload.errors import SpecError
+from offload.producer.client import Client
+from offload.spec import JOB_ID_RE, OutputRef
+
+
+class UploadProgress:
+    """A progress bar on stderr for files over 32 MiB while they are sealed and stored."""
+
+    THRESHOLD = 32 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.bars: dict[Path, tuple[Progress, TaskID]] = {}
+
+    def __call__(self, path: Path, done: int, total: int) -> None:
+        if total < self.THRESHOLD:
+            return
+        if path not in self.bars:
+            bar = Progress(
+                *Progress.get_default_columns(), DownloadColumn(), console=Console(stderr=True)
+            )
+            bar.start()
+            self.bars[path] = (bar, bar.add_task(f"upload {path.name}", total=total))
+        bar, task = self.bars[path]
+        bar.update(task, completed=done)
+        if done >= total:
+            bar.stop()
+
+
+def client_of(ctx: click.Context) -> Client:
+    return Client(settings_of(ctx), progress=UploadProgress())
+
+
+def pairs(option: str, values: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(option, f"expected KEY=VALUE, got {item!r}")
+        out.append((key, value))
+    return out
+
+
+# ``--input NAME=JOB_ID:OUTPUT``: a value that starts with 32 hex digits and a colon names
+# another job's output; anything else is a content id, an s3:// URI or a local path.
+JOB_OUTPUT_RE = re.compile(r"^([0-9a-f]{32}):(.*)\Z", re.DOTALL)
+INPUT_HELP = (
+    "An input, mounted at /offload/in/NAME: NAME=PATH (a local file, uploaded), "
+    "NAME=sha256:<id> (a stored object), NAME=s3://bucket/key, or NAME=JOB_ID:OUTPUT — "
+    "another job's output OUTPUT (its path under /offload/out), where JOB_ID is the 32 "
+    "hex digits `offload submit` printed; the job then waits until that job succeeds. "
+    "A value that starts with 32 hex digits and ':' is always read as JOB_ID:OUTPUT: "
+    "write such a local file as ./PATH. Repeatable."
+)
+
+
+def parse_inputs(values: tuple[str, ...]) -> dict[str, str | OutputRef]:
+    """``--input`` values: ``JOB_ID:OUTPUT`` becomes a reference to that job's output."""
+    out: dict[str, str | OutputRef] = {}
+    for name, value in pairs("--input", values):
+        match = JOB_OUTPUT_RE.match(value)
+        if match is None:
+            out[name] = value
+            continue
+        try:
+            out[name] = OutputRef(match.group(1), match.group(2))
+        except ValueError as exc:
+            raise SpecError(f"--input {name}", f"JOB_ID:OUTPUT {value!r}: {exc}") from None
+    return out
+
+
+def parse_after(values: tuple[str, ...]) -> list[str]:
+    for value in values:
+        if not JOB_ID_RE.match(value):
+            raise SpecError("--after", f"expected a job id (32 hex digits), got {value!r}")
+    return list(values)
+
+
+def parse_params(values: tuple[str, ...], option: str = "--param") -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in pairs(option, values):
+        if key.endswith(":"):
+            try:
+                params[key[:-1]] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"{option} {key[:-1]}", f"K:=VALUE needs JSON: {exc}") from None
+        else:
+            params[key] = value
+    return params
+
+
+def retry_policy(
+    on: str | None,
+    never: str | None,
+    always: str | None,
+    backoff: str | None,
+    memory_factor: float | None,
+) -> dict[str, Any]:
+    """The ``retry`` fields the retry options set (the rest come from the cluster default)."""
+    policy: dict[str, Any] = {}
+    if on is not None:
+        policy["on"] = [r.strip() for r in on.split(",") if r.strip()]
+    for option, key, value in (
+        ("--retry-never", "never_exit_codes", never),
+        ("--retry-always", "always_exit_codes", always),
+    ):
+        if value is not None:
+            policy[key] = _numbers(option, value, int)
+    if backoff is not None:
+        parts = _numbers("--backoff", backoff, float)
+        if not 1 <= len(parts) <= 3:
+            raise SpecError("--backoff", f"expected INITIAL[,FACTOR[,MAX]], got {backoff!r}")
+        names = ("backoff_initial", "backoff_factor", "backoff_max")
+        policy.update(zip(names, parts, strict=False))
+    if memory_factor is not None:
+        policy["memory_factor"] = memory_factor
+    return policy
+
+
+def _numbers(option: str, value: str, kind: type[Any]) -> list[Any]:
+    try:
+        return [kind(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError(option, f"expected comma-separated numbers, got {value!r}") from None
