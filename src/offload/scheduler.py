@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import redis
 
-from offload.broker import keys
+from offload.broker import keys, scripts
 from offload.errors import OffloadError
 from offload.producer.client import Client
 from offload.producer.schedules import Fired, Schedules
@@ -61,10 +61,6 @@ if not holder then
 end
 return 0
 """
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class SchedulerLock:
@@ -80,7 +76,7 @@ class SchedulerLock:
         return bool(self.r.eval(HOLD, 1, keys.SCHEDULER_LOCK, self.token, int(self.ttl * 1000)))
 
     def release(self) -> None:
-        self.r.eval(RELEASE, 1, keys.SCHEDULER_LOCK, self.token)
+        self.r.eval(scripts.RELEASE_LOCK, 1, keys.SCHEDULER_LOCK, self.token)
 
 
 def active_scheduler(r: redis.Redis) -> str | None:

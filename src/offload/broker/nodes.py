@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from offload.broker import keys
+from offload.broker import keys, scripts
 
 NODES = keys.NODES
 
@@ -38,11 +38,6 @@ if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
   redis.call('SREM', KEYS[1], ARGV[1])
   return 1
 end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -87,7 +82,7 @@ class NodeRegistry:
         self.r = client
         self.lost_after = lost_after
         self._heartbeat = client.register_script(_HEARTBEAT)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(scripts.RELEASE_LOCK)
         self._drop_stale = client.register_script(_DROP_STALE)
 
     def register(

@@ -153,3 +153,10 @@ redis.call('HSET', KEYS[1], 'retry_at', tostring(due))
 return tostring(due)
 """
 )
+
+# KEYS: a lock.  ARGV: 1 the holder's token.  Delete the lock only if this holder still holds
+# it (a lock that expired and was taken by another is left alone). Returns 1 when deleted.
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

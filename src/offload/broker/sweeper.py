@@ -51,11 +51,6 @@ from offload.errors import JobNotFound
 
 log = logging.getLogger(__name__)
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 @dataclass
 class SweepReport:
@@ -99,7 +94,7 @@ class Sweeper:
         self.pipeline = Pipeline(records, app)
         self.limits = Limits(records, self.pipeline.park, self.pipeline.resume)
         self._extend = self.r.register_script(scripts.EXTEND_ALL)
-        self._release = self.r.register_script(_RELEASE)
+        self._release = self.r.register_script(scripts.RELEASE_LOCK)
 
     def now(self) -> float:
         sec, usec = self.r.time()

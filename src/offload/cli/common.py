@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -135,3 +136,92 @@ def _numbers(option: str, value: str, kind: type[Any]) -> list[Any]:
         return [kind(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise SpecError(option, f"expected comma-separated numbers, got {value!r}") from None
+
+
+# -- the options every job-making command takes (submit, schedule add) ------------------------
+
+_JOB_OPTIONS = [
+    click.option("--cpu", type=float, default=1.0, show_default=True, help="CPUs (fractional)."),
+    click.option("--memory", default="512m", show_default=True, help="Memory: 512m, 4g, 2GiB."),
+    click.option("--gpus", type=int, default=0, show_default=True),
+    click.option("--param", "params", multiple=True, metavar="K=V | K:=JSON"),
+    click.option("--secret", "secrets", multiple=True, metavar="K=V", help="A param never shown."),
+    click.option("--env", "env", multiple=True, metavar="K=V"),
+    click.option("--timeout", type=float, default=None, help="Seconds before the job is killed."),
+    click.option("--retries", type=int, default=0, show_default=True, help="Retries at most."),
+    click.option(
+        "--retry-on",
+        default=None,
+        metavar="REASON,…",
+        help="Failures retried (default exit_code,oom_killed,timeout,start_failed).",
+    ),
+    click.option("--retry-never", default=None, metavar="CODE,…", help="Exit codes never retried."),
+    click.option(
+        "--retry-always", default=None, metavar="CODE,…", help="Exit codes always retried."
+    ),
+    click.option(
+        "--backoff",
+        default=None,
+        metavar="INITIAL[,FACTOR[,MAX]]",
+        help="Seconds before retry n: min(MAX, INITIAL*FACTOR^(n-1)) (default 1,2,300).",
+    ),
+    click.option(
+        "--memory-factor", type=float, default=None, help="Memory times this after oom_killed (2)."
+    ),
+    click.option("--priority", type=int, default=0, show_default=True, help="0-9, 9 first."),
+    click.option("--network", is_flag=True, help="Give the container network access."),
+    click.option(
+        "--no-cache",
+        is_flag=True,
+        help="Run even if an identical job succeeded before or runs now.",
+    ),
+    click.option("--label", "labels", multiple=True, metavar="K=V"),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def job_options(fn: F) -> F:
+    """Add the job options (resources, params, env, retries, priority, …) to a command; its
+    function receives them as ``**options`` for :func:`job_kwargs`."""
+    for option in reversed(_JOB_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def job_kwargs(
+    *,
+    cpu: float,
+    memory: str,
+    gpus: int,
+    params: tuple[str, ...],
+    secrets: tuple[str, ...],
+    env: tuple[str, ...],
+    timeout: float | None,
+    retries: int,
+    retry_on: str | None,
+    retry_never: str | None,
+    retry_always: str | None,
+    backoff: str | None,
+    memory_factor: float | None,
+    priority: int,
+    network: bool,
+    no_cache: bool,
+    labels: tuple[str, ...],
+) -> dict[str, Any]:
+    """The ``Client.submit`` keywords the job options stand for."""
+    return dict(
+        params=parse_params(params),
+        secrets=parse_params(secrets, "--secret"),
+        cpu=cpu,
+        memory=memory,
+        gpus=gpus,
+        timeout=timeout,
+        retries=retries,
+        retry=retry_policy(retry_on, retry_never, retry_always, backoff, memory_factor),
+        priority=priority,
+        env=dict(pairs("--env", env)),
+        network=network,
+        cache=not no_cache,
+        labels=dict(pairs("--label", labels)),
+    )

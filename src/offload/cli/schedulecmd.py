@@ -9,13 +9,14 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from offload.cli import cli, handle_errors, settings_of
-from offload.cli.common import pairs, parse_params
+from offload.cli.common import job_kwargs, job_options, pairs
 from offload.producer.client import Client
 from offload.producer.schedules import OVERLAPS, ScheduleInfo, Schedules
 from offload.producer.timing import iso
@@ -46,19 +47,8 @@ def schedule() -> None:
     show_default=True,
     help="skip: no new run while the previous one is unfinished; allow: run anyway.",
 )
-@click.option("--cpu", type=float, default=1.0, show_default=True, help="CPUs (fractional).")
-@click.option("--memory", default="512m", show_default=True, help="Memory: 512m, 4g, 2GiB.")
-@click.option("--gpus", type=int, default=0, show_default=True)
 @click.option("--input", "inputs", multiple=True, metavar="NAME=PATH|NAME=sha256:…|NAME=s3://…")
-@click.option("--param", "params", multiple=True, metavar="K=V | K:=JSON")
-@click.option("--secret", "secrets", multiple=True, metavar="K=V", help="A param never shown.")
-@click.option("--env", "env", multiple=True, metavar="K=V")
-@click.option("--timeout", type=float, default=None, help="Seconds before a run is killed.")
-@click.option("--retries", type=int, default=0, show_default=True)
-@click.option("--priority", type=int, default=0, show_default=True, help="0 to 9, 9 first.")
-@click.option("--network", is_flag=True, help="Give the container network access.")
-@click.option("--no-cache", is_flag=True, help="Run even if an identical job succeeded before.")
-@click.option("--label", "labels", multiple=True, metavar="K=V")
+@job_options
 @click.pass_context
 @handle_errors
 def add(
@@ -69,19 +59,8 @@ def add(
     cron: str | None,
     every: str | None,
     overlap: str,
-    cpu: float,
-    memory: str,
-    gpus: int,
     inputs: tuple[str, ...],
-    params: tuple[str, ...],
-    secrets: tuple[str, ...],
-    env: tuple[str, ...],
-    timeout: float | None,
-    retries: int,
-    priority: int,
-    network: bool,
-    no_cache: bool,
-    labels: tuple[str, ...],
+    **options: Any,
 ) -> None:
     """Add schedule NAME running IMAGE (optionally with COMMAND) on --cron or --every.
 
@@ -95,18 +74,7 @@ def add(
         every=every,
         overlap=overlap,  # type: ignore[arg-type]  # click.Choice checked it
         inputs=dict(pairs("--input", inputs)),
-        params=parse_params(params),
-        secrets=parse_params(secrets, "--secret"),
-        cpu=cpu,
-        memory=memory,
-        gpus=gpus,
-        timeout=timeout,
-        retries=retries,
-        priority=priority,
-        env=dict(pairs("--env", env)),
-        network=network,
-        cache=not no_cache,
-        labels=dict(pairs("--label", labels)),
+        **job_kwargs(**options),
     )
     nxt = _schedules(ctx).state(s.name).next_at
     click.echo(f"{s.name}: {s.timing.describe()}, next run {iso(nxt)}")
