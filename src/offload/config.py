@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from offload.errors import ConfigError
 from offload.spec import (
@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OFFLOAD_", extra="ignore", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # TLS towards Redis (rediss:// URLs; verification is always on): the CA that signed the
+    # server's certificate, and a client certificate and key for mutual TLS. Used by every
+    # Redis client: kombu (Celery), redis-py and Flower (broker/connection.py).
+    redis_ca: Path | None = None
+    redis_cert: Path | None = None
+    redis_key: Path | None = None
+    # this process's Redis ACL user (`offload acl`); also accepted in the URL
+    redis_user: str | None = None
+    redis_password: SecretStr | None = None
     visibility_margin: int = Field(default=600, ge=1)
     home: Path = Field(default_factory=lambda: Path.home() / ".offload")
     cache_dir: Path | None = None
@@ -43,6 +52,7 @@ class Settings(BaseSettings):
     s3_prefix: str = "offload/"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    s3_ca_bundle: Path | None = None  # CA bundle (PEM) for S3 over HTTPS; None: system CAs
     classes: tuple[ResourceClass, ...] = DEFAULT_CLASSES
     default_timeout: float = Field(default=3600.0, gt=0)
     max_timeout: float = Field(default=24 * 3600.0, gt=0)
@@ -76,6 +86,14 @@ class Settings(BaseSettings):
     aws_install: str = "offload"
     flower_address: str = "127.0.0.1"
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    # Flower's basic auth, "user:password"; required for a non-loopback flower_address unless
+    # Flower's OAuth is configured (flower_auth_provider + flower_auth_emails, Flower's --auth
+    # regex; the FLOWER_OAUTH2_* variables as Flower documents them)
+    flower_auth: SecretStr | None = None
+    flower_auth_provider: str | None = None
+    flower_auth_emails: str | None = None
+    # Docker networks a job may name (`network="orders-db"`) instead of full network access
+    job_networks: Annotated[tuple[str, ...], NoDecode] = ()
     provider: str = "manual"  # who started this node: manual, local, docker, aws
     heartbeat_interval: float = Field(default=2.0, gt=0)
     lost_after: float = Field(default=15.0, gt=0)  # no heartbeat this long: the node is lost
@@ -124,6 +142,21 @@ class Settings(BaseSettings):
             return parse_size(value)
         return value
 
+    @field_validator("job_networks", mode="before")
+    @classmethod
+    def _job_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+            value = [v.strip() for v in value if v.strip()]
+        return value
+
+    @field_validator("redis_ca", "redis_cert", "redis_key", "s3_ca_bundle")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {str(value)!r}")
+        return value
+
     @field_validator("worker_classes", mode="before")
     @classmethod
     def _worker_classes(cls, value: Any) -> Any:
@@ -143,6 +176,16 @@ class Settings(BaseSettings):
     def visibility_timeout(self) -> int:
         """Broker redelivery window: above the longest job a worker may run."""
         return int(self.max_timeout) + self.visibility_margin
+
+    def flower_credentials(self) -> tuple[str, str] | None:
+        """Flower's basic-auth user and password, or None; a malformed value is refused
+        (without echoing it: it is a secret)."""
+        if self.flower_auth is None:
+            return None
+        user, colon, password = self.flower_auth.get_secret_value().partition(":")
+        if not colon or not user or not password:
+            raise ConfigError("OFFLOAD_FLOWER_AUTH: expected user:password (both non-empty)")
+        return user, password
 
     @property
     def flower_url(self) -> str:

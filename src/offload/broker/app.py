@@ -6,14 +6,14 @@ dies — and made effectively once by the job records (see :mod:`offload.worker.
 
 from __future__ import annotations
 
-import ssl
+import weakref
 from typing import Any, TypeAlias
 
-import redis
 from celery import Celery
 from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
+from offload.broker.connection import broker_url, redis_client, ssl_options, warn_if_plain
 from offload.broker.queues import PRIORITY_STEPS, kombu_priority
 from offload.config import Settings
 from offload.errors import JobError
@@ -68,7 +68,10 @@ class _ShadowNamedAMQP(AMQP):
 
 def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``. Producers and workers build the same one."""
-    app = Celery("offload", broker=settings.redis_url, set_as_current=False, amqp=_ShadowNamedAMQP)
+    warn_if_plain(settings)
+    app = Celery(
+        "offload", broker=broker_url(settings), set_as_current=False, amqp=_ShadowNamedAMQP
+    )
     transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout,
         # sweep for messages of dead workers every 5 s (kombu's default is ~100 s)
@@ -108,10 +111,20 @@ def make_app(settings: Settings) -> Celery:
         offload_locality=settings.locality,
         offload_lost_after=settings.lost_after,
     )
-    if settings.redis_url.startswith("rediss://"):
-        conf["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    tls = ssl_options(settings)  # the same TLS options as every redis-py client
+    if tls is not None:
+        conf["broker_use_ssl"] = tls
     app.conf.update(conf)
+    _settings[app] = settings
     return app
+
+
+_settings: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings ``app`` was made from (its Redis connection options among them)."""
+    return _settings[app]
 
 
 def route(
@@ -141,12 +154,4 @@ def route(
     )
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client for records and logs, decoding to str, TLS-verified for rediss://."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,  # above the longest blocking read (XREAD BLOCK 5 s)
-        health_check_interval=30,
-    )
+__all__ = ["App", "TaskFailed", "make_app", "redis_client", "route", "settings_of"]

@@ -10,7 +10,7 @@ class queue.
 
 The settings routing needs ride on the Celery app (``offload_locality``,
 ``offload_lost_after`` in its conf, set by :func:`offload.broker.app.make_app`); the Redis
-client is the app's broker URL, one per app.
+client is built from the app's settings (:mod:`offload.broker.connection`), one per app.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from celery import Celery
 from kombu import Queue
 
 from offload.broker import keys, routing
-from offload.broker.app import EXCHANGE, route
+from offload.broker.app import EXCHANGE, route, settings_of
+from offload.broker.connection import redis_client
 from offload.broker.records import JobRecord, JobRecords
 from offload.errors import JobNotFound
 
@@ -36,12 +37,7 @@ _clients: weakref.WeakKeyDictionary[Celery, redis.Redis] = weakref.WeakKeyDictio
 def _redis(app: Celery) -> redis.Redis:
     client = _clients.get(app)
     if client is None:
-        client = redis.Redis.from_url(
-            str(app.conf.broker_url),
-            decode_responses=True,
-            socket_connect_timeout=5,
-            socket_timeout=30,
-        )
+        client = redis_client(settings_of(app))
         _clients[app] = client
     return client
 

@@ -22,6 +22,7 @@ def remote_tier(settings: Settings) -> BlobStore | None:
             prefix=settings.s3_prefix,
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
+            ca_bundle=str(settings.s3_ca_bundle) if settings.s3_ca_bundle else None,
         )
     )
 
@@ -45,11 +46,9 @@ def index_this_node(on: bool = True) -> None:
 
 def object_index(settings: Settings) -> ObjectIndex:
     """The object index of ``settings.node_name`` (locality routing)."""
-    import redis
+    from offload.broker.connection import redis_client
 
-    client = redis.Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30
-    )
+    client = redis_client(settings, health_check_interval=0)
     return ObjectIndex(
         client,
         settings.node_name,

@@ -67,6 +67,8 @@ class S3Config:
     prefix: str = "offload/"
     endpoint_url: str | None = None
     region: str = "us-east-1"
+    #: a CA bundle (PEM) to verify the endpoint's HTTPS certificate; None: the system CAs
+    ca_bundle: str | None = None
     #: None: detect on the first put; True/False: trust the caller, no probe.
     conditional_writes: bool | None = None
     connect_timeout: float = 3.0
@@ -128,6 +130,7 @@ class S3BlobStore(BlobStore):
                 endpoint_url=config.endpoint_url,
                 region_name=config.region,
                 config=botocore_config,
+                verify=config.ca_bundle if config.ca_bundle else True,  # never off
             )
         except (bce.BotoCoreError, ValueError) as exc:
             raise CacheError(f"cannot set up an S3 client for {config.where}: {exc}") from None
@@ -172,7 +175,10 @@ class S3BlobStore(BlobStore):
                 ) from None
             raise CacheError(f"S3 {what} failed at {where}: {code or status} {message}") from None
         if isinstance(exc, bce.SSLError):
-            raise CacheError(f"TLS to {where} failed during {what}: {exc}") from None
+            raise CacheError(
+                f"TLS to {where} failed during {what}: {exc}; check OFFLOAD_S3_CA_BUNDLE (the "
+                "CA that signed the endpoint's certificate) and the host in OFFLOAD_S3_ENDPOINT_URL"
+            ) from None
         if isinstance(exc, bce.ConnectionError | bce.HTTPClientError | bce.IncompleteReadError):
             raise S3Unavailable(f"S3 unreachable during {what} ({where}): {exc}") from None
         if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):

@@ -19,29 +19,27 @@ console = Console(highlight=False)
 @handle_errors
 def worker(ctx: click.Context, loglevel: str) -> None:
     """Run a worker node serving the resource classes this machine can take."""
+    from offload.broker.connection import check
     from offload.worker.main import run_worker
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(settings_of(ctx), loglevel=loglevel)
+    settings = settings_of(ctx)
+    check(settings, unreachable_ok=True)  # fail closed: a TLS failure names OFFLOAD_REDIS_CA
+    run_worker(settings, loglevel=loglevel)
 
 
 @cli.command()
 @click.pass_context
 @handle_errors
 def flower(ctx: click.Context) -> None:
-    """Run the Flower monitoring UI against the broker."""
-    from offload.broker.app import make_app
+    """Run the Flower monitoring UI against the broker.
 
-    settings = settings_of(ctx)
-    make_app(settings).start(
-        [
-            "flower",
-            f"--address={settings.flower_address}",
-            f"--port={settings.flower_port}",
-            # a job that did not succeed shows why: "TaskFailed: oom_killed: killed for …"
-            "--tasks_columns=name,uuid,state,exception,received,runtime,worker",
-        ]
-    )
+    Beyond loopback it needs authentication: OFFLOAD_FLOWER_AUTH=user:password (or Flower's
+    OAuth); its pages, API and /metrics all ask for it.
+    """
+    from offload.broker.flower import run_flower
+
+    run_flower(settings_of(ctx))
 
 
 @cli.command()

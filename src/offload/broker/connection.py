@@ -1,0 +1,145 @@
+"""How every Redis client of a process connects: redis-py, kombu (Celery) and Flower alike.
+
+One place turns the settings into connection options, so TLS and credentials cannot differ
+between clients:
+
+* ``rediss://`` URLs verify the server's certificate (always) against ``OFFLOAD_REDIS_CA``
+  (the system CAs when unset) and its host name; ``OFFLOAD_REDIS_CERT`` / ``OFFLOAD_REDIS_KEY``
+  add a client certificate for mutual TLS. A failed verification names those settings;
+* ``OFFLOAD_REDIS_USER`` / ``OFFLOAD_REDIS_PASSWORD`` (a Redis ACL user, ``offload acl``) go
+  into the URL kombu connects with and into redis-py's options; credentials already in the
+  URL are kept when these are unset;
+* a plain ``redis://`` URL to a host other than loopback logs a warning (:func:`warn_if_plain`).
+
+No Celery here: the data tier and the worker's runtime build their clients from this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+from urllib.parse import quote, urlparse, urlunparse
+
+import redis
+
+from offload.config import Settings
+from offload.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+TLS_SETTINGS = "OFFLOAD_REDIS_CA (the CA that signed the Redis server's certificate)"
+
+
+def is_tls(settings: Settings) -> bool:
+    return settings.redis_url.startswith("rediss://")
+
+
+def broker_url(settings: Settings) -> str:
+    """``settings.redis_url`` with ``redis_user`` / ``redis_password`` put in (kombu and
+    Flower take credentials only from the URL)."""
+    if settings.redis_user is None and settings.redis_password is None:
+        return settings.redis_url
+    url = urlparse(settings.redis_url)
+    user = quote(settings.redis_user or url.username or "", safe="")
+    secret = settings.redis_password.get_secret_value() if settings.redis_password else ""
+    password = quote(secret or url.password or "", safe="")
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{password}@{host}" + (f":{url.port}" if url.port else "")
+    return urlunparse(url._replace(netloc=netloc))
+
+
+def ssl_options(settings: Settings) -> dict[str, Any] | None:
+    """kombu's ``broker_use_ssl`` (redis-py's ``ssl_*`` keywords); None for ``redis://``."""
+    if not is_tls(settings):
+        return None
+    opts: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
+    if settings.redis_ca is not None:
+        opts["ssl_ca_certs"] = str(settings.redis_ca)
+    if settings.redis_cert is not None:
+        opts["ssl_certfile"] = str(settings.redis_cert)
+    if settings.redis_key is not None:
+        opts["ssl_keyfile"] = str(settings.redis_key)
+    return opts
+
+
+class VerifiedSSLConnection(redis.SSLConnection):
+    """redis-py's TLS connection whose verification failures name the settings to fix."""
+
+    def _error_message(self, exception: BaseException) -> str:
+        message = str(super()._error_message(exception))
+        if isinstance(exception, ssl.SSLError):
+            message += f"; TLS to Redis failed: check {TLS_SETTINGS}, OFFLOAD_REDIS_CERT/_KEY, "
+            message += "and that the host in OFFLOAD_REDIS_URL is named in the certificate"
+        return message
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """redis-py keywords for ``Redis.from_url(broker_url(settings), **…)``."""
+    opts: dict[str, Any] = {}
+    tls = ssl_options(settings)
+    if tls is not None:
+        opts.update(tls)
+        opts["ssl_cert_reqs"] = "required"
+        opts["connection_class"] = VerifiedSSLConnection
+    return opts
+
+
+def redis_client(settings: Settings, **overrides: Any) -> redis.Redis:
+    """A Redis client for records and logs, decoding to str, TLS-verified for rediss://."""
+    options: dict[str, Any] = dict(
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=30,  # above the longest blocking read (XREAD BLOCK 5 s)
+        health_check_interval=30,
+    )
+    options.update(redis_options(settings))
+    options.update(overrides)
+    return redis.Redis.from_url(broker_url(settings), **options)
+
+
+def warn_if_plain(settings: Settings) -> bool:
+    """Log a warning when Redis is reached without TLS off this machine; True if it did."""
+    host = urlparse(settings.redis_url).hostname
+    if is_tls(settings) or host in LOOPBACK or settings.redis_url.startswith("unix:"):
+        return False
+    log.warning(
+        "Redis at %s is reached over plain redis:// (no TLS): job specs, secrets and logs "
+        "cross the network in clear; use rediss:// with OFFLOAD_REDIS_CA",
+        host,
+    )
+    return True
+
+
+def check(settings: Settings, *, unreachable_ok: bool = False) -> None:
+    """Connect once, at a process's start: a TLS failure is a :class:`ConfigError` naming
+    the settings (fail closed, never a retry loop), refused credentials too; an unreachable
+    Redis a :class:`BrokerError`, or with ``unreachable_ok`` a warning (a worker started
+    before its broker waits for it)."""
+    warn_if_plain(settings)
+    client = redis_client(settings, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise ConfigError(
+            f"Redis refused the credentials (OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD): {exc}"
+        ) from None
+    except redis.ConnectionError as exc:
+        if is_tls(settings) and ("SSL" in str(exc) or "certificate" in str(exc)):
+            raise ConfigError(f"cannot reach Redis over TLS: {exc}") from None
+        if unreachable_ok:
+            log.warning("Redis at %s does not answer yet: %s", _where(settings), exc)
+            return
+        raise BrokerError(f"cannot reach Redis at {_where(settings)}: {exc}") from None
+    except redis.RedisError as exc:
+        raise BrokerError(f"Redis at {_where(settings)}: {exc}") from None
+    finally:
+        client.close()
+
+
+def _where(settings: Settings) -> str:
+    url = urlparse(settings.redis_url)
+    return f"{url.scheme}://{url.hostname}:{url.port or 6379}"
