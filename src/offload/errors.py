@@ -13,6 +13,7 @@ catch the whole family with one clause. The CLI maps each branch to an exit code
     ├── CacheError                    exit 5  content store failures
     │   ├── ObjectNotFound            exit 5  no object with that id in the store
     │   ├── IntegrityError            exit 5  stored bytes do not match their id
+    │   │   └── ForgedJob             exit 5  a job's record is unsigned, altered or replayed
     │   └── StoreUnavailable          exit 10 a remote tier (S3) cannot be reached now; retry later
     ├── RuntimeUnavailable            exit 6  the container engine (or a GPU runtime) is not usable
     ├── JobError                      exit 7  a job did not succeed
@@ -122,6 +123,11 @@ class ObjectNotFound(CacheError):
 
 class IntegrityError(CacheError):
     """Stored bytes do not match the id they are stored under."""
+
+
+class ForgedJob(IntegrityError):
+    """A job's record is not signed with the cluster key, was altered after it was signed,
+    or was signed for another job id: a worker refuses it, never runs it."""
 
 
 class StoreUnavailable(CacheError):

@@ -9,7 +9,10 @@ never missed. When a parent ends:
   its references are resolved to the parents' output ids (a missing output fails it with
   ``input_missing``, naming it), it moves ``waiting → queued`` with the resolved spec, and is
   published. The move is atomic, so when several processes release at once only one
-  publishes.
+  publishes. The broker holds no key, so it does not sign the resolved spec: the spec keeps
+  the references its producer signed (``seal.refs``, :meth:`JobSpec.resolved`) and the worker
+  checks each resolved id against the parent's signed outputs
+  (:mod:`offload.cache.jobseal`).
 * failed, timed out or cancelled — every waiting descendant ends ``failed`` with
   ``upstream_failed``, naming the parent and why.
 

@@ -107,6 +107,9 @@ class Reason(StrEnum):
     NODE_LOST = "node_lost"  # its node or worker process died; the job was queued again
     HANDED_BACK = "handed_back"  # its worker was stopped (offload down --force); queued again
     UPSTREAM_FAILED = "upstream_failed"  # a parent job failed, timed out or was cancelled
+    # its record is unsigned, altered, or replayed under another id: refused, never run (a
+    # sign that someone without the cluster key writes to Redis; see docs/security.md)
+    FORGED = "forged"
 
 
 __all__ = [

@@ -39,6 +39,7 @@ class Memo:
     key: str
     outputs: dict[str, str]
     job_id: str
+    sig: str = ""  # by the worker that wrote it (offload.cache.jobseal.sign_memo)
 
 
 class ActionCache:
@@ -53,10 +54,10 @@ class ActionCache:
         if not raw:
             return None
         data = json.loads(raw)
-        return Memo(key, dict(data["outputs"]), str(data["job_id"]))
+        return Memo(key, dict(data["outputs"]), str(data["job_id"]), str(data.get("sig", "")))
 
-    def put(self, key: str, outputs: dict[str, str], job_id: str) -> None:
-        value = json.dumps({"outputs": outputs, "job_id": job_id})
+    def put(self, key: str, outputs: dict[str, str], job_id: str, sig: str = "") -> None:
+        value = json.dumps({"outputs": outputs, "job_id": job_id, "sig": sig})
         self.r.set(keys.memo(key), value, ex=self.ttl)
 
     def drop(self, key: str) -> None:

@@ -17,6 +17,10 @@ its own personalization, so no use of one subkey tells anything about another:
   a disk or a bucket shows names that say nothing about which content they hold;
 * the *sealing* key: the XChaCha20-Poly1305 secretstream key of every envelope
   (:mod:`offload.cache.envelope`);
+* the *secrets* key: the XChaCha20-Poly1305 key of the box that carries a job's secret
+  values from its producer to its container (:mod:`offload.cache.jobseal`);
+* the *job signing* key: keyed BLAKE2b over a job's id and spec, so that a worker runs only
+  jobs a key holder submitted (:mod:`offload.cache.jobseal`);
 * the *key id*: 8 public bytes (:attr:`ClusterKey.fingerprint`, 16 hex digits) written into
   every envelope so that an object sealed under another key is told apart from a damaged one.
 """
@@ -48,6 +52,8 @@ _FILE_MAX = 4096
 _PERSON_NAMING = b"offload:name:v1"
 _PERSON_SEALING = b"offload:seal:v1"
 _PERSON_KEY_ID = b"offload:keyid:v1"
+_PERSON_SECRETS = b"offload:secr:v1"
+_PERSON_JOBS = b"offload:jobs:v1"
 _PERSON_OID = b"offload:oid:v1"
 _PERSON_FILE_CHECK = b"offload:keyfile"
 
@@ -77,6 +83,8 @@ class ClusterKey:
     naming_key: bytes = field(init=False)
     sealing_key: bytes = field(init=False)
     key_id: bytes = field(init=False)
+    secrets_key: bytes = field(init=False)
+    jobs_key: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) != KEY_BYTES:
@@ -85,6 +93,8 @@ class ClusterKey:
             "naming_key": (_PERSON_NAMING, KEY_BYTES),
             "sealing_key": (_PERSON_SEALING, KEY_BYTES),
             "key_id": (_PERSON_KEY_ID, KEY_ID_BYTES),
+            "secrets_key": (_PERSON_SECRETS, KEY_BYTES),
+            "jobs_key": (_PERSON_JOBS, KEY_BYTES),
         }
         for name, (person, size) in derive.items():
             object.__setattr__(self, name, _blake2b(b"", key=self.secret, person=person, size=size))

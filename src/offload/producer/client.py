@@ -20,6 +20,8 @@ from offload.broker.publish import publish
 from offload.broker.records import JobRecord, JobRecords
 from offload.cache.factory import open_store
 from offload.cache.imports import import_s3
+from offload.cache.jobseal import seal_job
+from offload.cache.keys import ClusterKey, load_key
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import BrokerError, CacheError, JobNotFound, SpecError
@@ -74,6 +76,11 @@ class Client:
     @cached_property
     def app(self) -> App:
         return make_app(self.settings)
+
+    @cached_property
+    def key(self) -> ClusterKey:
+        """The cluster key: seals each job's secrets and signs the job."""
+        return load_key(self.settings.key_path)
 
     @property
     def store(self) -> Store:
@@ -299,6 +306,7 @@ class Client:
 
     def _publish(self, spec: JobSpec, queue: str) -> Job:
         job_id = uuid.uuid4().hex
+        spec = seal_job(self.key, job_id, spec)  # secrets boxed, job signed: Redis is untrusted
         if spec.parents():
             Pipeline(self.records, self.app).submit(job_id, spec, queue)
             return Job(self, job_id)

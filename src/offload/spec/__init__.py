@@ -106,6 +106,22 @@ def param_text(value: Any) -> str:
 JSONValue = Any
 
 
+class Seal(BaseModel):
+    """How the producer sealed and signed a job (:mod:`offload.cache.jobseal`).
+
+    ``box``: the secret params' and env's values, encrypted under a key only the cluster key
+    gives (the spec holds ``***`` in their place); ``sig``: the job's signature, over the job
+    id and the spec as submitted; ``refs``: the inputs resolved at release, by name, with the
+    output reference the signature covers.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    box: str = ""
+    sig: str = ""
+    refs: dict[str, str] = Field(default_factory=dict)
+
+
 class JobSpec(BaseModel):
     """Everything that defines one job.
 
@@ -133,6 +149,7 @@ class JobSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     task: tuple[int, int] | None = None  # (index, count) of a fan-out made by Client.map
     after: tuple[str, ...] = ()  # ids of jobs that must succeed first (no data passed)
+    seal: Seal | None = None  # sealed secrets and signature, set by the producer
 
     @field_validator("image")
     @classmethod
@@ -244,7 +261,12 @@ class JobSpec(BaseModel):
     def resolved(self, outputs: dict[str, str]) -> JobSpec:
         """This spec with each output reference replaced by ``outputs[str(ref)]``."""
         inputs = {name: outputs.get(ref, ref) for name, ref in self.inputs.items()}
-        return self.model_copy(update={"inputs": inputs})
+        if self.seal is None:
+            return self.model_copy(update={"inputs": inputs})
+        # the signature covers the references: keep them beside the ids they resolved to
+        done = {name: ref for name, ref in self.inputs.items() if ref in outputs}
+        seal = self.seal.model_copy(update={"refs": {**self.seal.refs, **done}})
+        return self.model_copy(update={"inputs": inputs, "seal": seal})
 
     @field_validator("env")
     @classmethod
@@ -330,6 +352,7 @@ class JobSpec(BaseModel):
         data["params"] = {k: ("***" if k in self.secret else v) for k, v in self.params.items()}
         data["env"] = {k: ("***" if k in self.secret else v) for k, v in self.env.items()}
         data["secret"] = sorted(self.secret)
+        data.pop("seal", None)
         return data
 
 
@@ -373,6 +396,7 @@ __all__ = [
     "ResourceClass",
     "Resources",
     "RetryPolicy",
+    "Seal",
     "TiB",
     "build_spec",
     "format_memory",

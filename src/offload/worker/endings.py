@@ -16,6 +16,8 @@ from typing import Any
 
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus, Reason
+from offload.cache import jobseal
+from offload.cache.keys import ClusterKey
 from offload.errors import BrokerError, SpecError
 from offload.spec import JobSpec, ResourceClass, format_memory, resolve_class
 from offload.spec.retry import RETRYABLE_REASONS
@@ -47,17 +49,22 @@ class Recorder:
         spec: JobSpec,
         retries_before: int,
         classes: Sequence[ResourceClass] = (),
+        key: ClusterKey | None = None,
     ) -> None:
         self.records, self.journal, self.publish = records, journal, publish
         self.job_id, self.attempt, self.spec = job_id, attempt, spec
         self.retries_before = retries_before
         self.classes = classes
+        self.key = key  # signs outputs (its children's inputs) and an escalated spec
         self.journaled = False
         self.last_lines: Callable[[], list[tuple[str, str]]] = list
 
     def record(self, status: JobStatus, **fields: Any) -> JobStatus:
         """Write the attempt's last move; journal it when Redis is away. Returns the job's
         status afterwards (another one when this attempt was fenced off)."""
+        if status is JobStatus.SUCCEEDED and self.key is not None:
+            outputs = fields.get("outputs") or {}
+            fields[jobseal.OUTPUTS_SIG] = jobseal.sign_outputs(self.key, self.job_id, outputs)
         try:
             moved = self.records.transition(self.job_id, status, attempt=self.attempt, **fields)
         except BrokerError as exc:
@@ -119,8 +126,8 @@ class Recorder:
         )
 
     def more_memory(self) -> tuple[JobSpec, str] | None:
-        """The spec with ``retry.memory_factor`` times the memory, and the class that takes
-        it — the next one up when its own no longer does; None when none does."""
+        """The spec with ``retry.memory_factor`` times the memory, signed again, and the class
+        that takes it — the next one up when its own no longer does; None when none does."""
         res = self.spec.resources
         memory = int(res.memory * self.spec.retry.memory_factor)
         try:
@@ -128,7 +135,10 @@ class Recorder:
             queue = resolve_class(bigger, self.classes).name
         except (SpecError, ValueError):
             return None
-        return self.spec.model_copy(update={"resources": bigger}), queue
+        spec = self.spec.model_copy(update={"resources": bigger})  # still sealed: as recorded
+        if self.key is not None:
+            spec = jobseal.sign(self.key, self.job_id, spec)
+        return spec, queue
 
     def retry(
         self,

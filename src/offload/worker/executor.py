@@ -16,10 +16,11 @@ import time
 
 from offload.broker.inflight import InFlight, wait_for
 from offload.broker.status import JobStatus, Reason
+from offload.cache import jobseal
 from offload.cache.actions import ActionCache, Memo, action_key
-from offload.errors import BrokerError, CacheError, StoreUnavailable
+from offload.errors import BrokerError, CacheError, ForgedJob, StoreUnavailable
 from offload.spec import JobSpec, format_memory
-from offload.worker import staging
+from offload.worker import staging, trust
 from offload.worker.endings import Recorder, retries_used
 from offload.worker.gpus import GpuLease, GpusBusy
 from offload.worker.lease import LeaseKeeper
@@ -76,6 +77,7 @@ class Attempt:
             spec,
             retries_used(node.records, job_id),
             node.classes,
+            node.key,
         )
 
     @property
@@ -87,6 +89,7 @@ class Attempt:
         outputs: dict[str, str] = {}
         self.keeper.__enter__()
         try:
+            self.verify()
             self.check_cancel()
             self.check_fits()
             self.check_limits()
@@ -135,12 +138,23 @@ class Attempt:
         )
         if status is JobStatus.SUCCEEDED and self.node.memo is not None and self.memo_key:
             try:
-                self.node.memo.put(self.memo_key, outputs, self.job_id)
+                assert self.node.key is not None  # verify() ran
+                sig = jobseal.sign_memo(self.node.key, self.memo_key, outputs, self.job_id)
+                self.node.memo.put(self.memo_key, outputs, self.job_id, sig)
             except BrokerError as exc:  # an outage: the job is done, only its memo is lost
                 log.warning("job %s: memo not written (%s)", self.job_id, exc)
         return status
 
     # -- steps -----------------------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Run only what a key holder submitted (:mod:`offload.worker.trust`); from here on
+        ``self.spec`` holds the secrets in clear, in memory only."""
+        try:
+            self.spec = trust.verify(self.node, self.job_id, self.spec)
+        except ForgedJob as exc:
+            log.error("job %s refused, not run: %s", self.job_id, exc)
+            raise Outcome(JobStatus.FAILED, Reason.FORGED, f"refused, not run: {exc}") from None
 
     def check_cancel(self) -> None:
         if self.node.records.cancel_requested(self.job_id):
@@ -188,10 +202,14 @@ class Attempt:
         memo = self.node.memo
         if memo is None or not self.spec.cache:
             return
-        self.memo_key = action_key(self.spec, digest)
+        assert self.node.key is not None  # verify() ran
+        self.memo_key = jobseal.memo_key(self.node.key, action_key(self.spec, digest))
         hit = memo.get(self.memo_key)
+        if hit is not None and not jobseal.memo_valid(self.node.key, hit):
+            log.error("job %s: memo entry not signed by a key holder; ignored", self.job_id)
+            hit = None  # this run's success writes a signed entry over it
         if hit is None:
-            self.check_in_flight(memo)
+            self.check_in_flight(memo, digest)
             return
         try:
             present = all(self.node.store.has(oid) for oid in hit.outputs.values())
@@ -206,9 +224,9 @@ class Attempt:
         if present:
             raise CacheHit(hit)
         memo.drop(self.memo_key)  # its outputs are gone: run the job again
-        self.check_in_flight(memo)
+        self.check_in_flight(memo, digest)
 
-    def check_in_flight(self, memo: ActionCache) -> None:
+    def check_in_flight(self, memo: ActionCache, digest: str) -> None:
         """No memo: claim the action for this job (:mod:`offload.broker.inflight`). When an
         identical job runs it now, this attempt gives its slot back and the job waits for it;
         queued again when it ends, the job takes its outputs from the memo or runs itself."""
@@ -220,9 +238,11 @@ class Attempt:
             self.in_flight = inflight
             return
         if holder.status is JobStatus.SUCCEEDED:  # it ended a moment ago, memo not written yet
-            outputs = self.node.records.get(holder.job_id).outputs
+            outputs = trust.outputs_of(self.node, holder.job_id, digest, self.memo_key)
             try:
-                if all(self.node.store.has(oid) for oid in outputs.values()):
+                if outputs is not None and all(
+                    self.node.store.has(oid) for oid in outputs.values()
+                ):
                     raise CacheHit(Memo(self.memo_key, outputs, holder.job_id))
             except StoreUnavailable:
                 pass

@@ -11,6 +11,7 @@ from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo
+from offload.cache.keys import ClusterKey
 from offload.cache.store import Store
 from offload.spec import JobSpec, ResourceClass
 from offload.worker.capacity import Capacity
@@ -40,6 +41,7 @@ class Node:
     cluster: str = ""  # the cluster's id, a label on every container (see LocalReaper)
     classes: Sequence[ResourceClass] = ()  # where an OOM-killed job may grow into
     limits: Limits | None = None  # concurrency limits and held classes (check_limits)
+    key: ClusterKey | None = None  # checks jobs' signatures, opens their secrets (required)
 
 
 class CacheHit(Exception):

@@ -25,6 +25,7 @@ from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
 from offload.cache.factory import open_store
+from offload.cache.keys import load_key
 from offload.config import Settings
 from offload.errors import BrokerError
 from offload.spec import JobSpec
@@ -65,6 +66,7 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         cluster=registry.cluster_id(),
         classes=settings.classes,
         limits=Limits(records, pipeline.park, pipeline.resume),
+        key=load_key(settings.key_path),
     )
 
 
