@@ -46,6 +46,7 @@ def cli() -> None:
 
 def main() -> None:
     from offload.cli import (  # noqa: F401  (registers the commands)
+        aclcmd,
         cachecmd,
         controlcmd,
         jobs,

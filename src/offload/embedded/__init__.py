@@ -69,6 +69,8 @@ def _spawn(settings: Settings, name: str, argv: list[str], umask: int = -1) -> i
         "OFFLOAD_HOME": str(settings.home),
         "OFFLOAD_REDIS_URL": settings.redis_url,
     }
+    if settings.flower_auth is not None:  # the settings given, not only the environment's
+        env["OFFLOAD_FLOWER_AUTH"] = settings.flower_auth.get_secret_value()
     proc = subprocess.Popen(
         argv,
         stdout=log,
@@ -166,8 +168,11 @@ def start_worker(settings: Settings) -> Service:
 
 
 def start_flower(settings: Settings) -> Service:
+    from offload.broker.flower import check_flower_auth
+
     if running_pid(settings, "flower"):
         return Service("flower", "running", settings.flower_url)
+    check_flower_auth(settings)  # beyond loopback only with authentication
     _spawn(settings, "flower", [sys.executable, "-m", "offload", "flower"])
 
     def ready() -> bool:
