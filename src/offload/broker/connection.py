@@ -70,7 +70,7 @@ class VerifiedSSLConnection(redis.SSLConnection):
     """redis-py's TLS connection whose verification failures name the settings to fix."""
 
     def _error_message(self, exception: BaseException) -> str:
-        message = str(super()._error_message(exception))
+        message = str(super()._error_message(exception))  # type: ignore[misc]
         if isinstance(exception, ssl.SSLError):
             message += f"; TLS to Redis failed: check {TLS_SETTINGS}, OFFLOAD_REDIS_CERT/_KEY, "
             message += "and that the host in OFFLOAD_REDIS_URL is named in the certificate"

@@ -104,7 +104,7 @@ class Client:
         timeout: float | None = None,
         retries: int = 0,
         env: Mapping[str, str] | None = None,
-        network: bool = False,
+        network: bool | str = False,
         cache: bool = True,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
@@ -198,7 +198,7 @@ class Client:
         timeout: float | None = None,
         retries: int = 0,
         env: Mapping[str, str] | None = None,
-        network: bool = False,
+        network: bool | str = False,
         cache: bool = True,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
@@ -234,6 +234,7 @@ class Client:
         refs = dict(inputs or {})
         draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
         self._check_timeout(draft.timeout)
+        self._check_network(draft.network)
         queue = resolve_class(draft.resources, self.settings.classes).name
         for input_name, ref in refs.items():
             check_ref(input_name, ref)
@@ -298,6 +299,15 @@ class Client:
                 raise SpecError(f"inputs.{name}", f"expected a regular file, got {str(path)!r}")
             ids[name] = self.store.put_file(path, self.progress)
         return ids
+
+    def _check_network(self, network: bool | str) -> None:
+        allowed = self.settings.job_networks
+        if isinstance(network, str) and network not in allowed:
+            raise SpecError(
+                "network",
+                f"network {network!r} is not allowed in this cluster; OFFLOAD_JOB_NETWORKS "
+                f"allows {', '.join(allowed) if allowed else 'none'}",
+            )
 
     def _check_present(self, name: str, oid: str) -> None:
         # has() raises StoreUnavailable when S3 cannot be reached: an outage, not a bad spec

@@ -104,6 +104,7 @@ def param_text(value: Any) -> str:
 
 
 JSONValue = Any
+NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class Seal(BaseModel):
@@ -143,13 +144,26 @@ class JobSpec(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     priority: int = Field(default=0, ge=0, le=9)  # 9 first; through kombu's priority lists
     env: dict[str, str] = Field(default_factory=dict)
-    network: bool = False
+    # False: no network; True: full access (Docker's bridge); a name: only that Docker network,
+    # which the cluster must allow (OFFLOAD_JOB_NETWORKS), checked at submit and on the worker
+    network: bool | str = False
     cache: bool = True
     name: str | None = Field(default=None, min_length=1, max_length=200)
     labels: dict[str, str] = Field(default_factory=dict)
     task: tuple[int, int] | None = None  # (index, count) of a fan-out made by Client.map
     after: tuple[str, ...] = ()  # ids of jobs that must succeed first (no data passed)
     seal: Seal | None = None  # sealed secrets and signature, set by the producer
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and (
+            not NETWORK_RE.match(value) or value in ("host", "none", "bridge", "default")
+        ):
+            raise ValueError(
+                f"expected true, false or the name of a user-defined Docker network, got {value!r}"
+            )
+        return value
 
     @field_validator("image")
     @classmethod

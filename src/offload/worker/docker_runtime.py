@@ -61,8 +61,15 @@ class _Run:
 
 
 class DockerRuntime(Runtime):
-    def __init__(self, client: docker.DockerClient, *, pull_timeout: float = 60) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        pull_timeout: float = 60,
+        networks: tuple[str, ...] = (),
+    ) -> None:
         self.client = client
+        self.networks = networks  # the Docker networks a job may name (OFFLOAD_JOB_NETWORKS)
         self.api = client.api
         self.api.trust_env = False  # no proxy lookup per engine call (0.15 ms each, measured)
         self.pull_timeout = pull_timeout
@@ -103,6 +110,11 @@ class DockerRuntime(Runtime):
     # -- lifecycle -------------------------------------------------------------------------
 
     def create(self, req: ContainerRequest) -> str:
+        if isinstance(req.network, str) and req.network not in self.networks:
+            raise StartFailed(
+                f"network {req.network!r} is not allowed on this node "
+                f"(OFFLOAD_JOB_NETWORKS: {', '.join(self.networks) or 'none'})"
+            )
         host_config: dict[str, Any] = dict(
             binds={
                 str(m.source): {"bind": m.target, "mode": "ro" if m.read_only else "rw"}
@@ -116,7 +128,9 @@ class DockerRuntime(Runtime):
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={req.tmpfs_size}"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            network_mode="bridge" if req.network else "none",
+            network_mode=(
+                req.network if isinstance(req.network, str) else "bridge" if req.network else "none"
+            ),
             init=True,
             log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )

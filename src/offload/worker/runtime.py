@@ -53,7 +53,8 @@ class ContainerRequest:
     memory: int
     gpus: tuple[str, ...] = ()
     """The GPUs (UUIDs, as ``nvidia-smi`` names them) given to this container alone."""
-    network: bool = False
+    network: bool | str = False
+    """False: none; True: Docker's bridge; a name: only that (allowed) Docker network."""
     user: str = "65534:65534"
     pids_limit: int = 512
     tmpfs_size: str = "64m"

@@ -53,7 +53,9 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         capacity=capacity,
         records=records,
         store=open_store(settings),
-        runtime=DockerRuntime(connect(), pull_timeout=settings.pull_timeout),
+        runtime=DockerRuntime(
+            connect(), pull_timeout=settings.pull_timeout, networks=settings.job_networks
+        ),
         work_dir=work,
         user=settings.container_user,
         pids_limit=settings.pids_limit,
