@@ -13,6 +13,7 @@ from offload import JobFailed, JobStatus
 from offload.broker.app import redis_client
 from offload.broker.records import JobRecords
 from offload.cache.factory import open_store
+from offload.cache.keys import load_key
 from offload.spec import GiB, ResourceClass
 from offload.worker.capacity import Capacity, Gpu, parse_nvidia_smi, served_classes
 from offload.worker.docker_runtime import DockerRuntime, gpu_request
@@ -42,6 +43,7 @@ def in_process_node(p: Platform, client: docker.DockerClient, name: str, cap: Ca
         tmpfs_size=settings.tmpfs_size,
         requeue=lambda *a: None,
         gpus=GpuAllocator(cap.gpus, lock_dir(settings.home), wait=0),
+        key=load_key(settings.key_path),
     )
 
 

@@ -13,6 +13,7 @@ from offload.broker import keys
 from offload.broker.pipeline import Pipeline
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus, Reason
+from offload.cache import jobseal
 from offload.errors import SpecError
 from offload.producer.job import Job
 from offload.spec import OBJECT_ID_RE, JobSpec
@@ -151,12 +152,16 @@ def test_a_release_a_crash_missed_is_made_by_the_sweeper(platform: Platform) -> 
     records.begin_attempt(parent_id, "ghost", 1)
     spec = JobSpec(image="offload/base", command=("cat", "/offload/in/x"))
     child_spec = spec.model_copy(update={"inputs": {"x": f"output:{parent_id}/o"}})
+    child_spec = jobseal.seal_job(c.key, child_id, child_spec)  # as Client.submit signs it
     Pipeline(records, c.app).submit(child_id, child_spec, "cpu-small")
     assert records.status(child_id) is JobStatus.WAITING
     # the parent succeeds; the crash comes before Pipeline.on_done
     assert records.transition(parent_id, JobStatus.RUNNING, attempt=1)
     assert records.transition(parent_id, JobStatus.UPLOADING, attempt=1)
-    assert records.transition(parent_id, JobStatus.SUCCEEDED, attempt=1, outputs={"o": oid})
+    signed = {jobseal.OUTPUTS_SIG: jobseal.sign_outputs(c.key, parent_id, {"o": oid})}
+    assert records.transition(
+        parent_id, JobStatus.SUCCEEDED, attempt=1, outputs={"o": oid}, **signed
+    )
     time.sleep(0.05)
     assert records.status(child_id) is JobStatus.WAITING
     c.redis.zadd(keys.WAITING, {child_id: 1.0})  # waiting long past the grace
