@@ -18,8 +18,10 @@ from tests.conftest import Platform, wait_for
 from tests.faults.conftest import RedisProcess, Runs, leftovers, wait_terminal
 
 
-def containers_running(client: docker.DockerClient) -> int:
-    return len(client.api.containers(filters={"label": "offload.managed=1", "status": "running"}))
+def containers_running(client: docker.DockerClient, job_ids: list[str]) -> int:
+    """Running containers of these jobs (other tests' containers may run beside them)."""
+    up = client.api.containers(filters={"label": "offload.managed=1", "status": "running"})
+    return sum(1 for c in up if c["Labels"].get("offload.job_id") in job_ids)
 
 
 def test_redis_killed_during_a_submission_burst(
@@ -51,7 +53,11 @@ def test_redis_killed_during_a_submission_burst(
     submitter = threading.Thread(target=submit_burst)
     submitter.start()
     try:
-        wait_for(lambda: len(ids) >= 4 and containers_running(docker_client), 60, "jobs running")
+        wait_for(
+            lambda: len(ids) >= 4 and containers_running(docker_client, list(ids)),
+            60,
+            "jobs running",
+        )
         own_redis.kill9()
         time.sleep(2)  # the outage itself
         own_redis.start()
@@ -87,7 +93,7 @@ def test_redis_away_for_several_leases_while_jobs_run(
         ).id
         for i in range(4)
     ]
-    wait_for(lambda: containers_running(docker_client) == 2, 60, "two jobs running")
+    wait_for(lambda: containers_running(docker_client, ids) == 2, 60, "two jobs running")
     own_redis.kill9()
     time.sleep(16)  # four leases (4 s): both running jobs (8 s) end while Redis is away
     own_redis.start()

@@ -82,10 +82,10 @@ def publish(
             log.warning("job %s: locality routing unavailable (%s); class queue", rec.id, exc)
     if decision is None:
         decision = routing.Route(rec.resource_class, "")
-    else:
-        if decision.node is not None:
-            declare_node_queue(app, decision.node)
-        routing.record(_redis(app), rec.id, decision)
+    elif decision.node is not None:
+        declare_node_queue(app, decision.node)
+    # Every publication writes its decision, an empty one too: a route shown is never stale.
+    routing.record(_redis(app), rec.id, decision)
     route(
         app,
         rec.id,
