@@ -95,7 +95,8 @@ def test_a_memo_entry_survives_an_outage_and_the_job_runs(
     try:
         first = p.client.submit("offload/base", command).result(timeout=60)
         [memo_key] = p.client.redis.keys(keys.memo("*"))
-        assert json.loads(p.client.redis.get(memo_key))["job_id"] == first.job_id
+        before = json.loads(p.client.redis.get(memo_key))
+        assert before["job_id"] == first.job_id
         store = p.client.store
         assert isinstance(store, SealedStore)
         for oid in first.outputs.values():  # the outputs are in S3 only now
@@ -107,7 +108,8 @@ def test_a_memo_entry_survives_an_outage_and_the_job_runs(
             s3_server.start()
         assert second.ok and second.cache_hit is None  # could not use the memo: it ran
         entry = json.loads(p.client.redis.get(memo_key))
-        assert entry == {"outputs": first.outputs, "job_id": first.job_id}  # kept as it was
+        assert entry == before  # kept as it was (signature included)
+        assert entry["outputs"] == first.outputs and entry["job_id"] == first.job_id
         assert p.client.redis.ttl(memo_key) > 0
     finally:
         p.kill_worker()

@@ -38,7 +38,8 @@ def test_two_identical_jobs_submitted_together_run_one_container(
     runs = Runs(docker_client)
     c = platform.client
     tag = uuid.uuid4().hex[:8]
-    script = sh(f"echo made-{tag}; sleep 4; echo {tag} > /offload/out/o.txt; echo done-{tag} >&2")
+    # long enough for the three CLI calls below to see the twin still waiting on a busy machine
+    script = sh(f"echo made-{tag}; sleep 12; echo {tag} > /offload/out/o.txt; echo done-{tag} >&2")
     a = c.submit("offload/base", script, name="twin a")
     b = c.submit("offload/base", script, name="twin b")
     waiter = parked(a, b)

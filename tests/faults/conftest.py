@@ -53,6 +53,8 @@ class RedisProcess:
                 "yes",
                 "--appendfsync",
                 "always",
+                "--databases",
+                "1000",  # one per test platform, as tests/conftest.py's server has
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
