@@ -65,5 +65,20 @@ def test_a_job_reaches_a_service_only_on_its_allowed_network(
         with pytest.raises(SpecError) as host:
             c.submit("offload/python", ["true"], network="host")
         assert host.value.field == "network"
+
+        # the same from the shell: --network NAME, and a name outside the allow-list refused
+        cli_on = p.cli(
+            "submit", "offload/python", "--network", service_net, "--memory", "128m", "--wait",
+            "--", "python3", "-c", PROBE,
+        )  # fmt: skip
+        assert cli_on.returncode == 0, cli_on.stderr
+        assert "200" in cli_on.stdout
+        spec = c.job(cli_on.stderr.splitlines()[0].strip()).record().spec
+        assert spec.network == service_net
+        cli_off = p.cli("submit", "offload/python", "--network", "some-other-net", "--", "true")
+        assert cli_off.returncode == 2 and "network" in cli_off.stderr
+        anywhere = p.cli("submit", "offload/base", "--network", "--", "true")
+        assert anywhere.returncode == 0, anywhere.stderr
+        assert c.job(anywhere.stdout.strip()).record().spec.network is True
     finally:
         p.kill_worker()

@@ -169,7 +169,15 @@ _JOB_OPTIONS = [
         "--memory-factor", type=float, default=None, help="Memory times this after oom_killed (2)."
     ),
     click.option("--priority", type=int, default=0, show_default=True, help="0-9, 9 first."),
-    click.option("--network", is_flag=True, help="Give the container network access."),
+    click.option(
+        "--network",
+        is_flag=False,
+        flag_value="*",
+        default=None,
+        metavar="[NAME]",
+        help="Network access: alone, any; with NAME, only that Docker network "
+        "(one OFFLOAD_JOB_NETWORKS allows).",
+    ),
     click.option(
         "--no-cache",
         is_flag=True,
@@ -205,7 +213,7 @@ def job_kwargs(
     backoff: str | None,
     memory_factor: float | None,
     priority: int,
-    network: bool,
+    network: str | None,
     no_cache: bool,
     labels: tuple[str, ...],
 ) -> dict[str, Any]:
@@ -221,7 +229,7 @@ def job_kwargs(
         retry=retry_policy(retry_on, retry_never, retry_always, backoff, memory_factor),
         priority=priority,
         env=dict(pairs("--env", env)),
-        network=network,
+        network=True if network == "*" else (network or False),
         cache=not no_cache,
         labels=dict(pairs("--label", labels)),
     )
