@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine to develop, test and run offload:
-#   a. system packages (docker.io, redis-server, debootstrap, chromium, chromedriver, ...)
+#   a. system packages (docker.io, docker-compose, redis-server, debootstrap, chromium, chromedriver, ...)
 #      -- apt runs only when one of them is missing
 #   b. a running Docker engine (dockerd started in the background if none answers)
 #   c. the virtualenv .venv with `pip install -e '.[dev]'` -- only when pyproject.toml
@@ -50,12 +50,12 @@ apt_install() {
 
 # --- a. system packages -------------------------------------------------------
 missing=()
-for tool in dockerd docker redis-server debootstrap chromium chromedriver ip python3 flock; do
+for tool in dockerd docker docker-compose redis-server debootstrap chromium chromedriver ip python3 flock openssl; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "missing: ${missing[*]}"
-    apt_install docker.io redis-server debootstrap chromium chromium-driver iproute2 \
+    apt_install docker.io docker-compose openssl redis-server debootstrap chromium chromium-driver iproute2 \
         python3 python3-venv ca-certificates util-linux
 else
     log "system packages already installed"

@@ -27,6 +27,8 @@
 #   OFFLOAD_FORCE_BUILD=1   rebuild every Dockerfile image
 #   OFFLOAD_VENV            the virtualenv whose pip builds the wheelhouse (default .venv)
 #   OFFLOAD_SKIP_WORKER=1   do not build offload/worker
+#   OFFLOAD_BUILD_CLUSTER=1 also build the test cluster's offload/redis (offload/base +
+#                           redis-server) and offload/s3 (offload/worker-deps + moto, TLS)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -345,6 +347,19 @@ if [ "${OFFLOAD_SKIP_WORKER:-0}" != 1 ]; then
     ensure_wheels
     ensure_image offload/worker-deps "$BUILD_DIR/worker-deps" offload/python
     ensure_image offload/worker "$BUILD_DIR/worker" offload/worker-deps
+fi
+if [ "${OFFLOAD_BUILD_CLUSTER:-0}" = 1 ]; then
+    ensure_image offload/redis "$ROOT/infra/cluster/images/redis" offload/base --network host
+    s3ctx="$BUILD_DIR/s3ctx"
+    if ! ls "$s3ctx"/wheels/moto-*.whl "$s3ctx"/wheels/pip-*.whl >/dev/null 2>&1; then
+        log "offload/s3: building the moto wheelhouse"
+        mkdir -p "$s3ctx/wheels"
+        "$VENV/bin/pip" wheel --disable-pip-version-check -q -w "$s3ctx/wheels" \
+            "moto[server]==5.2.5" pip >"$BUILD_DIR/s3-wheels.log" 2>&1 ||
+            die "pip wheel moto failed (log: $BUILD_DIR/s3-wheels.log)"
+    fi
+    cp "$ROOT/infra/cluster/images/s3/Dockerfile" "$ROOT/infra/cluster/images/s3/s3_server.py" "$s3ctx/"
+    ensure_image offload/s3 "$s3ctx" offload/worker-deps
 fi
 # Layers left dangling by rebuilds.
 docker image prune -f --filter "label=$LABEL_KEY" >/dev/null 2>&1 || true
