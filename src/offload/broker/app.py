@@ -13,7 +13,14 @@ from celery import Celery
 from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
-from offload.broker.connection import broker_url, redis_client, ssl_options, warn_if_plain
+from offload.broker import sentinel
+from offload.broker.connection import (
+    broker_url,
+    redis_client,
+    ssl_options,
+    transport_options,
+    warn_if_plain,
+)
 from offload.broker.queues import PRIORITY_STEPS, kombu_priority
 from offload.config import Settings
 from offload.errors import JobError
@@ -69,6 +76,7 @@ class _ShadowNamedAMQP(AMQP):
 def make_app(settings: Settings) -> Celery:
     """Build the Celery app for ``settings``. Producers and workers build the same one."""
     warn_if_plain(settings)
+    sentinel.install()
     app = Celery(
         "offload", broker=broker_url(settings), set_as_current=False, amqp=_ShadowNamedAMQP
     )
@@ -80,6 +88,7 @@ def make_app(settings: Settings) -> Celery:
         # ten priority lists per queue, so each of a job's priorities 0-9 is its own
         "priority_steps": list(PRIORITY_STEPS),
         "queue_order_strategy": "priority",
+        **transport_options(settings),  # sentinel://: the master's name
     }
     conf: dict[str, Any] = dict(
         task_queues=queues_for(settings),

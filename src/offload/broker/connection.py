@@ -9,7 +9,12 @@ between clients:
 * ``OFFLOAD_REDIS_USER`` / ``OFFLOAD_REDIS_PASSWORD`` (a Redis ACL user, ``offload acl``) go
   into the URL kombu connects with and into redis-py's options; credentials already in the
   URL are kept when these are unset;
-* a plain ``redis://`` URL to a host other than loopback logs a warning (:func:`warn_if_plain`).
+* a plain ``redis://`` URL to a host other than loopback logs a warning (:func:`warn_if_plain`);
+* ``sentinel://h1:26379;sentinel://h2:26379/0`` (kombu's form: each Sentinel, ``;``-separated,
+  the database on any of them) finds the master named ``OFFLOAD_REDIS_SENTINEL_MASTER``
+  through the Sentinels, and finds the new one after a failover: kombu through its
+  ``master_name`` transport option, redis-py through ``Sentinel.master_for``. The
+  credentials are the master's; the Sentinels are reached without (and without TLS).
 
 No Celery here: the data tier and the worker's runtime build their clients from this module.
 """
@@ -19,9 +24,10 @@ from __future__ import annotations
 import logging
 import ssl
 from typing import Any
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import ParseResult, quote, urlparse, urlunparse
 
 import redis
+from redis.sentinel import Sentinel
 
 from offload.config import Settings
 from offload.errors import BrokerError, ConfigError
@@ -30,26 +36,89 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 TLS_SETTINGS = "OFFLOAD_REDIS_CA (the CA that signed the Redis server's certificate)"
+SENTINEL = "sentinel://"
+SENTINEL_PORT = 26379
 
 
 def is_tls(settings: Settings) -> bool:
     return settings.redis_url.startswith("rediss://")
 
 
-def broker_url(settings: Settings) -> str:
-    """``settings.redis_url`` with ``redis_user`` / ``redis_password`` put in (kombu and
-    Flower take credentials only from the URL)."""
-    if settings.redis_user is None and settings.redis_password is None:
-        return settings.redis_url
-    url = urlparse(settings.redis_url)
-    user = quote(settings.redis_user or url.username or "", safe="")
-    secret = settings.redis_password.get_secret_value() if settings.redis_password else ""
-    password = quote(secret or url.password or "", safe="")
+def is_sentinel(settings: Settings) -> bool:
+    return settings.redis_url.startswith(SENTINEL)
+
+
+def sentinel_urls(settings: Settings) -> list[ParseResult]:
+    """The Sentinels of a ``sentinel://`` URL, each checked (a :class:`ConfigError` naming
+    OFFLOAD_REDIS_URL otherwise)."""
+    urls = []
+    for part in settings.redis_url.split(";"):
+        url = urlparse(part.strip())
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+            url = url._replace(netloc="")
+        if url.scheme != "sentinel" or not url.hostname or port == 0:
+            raise ConfigError(
+                f"OFFLOAD_REDIS_URL: {part.strip()!r} is not a Sentinel "
+                "(sentinel://HOST[:PORT], several separated by ';')"
+            )
+        urls.append(url)
+    return urls
+
+
+def redis_db(settings: Settings) -> int:
+    """The Redis database of ``OFFLOAD_REDIS_URL`` (for ``sentinel://``, the one any
+    Sentinel's part names; they must agree)."""
+    urls = sentinel_urls(settings) if is_sentinel(settings) else [urlparse(settings.redis_url)]
+    named = {u.path.strip("/") for u in urls} - {""}
+    if len(named) > 1:
+        raise ConfigError(f"OFFLOAD_REDIS_URL names several databases: {sorted(named)}")
+    path = named.pop() if named else "0"
+    if not path.isdigit():
+        raise ConfigError(f"OFFLOAD_REDIS_URL: database {path!r} is not a number")
+    return int(path)
+
+
+def _credentials(settings: Settings, url: ParseResult) -> tuple[str | None, str | None]:
+    secret = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return settings.redis_user or url.username, secret or url.password
+
+
+def _with_credentials(url: ParseResult, user: str | None, password: str | None) -> str:
     host = url.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = f"{user}:{password}@{host}" + (f":{url.port}" if url.port else "")
+    netloc = host + (f":{url.port}" if url.port else "")
+    if user or password:
+        netloc = f"{quote(user or '', safe='')}:{quote(password or '', safe='')}@{netloc}"
     return urlunparse(url._replace(netloc=netloc))
+
+
+def broker_url(settings: Settings) -> str:
+    """``settings.redis_url`` with ``redis_user`` / ``redis_password`` put in (kombu and
+    Flower take credentials only from the URL). A ``sentinel://`` URL gets them, and the
+    database, on every Sentinel's part (kombu reads both from the first)."""
+    if is_sentinel(settings):
+        urls = sentinel_urls(settings)
+        user, password = _credentials(settings, urls[0])
+        db = f"/{redis_db(settings)}"
+        return ";".join(_with_credentials(u._replace(path=db), user, password) for u in urls)
+    if settings.redis_user is None and settings.redis_password is None:
+        return settings.redis_url
+    url = urlparse(settings.redis_url)
+    return _with_credentials(url, *_credentials(settings, url))
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu transport options the connection needs: the Sentinel master's name."""
+    if not is_sentinel(settings):
+        return {}
+    return {
+        "master_name": settings.redis_sentinel_master,
+        "sentinel_kwargs": {"socket_connect_timeout": 5, "socket_timeout": 5},
+    }
 
 
 def ssl_options(settings: Settings) -> dict[str, Any] | None:
@@ -98,14 +167,34 @@ def redis_client(settings: Settings, **overrides: Any) -> redis.Redis:
     )
     options.update(redis_options(settings))
     options.update(overrides)
+    if is_sentinel(settings):
+        urls = sentinel_urls(settings)
+        user, password = _credentials(settings, urls[0])
+        sentinels = Sentinel(
+            [(u.hostname or "", u.port or SENTINEL_PORT) for u in urls],
+            sentinel_kwargs={"socket_connect_timeout": 5, "socket_timeout": 5},
+        )
+        return sentinels.master_for(
+            settings.redis_sentinel_master,
+            db=redis_db(settings),
+            username=user,
+            password=password,
+            **options,
+        )
     return redis.Redis.from_url(broker_url(settings), **options)
 
 
 def warn_if_plain(settings: Settings) -> bool:
     """Log a warning when Redis is reached without TLS off this machine; True if it did."""
-    host = urlparse(settings.redis_url).hostname
-    if is_tls(settings) or host in LOOPBACK or settings.redis_url.startswith("unix:"):
-        return False
+    if is_sentinel(settings):
+        away = [u.hostname for u in sentinel_urls(settings) if u.hostname not in LOOPBACK]
+        host = ", ".join(h for h in away if h)
+        if not host:
+            return False
+    else:
+        host = urlparse(settings.redis_url).hostname or ""
+        if is_tls(settings) or host in LOOPBACK or settings.redis_url.startswith("unix:"):
+            return False
     log.warning(
         "Redis at %s is reached over plain redis:// (no TLS): job specs, secrets and logs "
         "cross the network in clear; use rediss:// with OFFLOAD_REDIS_CA",
@@ -141,5 +230,8 @@ def check(settings: Settings, *, unreachable_ok: bool = False) -> None:
 
 
 def _where(settings: Settings) -> str:
+    if is_sentinel(settings):
+        hosts = [f"{u.hostname}:{u.port or SENTINEL_PORT}" for u in sentinel_urls(settings)]
+        return f"Sentinel master {settings.redis_sentinel_master!r} of {', '.join(hosts)}"
     url = urlparse(settings.redis_url)
     return f"{url.scheme}://{url.hostname}:{url.port or 6379}"
