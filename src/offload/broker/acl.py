@@ -25,14 +25,13 @@ database only (kombu's ``/<db>.<exchange>`` topics).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import redis
 
 from offload.broker import keys
+from offload.broker.connection import redis_db
 from offload.broker.queues import UNACKED, UNACKED_INDEX
 from offload.config import Settings
-from offload.errors import ConfigError
 
 ROLES = ("producer", "worker", "autoscaler", "monitor")
 USER_PREFIX = "offload-"
@@ -72,11 +71,7 @@ class Role:
 
 
 def _db(settings: Settings) -> int:
-    path = urlparse(settings.redis_url).path.strip("/")
-    try:
-        return int(path or 0)
-    except ValueError:
-        raise ConfigError(f"OFFLOAD_REDIS_URL: database {path!r} is not a number") from None
+    return redis_db(settings)  # sentinel:// URLs too
 
 
 def _queue_patterns(settings: Settings) -> list[str]:

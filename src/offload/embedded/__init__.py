@@ -96,19 +96,25 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path) -> No
     raise OffloadError(f"{what} did not come up within {timeout:g}s; see {log}")
 
 
-def _redis_ok(url: str) -> bool:
+def _redis_ok(settings: Settings) -> bool:
+    """Whether Redis answers, reached as every process reaches it (TLS, user, Sentinel)."""
+    from offload.broker.connection import redis_client
+
+    client = redis_client(settings, socket_connect_timeout=1, socket_timeout=2)
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(client.ping())
     except redis.RedisError:
         return False
+    finally:
+        client.close()
 
 
 def start_redis(settings: Settings) -> Service:
     url = urlparse(settings.redis_url)
-    if _redis_ok(settings.redis_url):
+    if _redis_ok(settings):
         owned = running_pid(settings, "redis")
         return Service("redis", "running" if owned else "external", settings.redis_url)
-    if url.hostname not in LOOPBACK:
+    if url.hostname not in LOOPBACK or settings.redis_url.startswith("sentinel://"):
         raise BrokerError(f"Redis at {settings.redis_url} does not answer (not on this machine)")
     exe = shutil.which("redis-server")
     if exe is None:
@@ -143,9 +149,7 @@ def start_redis(settings: Settings) -> Service:
         ],
         umask=0o077,  # its files 0600, folders 0700
     )
-    _wait(
-        "redis-server", lambda: _redis_ok(settings.redis_url), 15, settings.home / "logs/redis.log"
-    )
+    _wait("redis-server", lambda: _redis_ok(settings), 15, settings.home / "logs/redis.log")
     return Service("redis", "started", settings.redis_url)
 
 
