@@ -167,7 +167,14 @@ def test_master_killed_during_a_burst_fails_over(
     submitter = threading.Thread(target=submit_burst)
     submitter.start()
     try:
-        wait_for(lambda: len(ids) >= 4, 15, "the burst under way")
+        wait_for(
+            lambda: (
+                len(ids) >= 4
+                and any(client.job(j).status() is JobStatus.RUNNING for j in list(ids))
+            ),
+            15,
+            "jobs of the burst running",
+        )
         cluster.master.kill9()
         wait_for(lambda: cluster.master_port() == cluster.replica_port, 20, "the replica promoted")
     finally:
