@@ -41,6 +41,7 @@ USER_PREFIX = "offload-"
 _COMMON = ("-@all", "+@all", "-@dangerous", "-@admin")
 _MONITOR = (
     "-@all", "+@read", "+@connection", "+@pubsub", "+@list", "+@set", "+@write",
+    "+@transaction",  # kombu's channel wraps its binding writes in MULTI/EXEC (Flower's events)
     "-@dangerous", "-@admin",
 )  # fmt: skip
 
