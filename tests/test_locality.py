@@ -203,7 +203,14 @@ def test_a_child_runs_on_its_parents_node_and_elsewhere_when_that_node_is_busy_o
     )
     result = gone.result(timeout=60)
     assert result.ok and result.node not in (home, None)
-    assert route_of(c, gone.id) == ["", f"node {home} did not start it within {GRACE:g} s"]
+    routed_to, why = route_of(c, gone.id)
+    if routed_to:
+        # the busy phase left a copy on the node that ran that job: routing may pick that live
+        # node (as many bytes, a free slot) over the dead one — and it ran there at once
+        assert routed_to == result.node and why == "holds 4 MiB of 4 MiB inputs"
+        assert time.time() - t0 < GRACE + 15
+        return
+    assert why == f"node {home} did not start it within {GRACE:g} s"
     # moved after the grace, at the next sweep (every second here), then started at once
     waited = queued_for(c, gone.id)
     assert GRACE - 0.5 <= waited < GRACE + 3 and time.time() - t0 < GRACE + 15

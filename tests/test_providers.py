@@ -123,7 +123,11 @@ def test_local_node_starts_registers_runs_and_drains(
     info = registry(p.settings).get(name)
     assert info is not None
     assert info.provider == "local" and info.classes == ("cpu-small",) and info.slots == 1
-    assert any(f"offload@{name}" in r for r in p.client.app.control.ping(timeout=1))
+    wait_for(  # it answers Celery's control pings (a moment after it registered)
+        lambda: any(f"offload@{name}" in r for r in p.client.app.control.ping(timeout=1)),
+        20,
+        f"{name} to answer a ping",
+    )
 
     (node,) = provider.nodes()
     assert (node.name, node.resource_class, node.state) == (name, "cpu-small", "running")

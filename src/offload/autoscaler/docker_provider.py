@@ -14,7 +14,8 @@ starts the job containers beside itself. A node container runs with
 * the AWS credential variables of the autoscaler's environment, when set (S3 access on a
   machine without an instance role), and any ``env`` given;
 * the cluster key file mounted read-only at the same path;
-* labels ``offload.node=<name>``, ``offload.class=<class>``, ``offload.provider=docker``;
+* labels ``offload.node=<name>``, ``offload.class=<class>``, ``offload.provider=docker``,
+  ``offload.scope=<hash of the Redis URL>`` (it lists only its own cluster's nodes);
 * ``init=True`` (an init process forwards signals and reaps the pool's processes).
 
 Draining sends SIGTERM to the container (Celery's warm shutdown: stop consuming, finish the
@@ -30,6 +31,7 @@ An engine that cannot be reached or refuses a call raises
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +54,9 @@ from offload.errors import ConfigError, ProviderError
 LABEL_NODE = "offload.node"
 LABEL_CLASS = "offload.class"
 LABEL_PROVIDER = "offload.provider"
+# The cluster a node belongs to (a hash of its Redis URL): two clusters sharing an engine never
+# see, drain or count each other's nodes.
+LABEL_SCOPE = "offload.scope"
 FORWARD_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -210,7 +215,12 @@ class DockerProvider(NodeProvider):
             user="0:0",
             init=True,
             environment=env,
-            labels={LABEL_NODE: name, LABEL_CLASS: resource_class, LABEL_PROVIDER: "docker"},
+            labels={
+                LABEL_NODE: name,
+                LABEL_CLASS: resource_class,
+                LABEL_PROVIDER: "docker",
+                LABEL_SCOPE: self.scope,
+            },
             volumes={
                 **engine_volumes,
                 str(home): {"bind": str(home), "mode": "rw"},
@@ -226,9 +236,16 @@ class DockerProvider(NodeProvider):
     def _containers(self) -> list[Any]:
         return list(
             self.client.containers.list(
-                all=True, filters={"label": [LABEL_NODE, f"{LABEL_PROVIDER}=docker"]}
+                all=True,
+                filters={
+                    "label": [LABEL_NODE, f"{LABEL_PROVIDER}=docker", f"{LABEL_SCOPE}={self.scope}"]
+                },
             )
         )
+
+    @property
+    def scope(self) -> str:
+        return hashlib.sha256(self.settings.redis_url.encode()).hexdigest()[:16]
 
     def _container(self, node: str) -> Any:
         found = self.client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node}"})
