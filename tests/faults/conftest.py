@@ -83,6 +83,18 @@ class RedisProcess:
             self.proc.wait(10)
 
 
+# What the fault tests run with: a worker serving cpu-small, short leases and frequent sweeps,
+# so a death is noticed in seconds.
+FAST_RECOVERY = {
+    "OFFLOAD_WORKER_CLASSES": "cpu-small",
+    "OFFLOAD_HEARTBEAT_INTERVAL": "1",
+    "OFFLOAD_LEASE_TTL": "4",
+    "OFFLOAD_SWEEP_INTERVAL": "1",
+    "OFFLOAD_LOST_MESSAGE_GRACE": "3",
+    "OFFLOAD_LOST_AFTER": "6",
+}
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     folder = tmp_path / "redis"
@@ -102,12 +114,7 @@ def fault_platform(
         own_redis.url,
         tmp_path / "home",
         OFFLOAD_WORKER_SLOTS="2",
-        OFFLOAD_WORKER_CLASSES="cpu-small",
-        OFFLOAD_HEARTBEAT_INTERVAL="1",
-        OFFLOAD_LEASE_TTL="4",
-        OFFLOAD_SWEEP_INTERVAL="1",
-        OFFLOAD_LOST_MESSAGE_GRACE="3",
-        OFFLOAD_LOST_AFTER="6",
+        **FAST_RECOVERY,
     )
     yield p
     p.kill_worker()

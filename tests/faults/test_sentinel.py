@@ -23,7 +23,7 @@ import redis
 from offload.broker.status import JobStatus
 from offload.errors import OffloadError
 from tests.conftest import Platform, free_port, make_platform, wait_for
-from tests.faults.conftest import RedisProcess
+from tests.faults.conftest import FAST_RECOVERY, RedisProcess
 
 MASTER = "mymaster"
 
@@ -131,12 +131,7 @@ def sentinel_platform(
         tmp_path / "home",
         OFFLOAD_REDIS_SENTINEL_MASTER=MASTER,
         OFFLOAD_WORKER_SLOTS="3",
-        OFFLOAD_WORKER_CLASSES="cpu-small",
-        OFFLOAD_HEARTBEAT_INTERVAL="1",
-        OFFLOAD_LEASE_TTL="4",
-        OFFLOAD_SWEEP_INTERVAL="1",
-        OFFLOAD_LOST_MESSAGE_GRACE="3",
-        OFFLOAD_LOST_AFTER="6",
+        **FAST_RECOVERY,
     )
     yield p
     p.kill_worker()
