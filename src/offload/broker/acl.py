@@ -12,8 +12,9 @@ producer      writes job records (``offload:*``) and publishes to the class and 
 worker        all of the producer's, plus consuming (``unacked*``, kombu's bindings), its
               control mailbox (``*.pidbox``) and events; the sweeper
 autoscaler    the worker's keys (it runs the sweeper, which republishes and reads queues)
-monitor       Flower: reads ``offload:*`` and the queues; writes only kombu's bindings and its
-              control reply mailbox; events and broadcasts
+monitor       Flower: reads ``offload:*`` and the queues; writes only kombu's bindings, its
+              event receiver's queue (``celeryev.*``) and its control reply mailbox; events
+              and broadcasts
 ============  =================================================================================
 
 No role may run a command of Redis's ``@dangerous`` or ``@admin`` categories (FLUSHALL,
@@ -42,6 +43,7 @@ _COMMON = ("-@all", "+@all", "-@dangerous", "-@admin")
 _MONITOR = (
     "-@all", "+@read", "+@connection", "+@pubsub", "+@list", "+@set", "+@write",
     "+@transaction",  # kombu's channel wraps its binding writes in MULTI/EXEC (Flower's events)
+    "+@scripting", "+time",  # and refreshes its bindings' deadlines by EVALSHA (calls TIME)
     "-@dangerous", "-@admin",
 )  # fmt: skip
 
@@ -109,6 +111,8 @@ def roles(settings: Settings) -> dict[str, Role]:
                 f"%R~{UNACKED}*",
                 "~_kombu.*",
                 f"~{mailbox}",
+                "~celeryev.*",  # its event receiver's queue: declared (LLEN), deleted at close
+                f"~{UNACKED}_mutex",  # taken when a channel restores unacked messages (none)
             ),
             (*events, *control),
         ),
