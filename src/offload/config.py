@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     # the Sentinel master name for sentinel:// URLs (sentinel://h1:26379;sentinel://h2:26379/0)
     redis_sentinel_master: str = Field(default="mymaster", min_length=1)
+    # sentinel:// only: TLS to the Sentinels and to the master they name (OFFLOAD_REDIS_CA,
+    # _CERT, _KEY as for rediss://), and the Sentinels' own password (their requirepass, or
+    # an ACL user of theirs); the master's credentials are OFFLOAD_REDIS_USER / _PASSWORD
+    redis_sentinel_tls: bool = False
+    redis_sentinel_user: str | None = None
+    redis_sentinel_password: SecretStr | None = None
     visibility_margin: int = Field(default=600, ge=1)
     home: Path = Field(default_factory=lambda: Path.home() / ".offload")
     cache_dir: Path | None = None

@@ -13,8 +13,11 @@ between clients:
 * ``sentinel://h1:26379;sentinel://h2:26379/0`` (kombu's form: each Sentinel, ``;``-separated,
   the database on any of them) finds the master named ``OFFLOAD_REDIS_SENTINEL_MASTER``
   through the Sentinels, and finds the new one after a failover: kombu through its
-  ``master_name`` transport option, redis-py through ``Sentinel.master_for``. The
-  credentials are the master's; the Sentinels are reached without (and without TLS).
+  ``master_name`` transport option, redis-py through ``Sentinel.master_for``.
+  ``OFFLOAD_REDIS_SENTINEL_TLS`` puts the Sentinels and the master behind TLS (the same CA,
+  client certificate and host-name check as ``rediss://``); the master's credentials are
+  ``OFFLOAD_REDIS_USER`` / ``_PASSWORD``, the Sentinels' ``OFFLOAD_REDIS_SENTINEL_USER`` /
+  ``_PASSWORD``.
 
 No Celery here: the data tier and the worker's runtime build their clients from this module.
 """
@@ -27,7 +30,7 @@ from typing import Any
 from urllib.parse import ParseResult, quote, urlparse, urlunparse
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
 from offload.config import Settings
 from offload.errors import BrokerError, ConfigError
@@ -41,6 +44,8 @@ SENTINEL_PORT = 26379
 
 
 def is_tls(settings: Settings) -> bool:
+    if is_sentinel(settings):
+        return settings.redis_sentinel_tls
     return settings.redis_url.startswith("rediss://")
 
 
@@ -111,13 +116,28 @@ def broker_url(settings: Settings) -> str:
     return _with_credentials(url, *_credentials(settings, url))
 
 
+def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """redis-py options for the connections to the Sentinels themselves (TLS, their
+    credentials, short timeouts: a dead Sentinel must not hold up asking the next)."""
+    opts: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
+    tls = ssl_options(settings)
+    if tls is not None:
+        opts.update(tls, ssl=True, ssl_cert_reqs="required")
+    if settings.redis_sentinel_user:
+        opts["username"] = settings.redis_sentinel_user
+    if settings.redis_sentinel_password is not None:
+        opts["password"] = settings.redis_sentinel_password.get_secret_value()
+    return opts
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
-    """kombu transport options the connection needs: the Sentinel master's name."""
+    """kombu transport options the connection needs: the Sentinel master's name, and how to
+    reach the Sentinels."""
     if not is_sentinel(settings):
         return {}
     return {
         "master_name": settings.redis_sentinel_master,
-        "sentinel_kwargs": {"socket_connect_timeout": 5, "socket_timeout": 5},
+        "sentinel_kwargs": sentinel_kwargs(settings),
     }
 
 
@@ -135,15 +155,25 @@ def ssl_options(settings: Settings) -> dict[str, Any] | None:
     return opts
 
 
+def _tls_hint(message: str, exception: BaseException) -> str:
+    if isinstance(exception, ssl.SSLError):
+        message += f"; TLS to Redis failed: check {TLS_SETTINGS}, OFFLOAD_REDIS_CERT/_KEY, "
+        message += "and that the host in OFFLOAD_REDIS_URL is named in the certificate"
+    return message
+
+
 class VerifiedSSLConnection(redis.SSLConnection):
     """redis-py's TLS connection whose verification failures name the settings to fix."""
 
     def _error_message(self, exception: BaseException) -> str:
-        message = str(super()._error_message(exception))  # type: ignore[misc]
-        if isinstance(exception, ssl.SSLError):
-            message += f"; TLS to Redis failed: check {TLS_SETTINGS}, OFFLOAD_REDIS_CERT/_KEY, "
-            message += "and that the host in OFFLOAD_REDIS_URL is named in the certificate"
-        return message
+        return _tls_hint(str(super()._error_message(exception)), exception)  # type: ignore[misc]
+
+
+class VerifiedSentinelSSLConnection(SentinelManagedSSLConnection):
+    """The same, for a master found through the Sentinels (it follows a failover)."""
+
+    def _error_message(self, exception: BaseException) -> str:
+        return _tls_hint(str(super()._error_message(exception)), exception)  # type: ignore[misc]
 
 
 def redis_options(settings: Settings) -> dict[str, Any]:
@@ -170,9 +200,11 @@ def redis_client(settings: Settings, **overrides: Any) -> redis.Redis:
     if is_sentinel(settings):
         urls = sentinel_urls(settings)
         user, password = _credentials(settings, urls[0])
+        if "connection_class" in options:  # TLS: a connection that follows the master
+            options["connection_class"] = VerifiedSentinelSSLConnection
         sentinels = Sentinel(
             [(u.hostname or "", u.port or SENTINEL_PORT) for u in urls],
-            sentinel_kwargs={"socket_connect_timeout": 5, "socket_timeout": 5},
+            sentinel_kwargs=sentinel_kwargs(settings),
         )
         return sentinels.master_for(
             settings.redis_sentinel_master,
@@ -189,7 +221,7 @@ def warn_if_plain(settings: Settings) -> bool:
     if is_sentinel(settings):
         away = [u.hostname for u in sentinel_urls(settings) if u.hostname not in LOOPBACK]
         host = ", ".join(h for h in away if h)
-        if not host:
+        if not host or is_tls(settings):
             return False
     else:
         host = urlparse(settings.redis_url).hostname or ""
@@ -212,21 +244,37 @@ def check(settings: Settings, *, unreachable_ok: bool = False) -> None:
     client = redis_client(settings, socket_timeout=5)
     try:
         client.ping()
-    except redis.AuthenticationError as exc:
-        raise ConfigError(
-            f"Redis refused the credentials (OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD): {exc}"
-        ) from None
-    except redis.ConnectionError as exc:
-        if is_tls(settings) and ("SSL" in str(exc) or "certificate" in str(exc)):
-            raise ConfigError(f"cannot reach Redis over TLS: {exc}") from None
-        if unreachable_ok:
+    except redis.RedisError as exc:
+        error = broker_error(exc)
+        if isinstance(error, ConfigError):
+            raise error from None
+        if unreachable_ok and isinstance(exc, redis.ConnectionError):
             log.warning("Redis at %s does not answer yet: %s", _where(settings), exc)
             return
         raise BrokerError(f"cannot reach Redis at {_where(settings)}: {exc}") from None
-    except redis.RedisError as exc:
-        raise BrokerError(f"Redis at {_where(settings)}: {exc}") from None
     finally:
         client.close()
+
+
+def broker_error(exc: redis.RedisError) -> BrokerError | ConfigError:
+    """What a Redis failure means to the user: a TLS verification failure or refused
+    credentials or permissions are configuration (exit 2, naming the settings; retrying
+    cannot help); anything else is the broker failing (exit 4)."""
+    text = str(exc)
+    if isinstance(exc, redis.ConnectionError) and ("SSL" in text or "certificate" in text):
+        if TLS_SETTINGS not in text:
+            text += f"; check {TLS_SETTINGS}"
+        return ConfigError(f"cannot reach Redis over TLS: {text}")
+    if isinstance(exc, redis.AuthenticationError):
+        return ConfigError(
+            f"Redis refused the credentials (OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD): {text}"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return ConfigError(
+            f"Redis refused a command to this process's user (OFFLOAD_REDIS_USER; its role's "
+            f"rules: `offload acl`): {text}"
+        )
+    return BrokerError(f"broker (Redis) error: {text}")
 
 
 def _where(settings: Settings) -> str:

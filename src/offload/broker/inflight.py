@@ -19,9 +19,10 @@ from typing import Any
 import redis
 
 from offload.broker import keys
+from offload.broker.connection import broker_error
 from offload.broker.records import JobRecords
 from offload.broker.status import ACTIVE, JobStatus, wire
-from offload.errors import BrokerError, JobNotFound
+from offload.errors import JobNotFound
 
 TWIN = "memo:"  # a waiting job's ``wait`` while an identical job runs: ``memo:<job id>``
 
@@ -122,7 +123,7 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except redis.RedisError as exc:
-        raise BrokerError(f"broker (Redis) error: {exc}") from exc
+        raise broker_error(exc) from exc
 
 
 __all__ = ["TWIN", "Holder", "InFlight", "wait_for"]

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from offload.broker import keys, scripts
+from offload.broker.connection import broker_error
 from offload.broker.logs import LogStreams
 from offload.broker.model import Event, JobRecord, parse_record
 from offload.broker.status import (
@@ -30,7 +31,7 @@ from offload.broker.status import (
     wire,
 )
 from offload.config import DEFAULT_LOG_MAX_BYTES, Settings
-from offload.errors import BrokerError, JobNotFound, JobTimeout
+from offload.errors import JobNotFound, JobTimeout
 from offload.spec import JobSpec
 
 
@@ -344,7 +345,7 @@ class JobRecords:
         try:
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
-            raise BrokerError(f"broker (Redis) error: {exc}") from exc
+            raise broker_error(exc) from exc
 
 
 __all__ = ["ACTIVE", "TERMINAL", "Event", "JobRecord", "JobRecords", "JobStatus"]

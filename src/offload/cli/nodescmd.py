@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from offload.broker.app import redis_client
+from offload.broker.connection import broker_error
 from offload.broker.nodes import NodeInfo, NodeRegistry
 from offload.cli import cli, handle_errors, settings_of
-from offload.errors import BrokerError
 
 console = Console(highlight=False)
 STATE_STYLE = {"up": "green", "draining": "yellow", "lost": "red"}
@@ -52,7 +52,7 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     try:
         found = registry.nodes(now)
     except redis.RedisError as exc:
-        raise BrokerError(f"broker (Redis) error: {exc}") from exc
+        raise broker_error(exc) from exc
     if as_json:
         click.echo(json.dumps([node_dict(n, now) for n in found], indent=2))
         return
