@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Make the test cluster's secrets, once, into infra/cluster/.secrets (gitignored, 0700):
 #   ca.crt ca.key            a private CA (10 years)
-#   redis.crt/.key s3.crt/.key  server certificates signed by it, for the service name,
-#                            localhost and 127.0.0.1 (the host reaches them on loopback)
-#   users.acl                Redis ACL file: one user per role (`offload acl`) + an admin
+#   redis.crt/.key s3.crt/.key  server certificates signed by it, for the service names,
+#                            localhost and 127.0.0.1 (the host reaches them on loopback);
+#                            redis.crt also names the replica and the Sentinels
+#   users.acl                Redis ACL file: the default user off, one user per role
+#                            (`offload acl`) and offload-admin (all rights)
+#   sentinel.password/.env   the Sentinels' password (their requirepass; redis.sh)
 #   <role>.env               OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD for each role
 #   admin.password flower.env key (the cluster key, `offload key init`)
 # Existing files are kept: delete the folder to start over. OFFLOAD_CLUSTER_SECRETS moves it.
@@ -23,8 +26,10 @@ if [ ! -f ca.crt ]; then
 fi
 for svc in redis s3; do
     [ -f "$svc.crt" ] && continue
+    names="DNS:$svc"
+    [ "$svc" = redis ] && names="$names,DNS:redis-replica,DNS:sentinel-1,DNS:sentinel-2,DNS:sentinel-3"
     openssl req -newkey rsa:2048 -nodes -subj "/CN=$svc" -keyout "$svc.key" -out "$svc.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1\n' "$svc" >"$svc.ext"
+    printf 'subjectAltName=%s,DNS:localhost,IP:127.0.0.1\n' "$names" >"$svc.ext"
     openssl x509 -req -in "$svc.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 \
         -extfile "$svc.ext" -out "$svc.crt" 2>/dev/null
     rm -f "$svc.csr" "$svc.ext"
@@ -35,7 +40,10 @@ if [ ! -f users.acl ]; then
     admin=$(openssl rand -hex 24)
     printf '%s\n' "$admin" >admin.password
     {
-        printf 'user default on >%s ~* &* +@all\n' "$admin"
+        # off, no password: nobody logs in as it; its rights stay, as Redis 7.0 replays the
+        # AOF's MULTI/EXEC blocks as the default user (without them the replay is refused)
+        printf 'user default off resetpass ~* &* +@all\n'
+        printf 'user offload-admin reset on >%s ~* &* +@all\n' "$admin"
         # `ACL SETUSER u rules` -> `user u rules`; patterns unquoted (no spaces in them)
         OFFLOAD_REDIS_URL=redis://redis:6379/0 "$OFFLOAD" acl --passwords |
             sed -n 's/^ACL SETUSER /user /p' | tr -d '"'
@@ -47,6 +55,8 @@ if [ ! -f users.acl ]; then
             >"${user#offload-}.env"
     done <users.acl
 fi
+[ -f sentinel.password ] || openssl rand -hex 24 >sentinel.password
+[ -f sentinel.env ] || printf 'OFFLOAD_REDIS_SENTINEL_PASSWORD=%s\n' "$(cat sentinel.password)" >sentinel.env
 [ -f flower.env ] || printf "OFFLOAD_FLOWER_AUTH=admin:%s\n" "$(openssl rand -hex 16)" >flower.env
 [ -f key ] || OFFLOAD_KEY_FILE="$OUT/key" "$OFFLOAD" key init >/dev/null
 echo "certs: secrets in $OUT"

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Stop the test cluster and remove its containers, network and volumes (secrets are kept).
+# Stop the test cluster and remove its containers, networks and volumes (secrets are kept),
+# and the job containers its nodes left (a node killed mid-job leaves its sibling container).
+# Settings: env.sh (the same as up.sh was given).
 set -euo pipefail
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export OFFLOAD_CLUSTER_PROJECT=${OFFLOAD_CLUSTER_PROJECT:-offload-cluster}
-export OFFLOAD_CLUSTER_SECRETS=${OFFLOAD_CLUSTER_SECRETS:-$HERE/.secrets}
-export OFFLOAD_CLUSTER_DIR=${OFFLOAD_CLUSTER_DIR:-/tmp/$OFFLOAD_CLUSTER_PROJECT}
-export OFFLOAD_CLUSTER_REDIS_PORT=${OFFLOAD_CLUSTER_REDIS_PORT:-16379}
-export OFFLOAD_CLUSTER_S3_PORT=${OFFLOAD_CLUSTER_S3_PORT:-14566}
-export OFFLOAD_CLUSTER_FLOWER_PORT=${OFFLOAD_CLUSTER_FLOWER_PORT:-15555}
-timeout 120 docker-compose -p "$OFFLOAD_CLUSTER_PROJECT" -f "$HERE/docker-compose.yml" down -v -t 10
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# this cluster's id (offload:cluster), which its job containers carry as offload.cluster
+auth="REDISCLI_AUTH=$(cat "$OFFLOAD_CLUSTER_SECRETS/admin.password" 2>/dev/null || true)"
+id=$(timeout 20 "${compose[@]}" exec -T -e "$auth" redis redis-cli --tls --cacert /secrets/ca.crt \
+    --user offload-admin --no-auth-warning GET offload:cluster 2>/dev/null | tr -d '\r') || id=""
+if [ -n "$id" ]; then
+    jobs=$(docker ps -aq --filter "label=offload.cluster=$id")
+    [ -z "$jobs" ] || docker rm -f $jobs >/dev/null
+fi
+timeout 120 "${compose[@]}" down -v -t 10
 rm -rf "$OFFLOAD_CLUSTER_DIR"
