@@ -17,4 +17,4 @@ echo "test: pytest"
 # Tests run in OFFLOAD_TEST_WORKERS processes (pytest-xdist; default 3: most of a test's time is
 # spent waiting on containers and workers, not on the CPU), each with its own redis-server,
 # Redis databases, homes and ports; nothing they share is written by two at once.
-exec .venv/bin/pytest -n "${OFFLOAD_TEST_WORKERS:-3}" "$@"
+exec .venv/bin/pytest -n "${OFFLOAD_TEST_WORKERS:-3}" --dist loadgroup "$@"
