@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def test_up_redis_refuses_strangers_and_runs_each_service_as_its_role(
         assert refused.returncode != 0
         assert "OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD" in refused.stderr, refused.stderr
 
+        jobs = {k for k in admin.scan_iter("offload:job:*") if k.count(":") == 2}
+        time.sleep(1.5)  # appendfsync everysec
         os.kill(pids["redis"], signal.SIGKILL)  # back from its AOF: the users come back too
         wait_for(lambda: not psutil.pid_exists(pids["redis"]) or psutil.Process(
             pids["redis"]).status() == psutil.STATUS_ZOMBIE, 10, "redis-server to die")  # fmt: skip
@@ -112,6 +115,12 @@ def test_up_redis_refuses_strangers_and_runs_each_service_as_its_role(
         assert again.returncode == 0, again.stdout + again.stderr
         assert json.loads(secrets_file.read_text())["passwords"] == passwords
         pids["redis"] = int((home / "run" / "redis.pid").read_text())
+        admin = redis.Redis(
+            port=port, username="offload-admin", password=passwords["admin"], decode_responses=True
+        )
+        # the AOF replayed, its MULTI/EXEC blocks included (kill -9: the last second may be lost)
+        assert "NOPERM" not in (home / "logs" / "redis.log").read_text()
+        assert jobs and set(admin.scan_iter("offload:job:*")) >= jobs
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port).ping()
         job = run(env, "submit", "offload/base", "--wait", "--", "echo", "still ok")
@@ -140,7 +149,7 @@ def test_the_cli_is_the_admin_of_ups_redis_and_explicit_credentials_win(tmp_path
     other = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port + 1}/0"})
     assert broker_url(other) == other.redis_url  # not the Redis `up` serves
     roles = ["producer", "worker", "autoscaler", "monitor"]
-    assert "user default reset off" in aclfile(settings, ensure(settings, roles, port))
+    assert "user default off resetpass" in aclfile(settings, ensure(settings, roles, port))
 
 
 def test_local_nodes_get_the_node_credentials_not_the_autoscalers(tmp_path: Path) -> None:

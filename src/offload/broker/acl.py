@@ -140,8 +140,9 @@ def apply(client: redis.Redis, settings: Settings, passwords: dict[str, str]) ->
 def aclfile(settings: Settings, passwords: dict[str, str]) -> str:
     """An ACL file (``redis-server --aclfile``): the default user off, ``offload-admin``
     (every command, key and channel) and each role's user, passwords as SHA-256 only."""
-    lines = [
-        "user default reset off",
+    lines = [  # the default user off and without a password, but with all rights: Redis 7.0
+        # replays an AOF's MULTI/EXEC as the default user, checked against them (NOPERM: lost)
+        "user default off resetpass ~* &* +@all",
         " ".join(["user", user_name(ADMIN), "reset", "on",
                   _password_rule(passwords[ADMIN], True), "~*", "&*", "+@all"]),
     ]  # fmt: skip
