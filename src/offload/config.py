@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # this process's Redis ACL user (`offload acl`); also accepted in the URL
     redis_user: str | None = None
     redis_password: SecretStr | None = None
+    # the Redis user an autoscaler gives the worker nodes it starts (`offload up`: the worker
+    # role's); unset, they get this process's own
+    node_redis_user: str | None = None
+    node_redis_password: SecretStr | None = None
     # the Sentinel master name for sentinel:// URLs (sentinel://h1:26379;sentinel://h2:26379/0)
     redis_sentinel_master: str = Field(default="mymaster", min_length=1)
     # sentinel:// only: TLS to the Sentinels and to the master they name (OFFLOAD_REDIS_CA,

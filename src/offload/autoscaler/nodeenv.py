@@ -11,10 +11,12 @@ from pathlib import Path
 
 from offload.config import Settings
 
-# Settings that describe one node, never copied from the autoscaler's own settings.
+# Settings that describe one node, never copied from the autoscaler's own settings; nor are
+# the Redis credentials (a node gets its own, by node_env; secrets never go to user data).
 NODE_FIELDS = frozenset(
-    {"node_name", "worker_classes", "cache_dir", "provider", "home", "key_file"}
-)
+    {"node_name", "worker_classes", "cache_dir", "provider", "home", "key_file",
+     "redis_user", "redis_password", "node_redis_user", "node_redis_password"}
+)  # fmt: skip
 
 
 def new_node_name(resource_class: str) -> str:
@@ -80,4 +82,19 @@ def node_env(
     )
     if slots is not None:
         env["OFFLOAD_WORKER_SLOTS"] = str(slots)
+    env.update(node_credentials(settings))
+    return env
+
+
+def node_credentials(settings: Settings) -> dict[str, str]:
+    """A node's ``OFFLOAD_REDIS_USER`` / ``_PASSWORD``: ``node_redis_user`` /
+    ``node_redis_password`` (``offload up`` gives its autoscaler the worker role's), else the
+    autoscaler's own."""
+    if settings.node_redis_user or settings.node_redis_password:
+        user, password = settings.node_redis_user, settings.node_redis_password
+    else:
+        user, password = settings.redis_user, settings.redis_password
+    env = {"OFFLOAD_REDIS_USER": user} if user else {}
+    if password is not None:
+        env["OFFLOAD_REDIS_PASSWORD"] = password.get_secret_value()
     return env

@@ -20,22 +20,28 @@ monitor       Flower: reads ``offload:*`` and the queues; writes only kombu's bi
 No role may run a command of Redis's ``@dangerous`` or ``@admin`` categories (FLUSHALL,
 FLUSHDB, CONFIG, MODULE, KEYS, DEBUG, SHUTDOWN, ACL, …), nor touch a key outside its
 patterns. Pub/sub channels are Celery's event and control channels of the cluster's
-database only (kombu's ``/<db>.<exchange>`` topics).
+database only (kombu's ``/<db>.<exchange>`` topics). The scheduler submits jobs as a producer
+does and holds its lock under ``offload:*``: it runs as the producer.
+
+:func:`aclfile` is the ACL file ``offload up`` starts its ``redis-server`` with: the default
+user off, ``offload-admin`` with all rights, and these roles, each with its password's SHA-256
+(:mod:`offload.broker.credentials` keeps the passwords).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import redis
 
 from offload.broker import keys
 from offload.broker.connection import redis_db
+from offload.broker.credentials import ADMIN, USER_PREFIX, user_name
 from offload.broker.queues import UNACKED, UNACKED_INDEX
 from offload.config import Settings
 
 ROLES = ("producer", "worker", "autoscaler", "monitor")
-USER_PREFIX = "offload-"
 
 # Every role: no server administration, no key enumeration, no flushing (CLIENT SETNAME and
 # SETINFO are @connection: allowed).
@@ -59,10 +65,11 @@ class Role:
     def user(self) -> str:
         return USER_PREFIX + self.name
 
-    def rules(self, password: str | None = None) -> list[str]:
+    def rules(self, password: str | None = None, *, hashed: bool = False) -> list[str]:
         """The ``ACL SETUSER <user>`` arguments; without a password, ``nopass`` is not given:
-        the user has none until one is added (``>password``)."""
-        secret = [f">{password}"] if password else []
+        the user has none until one is added (``>password``). ``hashed``: the password as
+        its SHA-256 (``#hex``), for a file that must not hold it."""
+        secret = [_password_rule(password, hashed)] if password else []
         return [
             "reset",
             "on",
@@ -132,6 +139,24 @@ def apply(client: redis.Redis, settings: Settings, passwords: dict[str, str]) ->
     """Create (or reset) the role users in the Redis ``client`` talks to."""
     for name, role in roles(settings).items():
         client.execute_command("ACL", "SETUSER", role.user, *role.rules(passwords[name]))
+
+
+def aclfile(settings: Settings, passwords: dict[str, str]) -> str:
+    """An ACL file (``redis-server --aclfile``): the default user off, ``offload-admin``
+    (every command, key and channel) and each role's user, passwords as SHA-256 only."""
+    lines = [  # the default user off and without a password, but with all rights: Redis 7.0
+        # replays an AOF's MULTI/EXEC as the default user, checked against them (NOPERM: lost)
+        "user default off resetpass ~* &* +@all",
+        " ".join(["user", user_name(ADMIN), "reset", "on",
+                  _password_rule(passwords[ADMIN], True), "~*", "&*", "+@all"]),
+    ]  # fmt: skip
+    for name, role in roles(settings).items():
+        lines.append(" ".join(["user", role.user, *role.rules(passwords[name], hashed=True)]))
+    return "\n".join(lines) + "\n"
+
+
+def _password_rule(password: str, hashed: bool) -> str:
+    return f"#{hashlib.sha256(password.encode()).hexdigest()}" if hashed else f">{password}"
 
 
 def _quote(rule: str) -> str:

@@ -8,7 +8,8 @@ between clients:
   add a client certificate for mutual TLS. A failed verification names those settings;
 * ``OFFLOAD_REDIS_USER`` / ``OFFLOAD_REDIS_PASSWORD`` (a Redis ACL user, ``offload acl``) go
   into the URL kombu connects with and into redis-py's options; credentials already in the
-  URL are kept when these are unset;
+  URL are kept when these are unset; with none at all, the Redis ``offload up`` serves on
+  this machine is reached as its admin user (:mod:`offload.broker.credentials`);
 * a plain ``redis://`` URL to a host other than loopback logs a warning (:func:`warn_if_plain`);
 * ``sentinel://h1:26379;sentinel://h2:26379/0`` (kombu's form: each Sentinel, ``;``-separated,
   the database on any of them) finds the master named ``OFFLOAD_REDIS_SENTINEL_MASTER``
@@ -32,6 +33,7 @@ from urllib.parse import ParseResult, quote, urlparse, urlunparse
 import redis
 from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
+from offload.broker.credentials import embedded_admin
 from offload.config import Settings
 from offload.errors import BrokerError, ConfigError
 
@@ -87,8 +89,13 @@ def redis_db(settings: Settings) -> int:
 
 
 def _credentials(settings: Settings, url: ParseResult) -> tuple[str | None, str | None]:
+    """The settings' user and password, else the URL's, else (for the Redis ``offload up``
+    serves on this machine) its admin user's (:mod:`offload.broker.credentials`)."""
     secret = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return settings.redis_user or url.username, secret or url.password
+    user, password = settings.redis_user or url.username, secret or url.password
+    if user is None and password is None:
+        return embedded_admin(settings) or (None, None)
+    return user, password
 
 
 def _with_credentials(url: ParseResult, user: str | None, password: str | None) -> str:
@@ -110,9 +117,10 @@ def broker_url(settings: Settings) -> str:
         user, password = _credentials(settings, urls[0])
         db = f"/{redis_db(settings)}"
         return ";".join(_with_credentials(u._replace(path=db), user, password) for u in urls)
-    if settings.redis_user is None and settings.redis_password is None:
-        return settings.redis_url
     url = urlparse(settings.redis_url)
+    if settings.redis_user is None and settings.redis_password is None:
+        admin = embedded_admin(settings)  # None when the URL holds credentials: kept as given
+        return settings.redis_url if admin is None else _with_credentials(url, *admin)
     return _with_credentials(url, *_credentials(settings, url))
 
 

@@ -1,8 +1,10 @@
 """The embedded default: the whole platform on one machine, started by ``offload up``.
 
 A local ``redis-server`` (only when the configured Redis is on loopback and not already
-answering), one worker node, the autoscaler with the local provider (more worker processes
-while work piles up), the scheduler, and Flower — all bound to 127.0.0.1. Process ids are kept in
+answering; its default user off, one least-privilege user per role, each service started as
+its role's user: :mod:`offload.broker.credentials`), one worker node, the autoscaler with the
+local provider (more worker processes while work piles up), the scheduler, and Flower — all
+bound to 127.0.0.1. Process ids are kept in
 ``<home>/run/`` and logs in ``<home>/logs/`` so ``offload down`` can stop what ``up`` started.
 """
 
@@ -60,7 +62,13 @@ def running_pid(settings: Settings, name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-def _spawn(settings: Settings, name: str, argv: list[str], umask: int = -1) -> int:
+def _spawn(
+    settings: Settings,
+    name: str,
+    argv: list[str],
+    umask: int = -1,
+    extra_env: dict[str, str] | None = None,
+) -> int:
     (settings.home / "run").mkdir(parents=True, exist_ok=True)
     (settings.home / "logs").mkdir(parents=True, exist_ok=True)
     log = (settings.home / "logs" / f"{name}.log").open("ab")
@@ -71,6 +79,7 @@ def _spawn(settings: Settings, name: str, argv: list[str], umask: int = -1) -> i
     }
     if settings.flower_auth is not None:  # the settings given, not only the environment's
         env["OFFLOAD_FLOWER_AUTH"] = settings.flower_auth.get_secret_value()
+    env.update(extra_env or {})  # a role's Redis user: in the environment, never in argv
     proc = subprocess.Popen(
         argv,
         stdout=log,
@@ -97,16 +106,45 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path) -> No
 
 
 def _redis_ok(settings: Settings) -> bool:
-    """Whether Redis answers, reached as every process reaches it (TLS, user, Sentinel)."""
+    """Whether Redis answers, reached as every process reaches it (TLS, user, Sentinel); one
+    that answers but refuses the credentials is a :class:`ConfigError`."""
     from offload.broker.connection import redis_client
 
     client = redis_client(settings, socket_connect_timeout=1, socket_timeout=2)
     try:
         return bool(client.ping())
+    except redis.AuthenticationError as exc:
+        raise ConfigError(
+            f"Redis at {settings.redis_url} answers but refuses these credentials ({exc}): "
+            "set OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD to one of its users"
+        ) from None
     except redis.RedisError:
         return False
     finally:
         client.close()
+
+
+def _role_env(settings: Settings, role: str) -> dict[str, str]:
+    from offload.broker.credentials import role_env
+
+    return role_env(settings, role)
+
+
+def _write_acl(settings: Settings, data: Path, port: int) -> Path:
+    """The ACL file of ``up``'s Redis, from the roles of this version (rewritten every start),
+    with the kept passwords (new ones for new users)."""
+    from offload.broker.acl import ROLES, aclfile
+    from offload.broker.credentials import ensure, write_private
+
+    if settings.redis_user or settings.redis_password or urlparse(settings.redis_url).username:
+        raise ConfigError(
+            f"OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD (or the URL's credentials) are set, "
+            f"but no Redis answers at {settings.redis_url}: `offload up` starts its own, with "
+            "its own users; unset them, or start that Redis yourself"
+        )
+    path = data / "users.acl"
+    write_private(path, aclfile(settings, ensure(settings, ROLES, port)))
+    return path
 
 
 def start_redis(settings: Settings) -> Service:
@@ -125,6 +163,7 @@ def start_redis(settings: Settings) -> Service:
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     for path in (data, *data.rglob("*")):
         path.chmod(0o700 if path.is_dir() else 0o600)
+    acl = _write_acl(settings, data, url.port or 6379)
     _spawn(
         settings,
         "redis",
@@ -142,6 +181,8 @@ def start_redis(settings: Settings) -> Service:
             "",
             "--protected-mode",
             "yes",
+            "--aclfile",
+            str(acl),
             "--maxmemory",
             str(settings.redis_max_memory),
             "--maxmemory-policy",
@@ -156,7 +197,8 @@ def start_redis(settings: Settings) -> Service:
 def start_worker(settings: Settings) -> Service:
     if running_pid(settings, "worker"):
         return Service("worker", "running", settings.node_name)
-    _spawn(settings, "worker", [sys.executable, "-m", "offload", "worker"])
+    _spawn(settings, "worker", [sys.executable, "-m", "offload", "worker"],
+           extra_env=_role_env(settings, "worker"))  # fmt: skip
     from offload.broker.app import make_app
 
     app = make_app(settings)
@@ -177,7 +219,8 @@ def start_flower(settings: Settings) -> Service:
     if running_pid(settings, "flower"):
         return Service("flower", "running", settings.flower_url)
     check_flower_auth(settings)  # beyond loopback only with authentication
-    _spawn(settings, "flower", [sys.executable, "-m", "offload", "flower"])
+    _spawn(settings, "flower", [sys.executable, "-m", "offload", "flower"],
+           extra_env=_role_env(settings, "monitor"))  # fmt: skip
 
     def ready() -> bool:
         with urllib.request.urlopen(settings.flower_url + "/healthcheck", timeout=1) as r:
@@ -202,8 +245,10 @@ def start_autoscaler(settings: Settings) -> Service:
     """The autoscaler with the local provider: more worker processes when work piles up."""
     if running_pid(settings, "autoscaler"):
         return Service("autoscaler", "running", "local provider")
+    nodes = {f"OFFLOAD_NODE_{k[8:]}": v for k, v in _role_env(settings, "worker").items()}
     _spawn(settings, "autoscaler", [sys.executable, "-m", "offload", "autoscaler",
-                                    "--provider", "local", "--metrics-port", "0"])  # fmt: skip
+                                    "--provider", "local", "--metrics-port", "0"],
+           extra_env={**_role_env(settings, "autoscaler"), **nodes})  # fmt: skip
     from offload.broker.app import redis_client
     from offload.broker.scaling import read_status
 
@@ -222,7 +267,12 @@ def start_scheduler(settings: Settings) -> Service:
     """The scheduler: fires schedules (active, or standing by for another one in the cluster)."""
     if running_pid(settings, "scheduler"):
         return Service("scheduler", "running", "schedules")
-    _spawn(settings, "scheduler", [sys.executable, "-m", "offload", "scheduler"])
+    _spawn(
+        settings,
+        "scheduler",
+        [sys.executable, "-m", "offload", "scheduler"],
+        extra_env=_role_env(settings, "producer"),
+    )  # it submits, as a producer does
     from offload.broker import keys
     from offload.broker.app import redis_client
 
