@@ -79,6 +79,8 @@ def test_a_job_reaches_a_service_only_on_its_allowed_network(
         assert cli_off.returncode == 2 and "network" in cli_off.stderr
         anywhere = p.cli("submit", "offload/base", "--network", "--", "true")
         assert anywhere.returncode == 0, anywhere.stderr
-        assert c.job(anywhere.stdout.strip()).record().spec.network is True
+        full = c.job(anywhere.stdout.strip())
+        assert full.record().spec.network is True
+        assert full.result(timeout=60).status == "succeeded"  # ended before the worker is killed
     finally:
         p.kill_worker()

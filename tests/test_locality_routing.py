@@ -158,7 +158,7 @@ def test_a_message_the_node_took_first_is_not_moved_and_sweeper_sees_node_queues
     job_id = queued_job(records, {"a": A})
     assert publish(app, records.get(job_id)) == "node.n1"
     sweeper = Sweeper(records, NodeRegistry(r, lost_after=30), app, settings)
-    assert job_id in sweeper.jobs_with_a_message()  # not taken for a lost message
+    assert job_id in sweeper.jobs_with_a_message(0)[0]  # not taken for a lost message
 
     r.delete(*[k for k in r.keys("node.n1*")])  # the node's worker took it (BRPOP)
     assert move_overdue(app, records, 5, now(r) + 6) == []

@@ -151,6 +151,31 @@ def test_a_queued_job_whose_message_was_lost_is_published_again(
     assert not sweep(sweeper, r).republished  # looked at: not again before the grace
 
 
+def test_a_queued_job_delivered_long_ago_to_a_worker_that_never_began_is_published_again(
+    parts: tuple[JobRecords, NodeRegistry, Sweeper], r: redis.Redis
+) -> None:
+    """A worker took the message (kombu's unacked entry) and then died, or lost its broker in
+    a failover, before the job's first step: the entry would keep the job `queued` until the
+    visibility timeout (a day). Past the grace it is dropped and the job published again; a
+    delivery within the grace is left alone."""
+    records, _, sweeper = parts
+    taken_long_ago, taken_just_now = uuid.uuid4().hex, uuid.uuid4().hex
+    old = now(r) - 60
+    for tag, job_id, delivered in (
+        ("t-old", taken_long_ago, old),
+        ("t-new", taken_just_now, now(r)),
+    ):
+        records.create(job_id, SPEC, "cpu-small")
+        message = {"headers": {"id": f"{job_id}.1"}, "body": ""}
+        r.hset(UNACKED, tag, json.dumps([message, "", "cpu-small"]))
+        r.zadd("unacked_index", {tag: delivered})
+        r.zadd(keys.QUEUED, {job_id: old})
+    report = sweep(sweeper, r)
+    assert report.republished == [taken_long_ago]
+    assert queued_ids(r) == [taken_long_ago]
+    assert set(r.hkeys(UNACKED)) == {"t-new"} and r.zrange("unacked_index", 0, -1) == ["t-new"]
+
+
 def test_deliveries_of_finished_jobs_are_dropped_from_unacked(
     parts: tuple[JobRecords, NodeRegistry, Sweeper], r: redis.Redis
 ) -> None:

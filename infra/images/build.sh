@@ -27,8 +27,9 @@
 #   OFFLOAD_FORCE_BUILD=1   rebuild every Dockerfile image
 #   OFFLOAD_VENV            the virtualenv whose pip builds the wheelhouse (default .venv)
 #   OFFLOAD_SKIP_WORKER=1   do not build offload/worker
-#   OFFLOAD_BUILD_CLUSTER=1 also build the test cluster's offload/redis (offload/base +
-#                           redis-server) and offload/s3 (offload/worker-deps + moto, TLS)
+#   OFFLOAD_BUILD_CLUSTER=0 skip the test cluster's offload/redis (offload/base +
+#                           redis-server) and offload/s3 (offload/worker-deps + moto, TLS),
+#                           built by default (tests/cluster needs them)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -348,7 +349,7 @@ if [ "${OFFLOAD_SKIP_WORKER:-0}" != 1 ]; then
     ensure_image offload/worker-deps "$BUILD_DIR/worker-deps" offload/python
     ensure_image offload/worker "$BUILD_DIR/worker" offload/worker-deps
 fi
-if [ "${OFFLOAD_BUILD_CLUSTER:-0}" = 1 ]; then
+if [ "${OFFLOAD_BUILD_CLUSTER:-1}" = 1 ] && [ "${OFFLOAD_SKIP_WORKER:-0}" != 1 ]; then
     ensure_image offload/redis "$ROOT/infra/cluster/images/redis" offload/base --network host
     s3ctx="$BUILD_DIR/s3ctx"
     if ! ls "$s3ctx"/wheels/moto-*.whl "$s3ctx"/wheels/pip-*.whl >/dev/null 2>&1; then

@@ -151,7 +151,12 @@ class Cluster:
         return {n.name for n in nodes if n.name in NODES and not n.lost}
 
 
-def start(tmp: Path, sentinel: bool) -> Cluster:
+def start(tmp: Path, sentinel: bool, engine: docker.DockerClient) -> Cluster:
+    for image in ("offload/redis", "offload/s3", "offload/worker"):
+        try:
+            engine.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.fail(f"image {image} is not built; run infra/setup.sh", pytrace=False)
     c = Cluster(
         project=f"offload-test-{uuid.uuid4().hex[:8]}",
         secrets=tmp / "secrets",
@@ -187,7 +192,7 @@ def cluster(
     with pytest.MonkeyPatch.context() as mp:
         for name, value in AWS.items():  # the moto S3's credentials, for in-process clients
             mp.setenv(name, value)
-        c = start(tmp_path_factory.mktemp("cluster"), sentinel=False)
+        c = start(tmp_path_factory.mktemp("cluster"), sentinel=False, engine=docker_client)
         try:
             yield c
         finally:
@@ -201,7 +206,7 @@ def sentinel_cluster(
     with pytest.MonkeyPatch.context() as mp:
         for name, value in AWS.items():  # the moto S3's credentials, for in-process clients
             mp.setenv(name, value)
-        c = start(tmp_path_factory.mktemp("cluster"), sentinel=True)
+        c = start(tmp_path_factory.mktemp("cluster"), sentinel=True, engine=docker_client)
         try:
             yield c
         finally:

@@ -11,9 +11,8 @@ import signal
 import stat
 from pathlib import Path
 
-import redis
-
 from offload import JobStatus
+from offload.broker.connection import redis_client
 from offload.config import Settings
 from offload.embedded import running_pid, start_redis
 from offload.worker import staging
@@ -97,7 +96,7 @@ def test_embedded_redis_keeps_its_files_owner_only_with_a_memory_limit(tmp_path:
     pid = running_pid(settings, "redis")
     assert pid is not None
     try:
-        r = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        r = redis_client(settings)  # as offload-admin: `up`'s Redis has its default user off
         r.hset("offload:job:x", "spec", '{"params": {"token": "secret"}}')
         assert r.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
         assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}

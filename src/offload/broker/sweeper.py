@@ -14,8 +14,11 @@ One pass, on Redis server time:
    kills its worker every time (a poison job) must not take the fleet down with it.
 3. **Lost messages.** A job ``queued`` for longer than ``lost_message_grace`` whose message is
    in no queue and not unacknowledged (a Redis crash lost it, or a publisher died between
-   writing the record and publishing) is published again. A duplicate message is harmless:
-   only a ``queued`` job starts an attempt.
+   writing the record and publishing) is published again. So is one whose only message was
+   delivered (kombu's unacknowledged entry) longer than the grace ago without the job
+   starting: the worker that took it died, or lost its broker (a failover), before its
+   first step; that stale entry is dropped. A duplicate message is harmless: only a
+   ``queued`` job starts an attempt.
 4. **Stale deliveries.** kombu's unacknowledged entries of jobs that are finished (or whose
    record expired) are dropped, so they neither count as work nor come back a day later.
 5. **Lost nodes.** A node silent for ``lost_after`` seconds is deregistered once it holds no
@@ -192,7 +195,7 @@ class Sweeper:
         stale = [str(j) for j in self.r.zrangebyscore(keys.QUEUED, "-inf", now - self.grace)]
         if not stale:
             return
-        present = self.jobs_with_a_message()
+        present, delivered = self.jobs_with_a_message(now - self.grace)
         for job_id in stale:
             try:
                 rec = self.records.get(job_id)
@@ -205,18 +208,32 @@ class Sweeper:
             self.r.zadd(keys.QUEUED, {job_id: now})  # looked at now; again after the grace
             if job_id in present:
                 continue
+            for tag in delivered.get(job_id, ()):  # taken long ago by a worker that never began
+                self.r.pipeline().hdel(UNACKED, tag).zrem(UNACKED_INDEX, tag).execute()
             publish(self.app, rec, f"{job_id}.p{uuid.uuid4().hex[:8]}")
-            log.warning("job %s: queued with no message; published again", job_id)
+            log.warning("job %s: queued with no live message; published again", job_id)
             report.republished.append(job_id)
 
-    def jobs_with_a_message(self) -> set[str]:
+    def jobs_with_a_message(self, delivered_before: float) -> tuple[set[str], dict[str, list[str]]]:
+        """The jobs with a message in a queue or delivered since ``delivered_before``; and,
+        by job, the delivery tags of messages delivered before it (kombu's unacked index
+        holds each delivery's time)."""
         present: set[str] = set()
         for queue in self.queues:
             for name in queue_lists(queue):
                 present.update(message_jobs(self.r.lrange(name, 0, -1)))
         present.update(j for _, _, j in node_queue_messages(self.r, registered_nodes(self.r)))
-        present.update(message_jobs(self.r.hvals(UNACKED)))
-        return present
+        since = {str(t) for t in self.r.zrangebyscore(UNACKED_INDEX, delivered_before, "+inf")}
+        old: dict[str, list[str]] = {}
+        for tag, raw in self.r.hgetall(UNACKED).items():
+            job_id = message_job(raw)
+            if job_id is None:
+                continue
+            if str(tag) in since:
+                present.add(job_id)
+            else:
+                old.setdefault(job_id, []).append(str(tag))
+        return present, old
 
     # -- 4. stale deliveries ----------------------------------------------------------------
 
