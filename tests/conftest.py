@@ -182,6 +182,19 @@ class Platform:
         )
 
 
+def offload_cli(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``offload ARGS`` in a subprocess with ``env``; its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "offload", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def make_platform(redis_url: str, home: Path, **extra: str) -> Platform:
     db = next(_db_counter)
     env = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +19,13 @@ from offload.config import Settings
 from offload.producer.client import Client
 from offload.producer.job import Job
 
-from .conftest import free_port, job_containers, wait_for
+from .conftest import free_port, job_containers, offload_cli, wait_for
 
 
 def offload(
     env: dict[str, str], *args: str, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offload", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return offload_cli(env, *args, timeout=timeout)
 
 
 class Embedded:

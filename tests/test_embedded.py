@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import docker
 import psutil
 
-from .conftest import free_port
+from .conftest import free_port, offload_cli
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offload", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return offload_cli(env, *args, timeout=timeout)
 
 
 def test_up_runs_a_job_and_down_stops_everything(

@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,20 +24,14 @@ from offload.broker.connection import broker_url
 from offload.broker.credentials import ensure, users_path
 from offload.config import Settings
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, offload_cli, wait_for
 
 SERVICES = {"worker": "worker", "autoscaler": "autoscaler", "scheduler": "producer",
             "flower": "monitor"}  # fmt: skip
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offload", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return offload_cli(env, *args, timeout=timeout)
 
 
 def users_of(admin: redis.Redis, pid: int) -> set[str]:

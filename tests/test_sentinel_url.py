@@ -30,7 +30,9 @@ def test_celery_gets_the_master_name() -> None:
     assert transport_options(s)["master_name"] == "cluster-a"
     app = make_app(s)
     assert app.conf.broker_transport_options["master_name"] == "cluster-a"
-    assert transport_options(settings("redis://127.0.0.1:6379/0")) == {}
+    plain = transport_options(settings("redis://127.0.0.1:6379/0"))
+    assert "master_name" not in plain and "sentinel_kwargs" not in plain
+    assert plain["socket_keepalive"] is True and plain["socket_timeout"] > 1  # BRPOP: 1 s
 
 
 @pytest.mark.parametrize(

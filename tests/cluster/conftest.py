@@ -13,6 +13,7 @@ and ``https://127.0.0.1:<port>`` with the cluster's CA, its own ACL user and the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -185,29 +186,33 @@ def stop(c: Cluster) -> None:
     subprocess.run(["bash", str(CLUSTER / "down.sh")], env=c.env, capture_output=True, timeout=180)
 
 
-@pytest.fixture(scope="module")
-def cluster(
-    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running(
+    engine: docker.DockerClient, tmp: pytest.TempPathFactory, sentinel: bool
 ) -> Iterator[Cluster]:
+    """A cluster of its own, up for the ``with`` block and removed after it."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in AWS.items():  # the moto S3's credentials, for in-process clients
             mp.setenv(name, value)
-        c = start(tmp_path_factory.mktemp("cluster"), sentinel=False, engine=docker_client)
+        c = start(tmp.mktemp("cluster"), sentinel=sentinel, engine=engine)
         try:
             yield c
         finally:
             stop(c)
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    with running(docker_client, tmp_path_factory, sentinel=False) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def sentinel_cluster(
     docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS.items():  # the moto S3's credentials, for in-process clients
-            mp.setenv(name, value)
-        c = start(tmp_path_factory.mktemp("cluster"), sentinel=True, engine=docker_client)
-        try:
-            yield c
-        finally:
-            stop(c)
+    """The same with a replica and three Sentinels (docker-compose.sentinel.yml)."""
+    with running(docker_client, tmp_path_factory, sentinel=True) as c:
+        yield c

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import json
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -35,8 +34,9 @@ from offload.broker import keys
 from offload.broker.connection import redis_client
 from offload.broker.publish import publish
 from offload.spec import JobSpec
-from tests.conftest import wait_for
+from tests.conftest import offload_cli, wait_for
 from tests.faults.conftest import Runs
+from tests.test_job_networks import PROBE
 from tests.test_sealed_secrets import everything_in
 
 from .conftest import NODES, Cluster
@@ -47,13 +47,7 @@ PY = "offload/python"
 
 
 def run_cli(c: Cluster, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "offload", *args],
-        env=c.cli_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return offload_cli(c.cli_env(**env), *args)
 
 
 def test_a_pipeline_runs_across_nodes(cluster: Cluster) -> None:
@@ -226,15 +220,6 @@ def test_the_wrong_ca_fails_closed_naming_the_setting(cluster: Cluster, tmp_path
     assert "OFFLOAD_S3_CA_BUNDLE" in s3_side.stderr, s3_side.stderr
     ok = run_cli(cluster, "put", str(data))  # the right CA: the same call works
     assert ok.returncode == 0, ok.stderr
-
-
-PROBE = (
-    "import urllib.request,sys\n"
-    "try:\n"
-    "    print(urllib.request.urlopen('http://orders-db:8000/', timeout=5).status)\n"
-    "except Exception as e:\n"
-    "    print('unreachable', type(e).__name__); sys.exit(3)\n"
-)
 
 
 def test_a_job_reaches_the_internal_service_only_on_its_allowed_network(

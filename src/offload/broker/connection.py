@@ -26,6 +26,7 @@ No Celery here: the data tier and the worker's runtime build their clients from 
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from typing import Any
 from urllib.parse import ParseResult, quote, urlparse, urlunparse
@@ -128,6 +129,7 @@ def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
     """redis-py options for the connections to the Sentinels themselves (TLS, their
     credentials, short timeouts: a dead Sentinel must not hold up asking the next)."""
     opts: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
+    opts.update(liveness_options())
     tls = ssl_options(settings)
     if tls is not None:
         opts.update(tls, ssl=True, ssl_cert_reqs="required")
@@ -138,15 +140,37 @@ def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+# A Redis host that dies without closing its connections (a crashed or partitioned host, a
+# killed container: no RST comes back) must not hang a client: TCP keepalive probes find the
+# dead peer within ~11 s (idle 5 s, then 3 probes 2 s apart), and a timeout bounds every
+# blocking call. Without them a worker blocked on the old master after a failover consumed
+# nothing until kombu's own check (~51 s), and a publish could wait forever.
+KEEPALIVE: dict[int, int] = {
+    socket.TCP_KEEPIDLE: 5,
+    socket.TCP_KEEPINTVL: 2,
+    socket.TCP_KEEPCNT: 3,
+}
+
+
+def liveness_options() -> dict[str, Any]:
+    """redis-py keywords (and kombu transport options) that notice a dead Redis host."""
+    return {"socket_keepalive": True, "socket_keepalive_options": dict(KEEPALIVE)}
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
-    """kombu transport options the connection needs: the Sentinel master's name, and how to
-    reach the Sentinels."""
-    if not is_sentinel(settings):
-        return {}
-    return {
-        "master_name": settings.redis_sentinel_master,
-        "sentinel_kwargs": sentinel_kwargs(settings),
+    """kombu transport options the connection needs: noticing a dead host (keepalive, a
+    socket timeout above the BRPOP's 1 s, kombu's BRPOP check every 5 s), and for
+    ``sentinel://`` the master's name and how to reach the Sentinels."""
+    opts: dict[str, Any] = {
+        **liveness_options(),
+        "socket_timeout": 15,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 5,
     }
+    if is_sentinel(settings):
+        opts["master_name"] = settings.redis_sentinel_master
+        opts["sentinel_kwargs"] = sentinel_kwargs(settings)
+    return opts
 
 
 def ssl_options(settings: Settings) -> dict[str, Any] | None:
@@ -202,6 +226,7 @@ def redis_client(settings: Settings, **overrides: Any) -> redis.Redis:
         socket_connect_timeout=5,
         socket_timeout=30,  # above the longest blocking read (XREAD BLOCK 5 s)
         health_check_interval=30,
+        **liveness_options(),
     )
     options.update(redis_options(settings))
     options.update(overrides)
