@@ -100,6 +100,7 @@ def test_embedded_redis_keeps_its_files_owner_only_with_a_memory_limit(tmp_path:
         r.hset("offload:job:x", "spec", '{"params": {"token": "secret"}}')
         assert r.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
         assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert r.config_get("appendfsync") == {"appendfsync": "always"}
         r.bgrewriteaof()
         wait_for(lambda: r.info("persistence")["aof_rewrite_in_progress"] == 0, 30, "AOF rewrite")
         files = [p for p in data.rglob("*") if p.is_file()]

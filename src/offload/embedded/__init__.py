@@ -177,6 +177,8 @@ def start_redis(settings: Settings) -> Service:
             str(data),
             "--appendonly",
             "yes",
+            "--appendfsync",
+            "always",  # a submit that returned an id survives a kill -9 (docs/architecture.md)
             "--save",
             "",
             "--protected-mode",
