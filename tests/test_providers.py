@@ -23,7 +23,7 @@ from offload import JobStatus
 from offload.autoscaler.aws import AwsProvider, user_data
 from offload.autoscaler.docker_provider import DockerProvider
 from offload.autoscaler.local import LocalProvider
-from offload.autoscaler.nodeenv import settings_env
+from offload.autoscaler.nodeenv import node_env, settings_env
 from offload.broker.app import redis_client
 from offload.broker.nodes import NodeRegistry
 from offload.config import Settings
@@ -110,6 +110,28 @@ def test_settings_env_round_trips() -> None:
     )
     for field in ("classes", "s3_bucket", "max_timeout", "cache_budget", "redis_url"):
         assert getattr(again, field) == getattr(s, field)
+
+
+def test_settings_env_writes_no_secret_and_node_env_the_ones_a_node_needs(
+    tmp_path: Path,
+) -> None:
+    """A secret setting dumps as '**********': written out, it would replace the real value
+    on the node (and user data must hold no secret). A node gets its Redis credentials and
+    the Sentinels' password from node_env, never Flower's."""
+    s = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url="sentinel://s1:26379;sentinel://s2:26379/0",
+        redis_password="master-secret",
+        redis_sentinel_password="sentinel-secret",
+        flower_auth="admin:flower-secret",
+    )
+    env = settings_env(s)
+    assert not any("*" * 5 in v or "secret" in v for v in env.values()), env
+    node = node_env(s, "n1", "cpu-small", "local", home=tmp_path, cache_dir=tmp_path,
+                    key_file=tmp_path / "key")  # fmt: skip
+    assert node["OFFLOAD_REDIS_PASSWORD"] == "master-secret"
+    assert node["OFFLOAD_REDIS_SENTINEL_PASSWORD"] == "sentinel-secret"
+    assert "OFFLOAD_FLOWER_AUTH" not in node
 
 
 def test_local_node_starts_registers_runs_and_drains(

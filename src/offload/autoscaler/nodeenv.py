@@ -9,6 +9,8 @@ import json
 import uuid
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from offload.config import Settings
 
 # Settings that describe one node, never copied from the autoscaler's own settings; nor are
@@ -33,8 +35,8 @@ def settings_env(settings: Settings, *, exclude: frozenset[str] = NODE_FIELDS) -
     defaults = type(settings).model_construct().model_dump(mode="json")
     env: dict[str, str] = {}
     for name in type(settings).model_fields:
-        if name in exclude:
-            continue
+        if name in exclude or isinstance(getattr(settings, name), SecretStr):
+            continue  # a secret dumps as '**********': node_env gives a node the ones it needs
         value = dumped[name]
         if name != "redis_url" and value == defaults.get(name):
             continue
@@ -97,4 +99,6 @@ def node_credentials(settings: Settings) -> dict[str, str]:
     env = {"OFFLOAD_REDIS_USER": user} if user else {}
     if password is not None:
         env["OFFLOAD_REDIS_PASSWORD"] = password.get_secret_value()
+    if settings.redis_sentinel_password is not None:  # the Sentinels': the same for everyone
+        env["OFFLOAD_REDIS_SENTINEL_PASSWORD"] = settings.redis_sentinel_password.get_secret_value()
     return env
