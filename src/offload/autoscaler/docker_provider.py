@@ -120,11 +120,14 @@ class DockerProvider(NodeProvider):
             return [self._start(resource_class) for _ in range(count)]
 
     def drain(self, node: str) -> None:
-        """SIGTERM to the node's container (warm shutdown); a node already gone is a no-op."""
+        """SIGTERM to the node's container (warm shutdown), once; a node already gone or
+        already draining is a no-op."""
         with _engine_call(f"draining {node}"):
             container = self._container(node)
             if container is None or container.status in _GONE:
                 return
+            if (self.state_dir / f"{node}.draining").exists():
+                return  # told once: a SIGTERM again, mid-shutdown, can hang Celery's
             self._mark_draining(node)
             with contextlib.suppress(NotFound):
                 try:

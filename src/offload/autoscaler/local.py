@@ -130,14 +130,16 @@ class LocalProvider(NodeProvider):
         return out
 
     def drain(self, node: str) -> None:
-        """SIGTERM to the node's main process (warm shutdown); a node already gone is a no-op."""
+        """SIGTERM to the node's main process (warm shutdown), once; a node already gone or
+        already draining is a no-op."""
         state = self._read(node)
         if state is None or not self._alive(state):
             return
-        if not state.get("draining"):
-            state["draining"] = True
-            state["drained_at"] = time.time()
-            self._write(node, state)
+        if state.get("draining"):
+            return  # told once: a SIGTERM again, mid-shutdown, can hang Celery's warm shutdown
+        state["draining"] = True
+        state["drained_at"] = time.time()
+        self._write(node, state)
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(state["pid"]), signal.SIGTERM)
 
