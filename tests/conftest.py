@@ -195,6 +195,18 @@ def offload_cli(
     )
 
 
+def settings_from_env(env: dict[str, str]) -> Settings:
+    """The settings a process started with ``env`` reads (its ``OFFLOAD_*`` variables)."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        **{
+            k.removeprefix("OFFLOAD_").lower(): v
+            for k, v in env.items()
+            if k.startswith("OFFLOAD_")
+        },
+    )
+
+
 def make_platform(redis_url: str, home: Path, **extra: str) -> Platform:
     db = next(_db_counter)
     env = {
@@ -206,14 +218,7 @@ def make_platform(redis_url: str, home: Path, **extra: str) -> Platform:
         "OFFLOAD_PULL_TIMEOUT": "15",
         **extra,
     }
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        **{
-            k.removeprefix("OFFLOAD_").lower(): v
-            for k, v in env.items()
-            if k.startswith("OFFLOAD_")
-        },
-    )
+    settings = settings_from_env(env)
     home.mkdir(parents=True, exist_ok=True)
     if not settings.key_path.exists():
         init_key(settings.key_path)

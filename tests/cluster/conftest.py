@@ -28,7 +28,7 @@ import redis
 from offload import Client
 from offload.broker.nodes import NodeRegistry
 from offload.config import Settings
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, settings_from_env, wait_for
 
 CLUSTER = Path(__file__).resolve().parents[2] / "infra" / "cluster"
 NODES = ("node-1", "node-2", "node-3")
@@ -77,23 +77,9 @@ class Cluster:
         lines = (self.secrets / f"{role}.env").read_text().splitlines()
         return dict(line.split("=", 1) for line in lines if "=" in line)
 
-    def settings(self, role: str = "producer", **over: object) -> Settings:
+    def settings(self, role: str = "producer") -> Settings:
         """Settings of a process on the host reaching the cluster as ``role``."""
-        creds = self.role(role)
-        fields: dict[str, object] = {
-            "redis_url": f"rediss://127.0.0.1:{self.redis_port}/0",
-            "redis_ca": self.secrets / "ca.crt",
-            "redis_user": creds["OFFLOAD_REDIS_USER"],
-            "redis_password": creds["OFFLOAD_REDIS_PASSWORD"],
-            "key_file": self.secrets / "key",
-            "home": self.homes / f"host-{role}",
-            "s3_bucket": "offload",
-            "s3_endpoint_url": f"https://127.0.0.1:{self.s3_port}",
-            "s3_ca_bundle": self.secrets / "ca.crt",
-            "job_networks": (self.job_network,),
-        }
-        fields.update(over)
-        return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+        return settings_from_env(self.cli_env(role))
 
     def cli_env(self, role: str = "producer", **over: str) -> dict[str, str]:
         """The environment of an ``offload`` command run on the host as ``role``."""
