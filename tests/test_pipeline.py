@@ -142,6 +142,37 @@ def test_cancelling_a_parent_fails_its_children_or_cancels_them_too(platform: Pl
     wait_for(lambda: root.status() is JobStatus.CANCELLED, 30, "the root cancelled")
 
 
+def test_cancel_with_descendants_wins_against_the_fastest_worker(platform: Platform) -> None:
+    """A running root's worker may end it (and fail its waiting children) the instant the
+    cancel is asked: the descendants are cancelled before the root, so none ends failed."""
+    c = platform.client
+    pipeline: Pipeline
+
+    class FastWorker(JobRecords):
+        def request_cancel(self, job_id: str) -> JobStatus:
+            status = super().request_cancel(job_id)
+            if status is JobStatus.RUNNING:  # its worker kills it and records the end at once
+                assert self.transition(job_id, JobStatus.CANCELLED, attempt=1)
+                pipeline.on_done(job_id)
+                return JobStatus.CANCELLED
+            return status
+
+    records = FastWorker.from_settings(c.redis, platform.settings)
+    pipeline = Pipeline(records, c.app)
+    root, kid, grandkid = (uuid.uuid4().hex for _ in range(3))
+    records.create(root, JobSpec(image="offload/base"), "cpu-small")
+    records.begin_attempt(root, "ghost", 1)
+    assert records.transition(root, JobStatus.RUNNING, attempt=1)
+    pipeline.submit(kid, JobSpec(image="offload/base", after=(root,)), "cpu-small")
+    pipeline.submit(grandkid, JobSpec(image="offload/base", after=(kid,)), "cpu-small")
+    assert pipeline.cancel_with_descendants(root) == {
+        root: JobStatus.CANCELLED,
+        kid: JobStatus.CANCELLED,
+        grandkid: JobStatus.CANCELLED,
+    }
+    assert records.get(kid).reason is Reason.CANCELLED
+
+
 def test_a_release_a_crash_missed_is_made_by_the_sweeper(platform: Platform) -> None:
     """The parent's success is recorded but its worker dies before releasing the child."""
     c = platform.client

@@ -242,10 +242,17 @@ class Pipeline:
         return list(seen)
 
     def cancel_with_descendants(self, job_id: str) -> dict[str, JobStatus]:
-        """Cancel a job and everything downstream of it; returns each one's status after."""
-        out = {job_id: self.records.request_cancel(job_id)}
-        for child in self.descendants(job_id):
-            out[child] = self.records.request_cancel(child)
+        """Cancel a job and everything downstream of it; returns each one's status after
+        (the job first, then its descendants nearest first).
+
+        The farthest descendants are cancelled first and the job last: a job that ends
+        fails the children still waiting for it (``upstream_failed``), so cancelling it
+        first would race its worker (or :meth:`on_done`) to the children."""
+        below = self.descendants(job_id)
+        after = {child: self.records.request_cancel(child) for child in reversed(below)}
+        out = {job_id: self.records.request_cancel(job_id), **{c: after[c] for c in below}}
+        for each in out:  # identical jobs parked on any of them are queued again
+            self.on_done(each)
         return out
 
     # -- crash safety ----------------------------------------------------------------------------
