@@ -391,6 +391,16 @@ def test_the_image_is_required() -> None:
     refused("image", "valid string", image=None)
 
 
+@pytest.mark.parametrize("network", ["orders\n", "", "-x", "a b", "x" * 129, "é"])
+def test_a_network_that_is_no_docker_network_name_is_refused(network: str) -> None:
+    refused("network", "name of a user-defined Docker network", network=network)
+
+
+@pytest.mark.parametrize("network", [True, False, "orders", "team_a.orders-db", "x" * 128])
+def test_network_names_and_switches_are_kept(network: bool | str) -> None:
+    assert JobSpec.create(image="offload/base", network=network).network == network
+
+
 def test_several_problems_report_the_first_and_count_the_rest() -> None:
     err = refused("image", "Docker image reference", image="A B", retries=-1, timeout=0)
     assert "2 more problem(s)" in err.message

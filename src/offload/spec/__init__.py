@@ -10,7 +10,6 @@ builds the spec with content ids only.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from typing import Any
 
@@ -23,13 +22,21 @@ from pydantic import (
     model_validator,
 )
 
-from offload.errors import SpecError
 from offload.spec.classes import (
     DEFAULT_CLASSES,
     ResourceClass,
     Resources,
     resolve_class,
 )
+from offload.spec.names import (
+    ENV_RE,
+    IMAGE_RE,
+    NAME_RE,
+    NETWORK_RE,
+    OBJECT_ID_RE,
+    PLATFORM_ENV,
+)
+from offload.spec.problems import FieldProblem, check_utf8, spec_error
 from offload.spec.refs import JOB_ID_RE, OUTPUT_REF_RE, OutputRef, parse_output_ref
 from offload.spec.retry import RetryPolicy
 from offload.spec.sizes import (
@@ -54,49 +61,6 @@ MAX_SPEC_VALUES = 64 * KiB
 # a larger one reaches the job through /offload/params.json only.
 MAX_ENV_PARAM = 16 * KiB
 
-# Anchored with \Z, not $ ($ also matches before a trailing newline); ASCII only.
-OBJECT_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
-# OFFLOAD_* names the platform sets through env: a schedule's run time (producer/schedules.py)
-PLATFORM_ENV = frozenset({"OFFLOAD_SCHEDULED_AT"})
-
-# Docker's reference grammar (distribution/reference), anchored.
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-IMAGE_RE = re.compile(
-    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?\Z", re.ASCII
-)
-
-
-class _FieldProblem(ValueError):
-    """A validator's error about one part of a field (``path`` is appended to its location)."""
-
-    def __init__(self, path: tuple[str, ...], message: str) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-def _check_utf8(value: Any, path: tuple[str, ...] = ()) -> None:
-    """Refuse text that cannot be written as UTF-8 (lone surrogates), anywhere in ``value``."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _FieldProblem(path, f"{value!r} is not valid Unicode text") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_utf8(k, path)
-            _check_utf8(v, (*path, str(k)))
-    elif isinstance(value, list | tuple | set | frozenset):
-        for i, v in enumerate(value):
-            _check_utf8(v, (*path, str(i)))
-
 
 def param_text(value: Any) -> str:
     """A parameter as the job sees it in ``OFFLOAD_PARAM_<NAME>``: text as is, else JSON."""
@@ -104,7 +68,6 @@ def param_text(value: Any) -> str:
 
 
 JSONValue = Any
-NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class Seal(BaseModel):
@@ -196,7 +159,7 @@ class JobSpec(BaseModel):
     def _command_args(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         for i, arg in enumerate(value or ()):
             if "\x00" in arg:
-                raise _FieldProblem((str(i),), "must not contain NUL characters")
+                raise FieldProblem((str(i),), "must not contain NUL characters")
         return value
 
     @field_validator("params")
@@ -205,13 +168,13 @@ class JobSpec(BaseModel):
         seen: dict[str, str] = {}
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if not _ENV_RE.match(key):
+            if not ENV_RE.match(key):
                 raise ValueError(
                     f"parameter name {key!r} must be letters, digits and '_' "
                     "(it becomes OFFLOAD_PARAM_<NAME>)"
                 )
             if key.upper() in seen:
-                raise _FieldProblem(
+                raise FieldProblem(
                     (key,),
                     f"clashes with {seen[key.upper()]!r}: both become OFFLOAD_PARAM_{key.upper()}",
                 )
@@ -219,18 +182,18 @@ class JobSpec(BaseModel):
             try:  # the wire form is JSON: keep only what survives it unchanged
                 out[key] = json.loads(json.dumps(item, allow_nan=False))
             except (TypeError, ValueError):
-                raise _FieldProblem(
+                raise FieldProblem(
                     (key,), "expected a JSON value (str, number, bool, null, list, dict)"
                 ) from None
             if isinstance(item, str) and "\x00" in item:
-                raise _FieldProblem((key,), "must not contain NUL characters")
+                raise FieldProblem((key,), "must not contain NUL characters")
         return out
 
     @field_validator("inputs")
     @classmethod
     def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
         for name, ref in value.items():
-            if not _NAME_RE.match(name) or name in (".", ".."):
+            if not NAME_RE.match(name) or name in (".", ".."):
                 raise ValueError(
                     f"input name {name!r} must be a plain file name "
                     "(letters, digits, '.', '_', '-'; no '/')"
@@ -241,8 +204,8 @@ class JobSpec(BaseModel):
                 if parse_output_ref(ref) is not None:
                     continue
             except ValueError as exc:
-                raise _FieldProblem((name,), str(exc)) from None
-            raise _FieldProblem(
+                raise FieldProblem((name,), str(exc)) from None
+            raise FieldProblem(
                 (name,),
                 "expected a content id 'sha256:<64 hex digits>' or another job's output "
                 f"'output:<job id>/<name>', got {ref!r}",
@@ -254,7 +217,7 @@ class JobSpec(BaseModel):
     def _after(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for i, job_id in enumerate(value):
             if not JOB_ID_RE.match(job_id):
-                raise _FieldProblem((str(i),), f"expected a job id (32 hex digits), got {job_id!r}")
+                raise FieldProblem((str(i),), f"expected a job id (32 hex digits), got {job_id!r}")
         return tuple(dict.fromkeys(value))
 
     # -- dependencies ------------------------------------------------------------------------
@@ -286,18 +249,18 @@ class JobSpec(BaseModel):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_RE.match(key):
+            if not ENV_RE.match(key):
                 raise ValueError(f"environment name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
             if key.upper().startswith("OFFLOAD_") and key not in PLATFORM_ENV:
                 raise ValueError(f"environment name {key!r}: the OFFLOAD_ prefix is reserved")
             if "\x00" in value[key]:
-                raise _FieldProblem((key,), "must not contain NUL characters")
+                raise FieldProblem((key,), "must not contain NUL characters")
         return value
 
     @field_validator("command", "params", "inputs", "env", "name", "labels")
     @classmethod
     def _utf8(cls, value: Any) -> Any:
-        _check_utf8(value)  # the wire form is UTF-8 JSON
+        check_utf8(value)  # the wire form is UTF-8 JSON
         return value
 
     @field_validator("task")
@@ -320,7 +283,7 @@ class JobSpec(BaseModel):
         total = sum(n for n, _ in parts)
         if total > MAX_SPEC_VALUES:
             size, path = max(parts)
-            raise _FieldProblem(
+            raise FieldProblem(
                 path,
                 f"is {format_size(size)}; the command, parameters and environment together "
                 f"are {format_size(total)}, over the limit of {format_size(MAX_SPEC_VALUES)}. "
@@ -333,7 +296,7 @@ class JobSpec(BaseModel):
     def _secret_names(self) -> JobSpec:
         unknown = sorted(self.secret - set(self.params) - set(self.env))
         if unknown:
-            raise _FieldProblem(("secret",), f"secret names {unknown} are neither params nor env")
+            raise FieldProblem(("secret",), f"secret names {unknown} are neither params nor env")
         return self
 
     # -- wire form -------------------------------------------------------------------------
@@ -377,20 +340,6 @@ def build_spec(validate: Any, data: Any) -> JobSpec:
         raise spec_error(exc) from None
     assert isinstance(spec, JobSpec)
     return spec
-
-
-def spec_error(exc: ValidationError) -> SpecError:
-    """Turn pydantic's error list into one SpecError naming the first bad field."""
-    errors = exc.errors()
-    first = errors[0]
-    problem = first.get("ctx", {}).get("error")
-    loc = (*first["loc"], *(problem.path if isinstance(problem, _FieldProblem) else ()))
-    field = ".".join(str(p) for p in loc) or "spec"
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return SpecError(field, message + more)
 
 
 __all__ = [
