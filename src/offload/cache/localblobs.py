@@ -21,7 +21,7 @@ Protocol between processes:
 * A crash leaves at most temp files in the dead instance's tmp folder, whose lock died with
   it; the constructor and :meth:`LocalBlobStore.gc` remove such folders.
 
-The file-level pieces of that protocol (temp folders, the lock and total) are in
+The file-level pieces of that protocol (temp folders, the lock and total, scans) are in
 :mod:`offload.cache.localfs`; this class is the :class:`~offload.cache.blobs.LocalTier`.
 """
 
@@ -40,13 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from offload.cache.blobs import NAME_RE, LocalTier, check_name
+from offload.cache.blobs import LocalTier, check_name
 from offload.cache.localfs import (
     ByteTotal,
     claim_tmp,
     fs,
     fsync_dir,
+    list_names,
     release_tmp,
+    scan_blobs,
     sweep_tmp,
     try_lock,
 )
@@ -84,7 +86,9 @@ class LocalBlobStore(LocalTier):
         with fs(f"create the cache folder {self.root}"):
             for d in (self.blobs_dir, self.held_dir, self.quarantine_dir, self._tmp_root):
                 d.mkdir(parents=True, exist_ok=True)
-        self._total = ByteTotal(self.root / "state", self._count)
+        self._total = ByteTotal(
+            self.root / "state", lambda: sum(size for _, _, size in scan_blobs(self.blobs_dir))
+        )
         sweep_tmp(self._tmp_root)
         self._tmp_dir, fd = claim_tmp(self._tmp_root)
         self._finalizer = weakref.finalize(self, release_tmp, fd, self._tmp_dir, os.getpid())
@@ -160,7 +164,7 @@ class LocalBlobStore(LocalTier):
                 raise
 
     def names(self) -> Iterator[str]:
-        return iter(sorted(name for _, name, _ in self._scan()))
+        return iter(sorted(name for _, name, _ in scan_blobs(self.blobs_dir)))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -277,7 +281,7 @@ class LocalBlobStore(LocalTier):
             marker.unlink(missing_ok=True)
 
     def held(self) -> Iterator[str]:
-        return iter(self._listdir(self.held_dir))
+        return iter(list_names(self.held_dir))
 
     def quarantine(self, name: str, why: str) -> None:
         """Move a blob that failed verification out of service, recording ``why``."""
@@ -292,7 +296,7 @@ class LocalBlobStore(LocalTier):
             self._report_removed([name])
 
     def quarantined(self) -> list[str]:
-        return self._listdir(self.quarantine_dir)
+        return list_names(self.quarantine_dir)
 
     # -- accounting and eviction -----------------------------------------------------------
 
@@ -302,13 +306,13 @@ class LocalBlobStore(LocalTier):
             return self._total.adjust(state, 0)
 
     def stats(self) -> CacheStats:
-        entries = self._scan()
+        entries = scan_blobs(self.blobs_dir)
         return CacheStats(
             count=len(entries),
             bytes=sum(size for _, _, size in entries),
             budget=self.budget,
             pinned=sum(1 for _, name, _ in entries if self._pinned(name)),
-            held=len(self._listdir(self.held_dir)),
+            held=len(list_names(self.held_dir)),
             quarantined=len(self.quarantined()),
         )
 
@@ -319,7 +323,7 @@ class LocalBlobStore(LocalTier):
     def _evict(self, limit: int | None, protect: str | None = None) -> int:
         """Recount the total and remove least recently used blobs until it fits ``limit``."""
         with self._total.locked() as state:
-            entries = sorted(self._scan())
+            entries = sorted(scan_blobs(self.blobs_dir))
             total = sum(size for _, _, size in entries)
             freed = 0
             evicted = []
@@ -375,27 +379,6 @@ class LocalBlobStore(LocalTier):
         return True
 
     # -- internals -------------------------------------------------------------------------
-
-    def _scan(self) -> list[tuple[int, str, int]]:
-        """(mtime_ns, name, size) of every blob."""
-        out = []
-        with fs(f"list the blobs in {self.blobs_dir}"):
-            for sub in os.scandir(self.blobs_dir):
-                if not sub.is_dir(follow_symlinks=False):
-                    continue
-                for entry in os.scandir(sub.path):
-                    if NAME_RE.match(entry.name):
-                        with contextlib.suppress(FileNotFoundError):
-                            st = entry.stat(follow_symlinks=False)
-                            out.append((st.st_mtime_ns, entry.name, st.st_size))
-        return out
-
-    def _count(self) -> int:
-        return sum(size for _, _, size in self._scan())
-
-    def _listdir(self, folder: Path) -> list[str]:
-        with fs(f"list {folder}"):
-            return sorted(n for n in os.listdir(folder) if NAME_RE.match(n))
 
     def _touch(self, target: Path | int) -> None:
         """Mark a blob as used now: its mtime is the recency the evictor orders by."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from offload.cache.blobs import NAME_RE
 from offload.errors import CacheError, ObjectNotFound
 
 
@@ -46,6 +47,27 @@ def try_lock(f: BinaryIO | int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def scan_blobs(blobs_dir: Path) -> list[tuple[int, str, int]]:
+    """(mtime_ns, name, size) of every blob under ``blobs_dir/<2 hex>/``."""
+    out = []
+    with fs(f"list the blobs in {blobs_dir}"):
+        for sub in os.scandir(blobs_dir):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(sub.path):
+                if NAME_RE.match(entry.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat(follow_symlinks=False)
+                        out.append((st.st_mtime_ns, entry.name, st.st_size))
+    return out
+
+
+def list_names(folder: Path) -> list[str]:
+    """The blob names in ``folder`` (holds, quarantine), sorted."""
+    with fs(f"list {folder}"):
+        return sorted(n for n in os.listdir(folder) if NAME_RE.match(n))
 
 
 def _tree_bytes(path: Path) -> int:
