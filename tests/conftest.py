@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import psutil
@@ -195,10 +196,14 @@ def offload_cli(
     )
 
 
+def bare_settings(**fields: Any) -> Settings:
+    """Settings from ``fields`` (and ``OFFLOAD_*`` variables), never from a ``.env`` file."""
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
 def settings_from_env(env: dict[str, str]) -> Settings:
     """The settings a process started with ``env`` reads (its ``OFFLOAD_*`` variables)."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    return bare_settings(
         **{
             k.removeprefix("OFFLOAD_").lower(): v
             for k, v in env.items()

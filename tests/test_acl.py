@@ -20,6 +20,7 @@ import redis
 
 from offload.broker.scaling import read_status
 from offload.config import Settings
+from tests.conftest import bare_settings
 
 from .conftest import Platform, free_port, make_platform, wait_for
 
@@ -70,8 +71,7 @@ def load_acl(p: Platform, admin: redis.Redis) -> dict[str, dict[str, str]]:
 
 def as_role(p: Platform, env: dict[str, str]) -> Settings:
     values = {**p.env, **env}
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    return bare_settings(
         **{
             k.removeprefix("OFFLOAD_").lower(): v
             for k, v in values.items()

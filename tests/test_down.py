@@ -15,9 +15,9 @@ import docker
 import pytest
 
 from offload.broker.status import JobStatus, Reason
-from offload.config import Settings
 from offload.producer.client import Client
 from offload.producer.job import Job
+from tests.conftest import bare_settings
 
 from .conftest import free_port, job_containers, offload_cli, wait_for
 
@@ -37,8 +37,7 @@ class Embedded:
             "OFFLOAD_FLOWER_PORT": str(free_port()),
             "OFFLOAD_NODE_NAME": f"down-{uuid.uuid4().hex[:8]}",
         }
-        self.settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+        self.settings = bare_settings(
             home=home,
             redis_url=self.env["OFFLOAD_REDIS_URL"],
             node_name=self.env["OFFLOAD_NODE_NAME"],

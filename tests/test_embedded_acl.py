@@ -21,7 +21,7 @@ from offload.autoscaler.nodeenv import node_env
 from offload.broker.acl import aclfile
 from offload.broker.connection import broker_url
 from offload.broker.credentials import ensure, users_path
-from offload.config import Settings
+from tests.conftest import bare_settings
 
 from .conftest import free_port, offload_cli, wait_for
 
@@ -126,7 +126,7 @@ def test_up_redis_refuses_strangers_and_runs_each_service_as_its_role(
 def test_the_cli_is_the_admin_of_ups_redis_and_explicit_credentials_win(tmp_path: Path) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    settings = Settings(_env_file=None, home=tmp_path, redis_url=url)  # type: ignore[call-arg]
+    settings = bare_settings(home=tmp_path, redis_url=url)
     assert broker_url(settings) == settings.redis_url  # no `up` here yet: no credentials
     passwords = ensure(settings, ["worker"], port)
     assert ensure(settings, ["worker", "monitor"], port).items() >= passwords.items()  # kept
@@ -144,8 +144,7 @@ def test_the_cli_is_the_admin_of_ups_redis_and_explicit_credentials_win(tmp_path
 
 
 def test_local_nodes_get_the_node_credentials_not_the_autoscalers(tmp_path: Path) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    settings = bare_settings(
         home=tmp_path,
         redis_user="offload-autoscaler",
         redis_password="scaler-secret",

@@ -23,6 +23,7 @@ from offload.autoscaler.local import LocalProvider
 from offload.autoscaler.provider import NodeProvider
 from offload.config import Settings
 from offload.errors import ConfigError, ProviderError
+from tests.conftest import bare_settings
 
 from .conftest import REPO, Platform, make_platform, wait_for
 from .s3server import MotoServer
@@ -146,8 +147,7 @@ class TestAws(ProviderContract):
 
     @pytest.fixture
     def settings(self, tmp_path: Path) -> Settings:
-        return Settings(
-            _env_file=None,  # type: ignore[call-arg]
+        return bare_settings(
             home=tmp_path,
             redis_url="rediss://broker.example:6380/0",
             s3_bucket="offload-bucket",

@@ -28,6 +28,7 @@ from offload.broker.app import redis_client
 from offload.broker.nodes import NodeRegistry
 from offload.config import Settings
 from offload.errors import ConfigError
+from tests.conftest import bare_settings
 
 from .conftest import Platform, make_platform, wait_for
 from .s3server import MotoServer
@@ -91,10 +92,9 @@ def local(node_platform: Platform) -> Iterator[tuple[Platform, LocalProvider]]:
 
 
 def test_settings_env_round_trips() -> None:
-    base = Settings(_env_file=None)  # type: ignore[call-arg]
+    base = bare_settings()
     tiny = base.classes[0].model_copy(update={"name": "tiny"})
-    s = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    s = bare_settings(
         classes=(tiny, *base.classes[1:]),
         s3_bucket="b",
         max_timeout=600,
@@ -104,8 +104,7 @@ def test_settings_env_round_trips() -> None:
     env = settings_env(s)
     assert "OFFLOAD_NODE_NAME" not in env and "OFFLOAD_HOME" not in env
     assert "OFFLOAD_PULL_TIMEOUT" not in env  # defaults are not written
-    again = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    again = bare_settings(
         **{k.removeprefix("OFFLOAD_").lower(): v for k, v in env.items()},
     )
     for field in ("classes", "s3_bucket", "max_timeout", "cache_budget", "redis_url"):
@@ -118,8 +117,7 @@ def test_settings_env_writes_no_secret_and_node_env_the_ones_a_node_needs(
     """A secret setting dumps as '**********': written out, it would replace the real value
     on the node (and user data must hold no secret). A node gets its Redis credentials and
     the Sentinels' password from node_env, never Flower's."""
-    s = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    s = bare_settings(
         redis_url="sentinel://s1:26379;sentinel://s2:26379/0",
         redis_password="master-secret",
         redis_sentinel_password="sentinel-secret",
@@ -220,8 +218,7 @@ def test_docker_node_starts_registers_runs_and_drains(
 @pytest.fixture
 def aws(s3_server: MotoServer, tmp_path: Path) -> Iterator[AwsProvider]:
     s3_server.start()
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    settings = bare_settings(
         home=tmp_path,
         redis_url="rediss://broker.example:6380/0",
         s3_bucket="offload-bucket",
@@ -315,8 +312,7 @@ def test_aws_groups_scale_protect_and_drain(aws: AwsProvider) -> None:
 
 
 def test_aws_user_data(tmp_path: Path) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    settings = bare_settings(
         home=tmp_path,
         redis_url="rediss://broker.example:6380/0",
         s3_bucket="offload-bucket",

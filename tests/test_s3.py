@@ -18,8 +18,8 @@ import pytest
 
 from offload.cache.factory import remote_tier
 from offload.cache.s3 import MiB, S3BlobStore, S3Config, S3Unavailable
-from offload.config import Settings
 from offload.errors import CacheError
+from tests.conftest import bare_settings
 from tests.s3server import MotoServer
 
 
@@ -162,8 +162,7 @@ def test_unreachable_endpoint_fails_fast(tmp_path: Path) -> None:
 
 
 def test_the_remote_tier_is_built_from_settings() -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    settings = bare_settings(
         s3_bucket="b-1",
         s3_prefix="team",
         s3_endpoint_url="http://127.0.0.1:9",
@@ -175,7 +174,7 @@ def test_the_remote_tier_is_built_from_settings() -> None:
         bucket="b-1", prefix="team/", endpoint_url="http://127.0.0.1:9", region="eu-west-1"
     )
     assert store.key("ab" + "0" * 62) == "team/ab/ab" + "0" * 62
-    assert remote_tier(Settings(_env_file=None, s3_bucket=None)) is None  # type: ignore[call-arg]
+    assert remote_tier(bare_settings(s3_bucket=None)) is None
 
 
 class CuttingProxy:

@@ -8,12 +8,13 @@ from offload.broker.app import make_app
 from offload.broker.connection import broker_url, redis_db, transport_options
 from offload.config import Settings
 from offload.errors import ConfigError
+from tests.conftest import bare_settings
 
 URL = "sentinel://10.0.0.1:26379;sentinel://10.0.0.2:26380/5"
 
 
 def settings(url: str, **extra: str) -> Settings:
-    return Settings(_env_file=None, redis_url=url, **extra)  # type: ignore[call-arg]
+    return bare_settings(redis_url=url, **extra)
 
 
 def test_the_database_and_credentials_go_on_every_sentinel() -> None:

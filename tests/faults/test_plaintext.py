@@ -13,9 +13,9 @@ from pathlib import Path
 
 from offload import JobStatus
 from offload.broker.connection import redis_client
-from offload.config import Settings
 from offload.embedded import running_pid, start_redis
 from offload.worker import staging
+from tests.conftest import bare_settings
 
 from ..conftest import Platform, free_port, wait_for
 
@@ -86,8 +86,7 @@ def test_embedded_redis_keeps_its_files_owner_only_with_a_memory_limit(tmp_path:
     old.write_text("")
     os.chmod(data, 0o755)
     os.chmod(old, 0o644)
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+    settings = bare_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         home=home,
         redis_max_memory=64 * 1024 * 1024,
