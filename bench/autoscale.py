@@ -58,7 +58,7 @@ from common import (
 from offload.autoscaler.local import LocalProvider
 from offload.autoscaler.loop import Autoscaler, recovery_hook
 from offload.autoscaler.policy import ClassLimits, Limits
-from offload.broker.app import redis_client
+from offload.broker.core import Broker
 from offload.broker.nodes import NodeRegistry
 from offload.config import Settings
 from offload.producer.client import Client
@@ -161,15 +161,13 @@ class Platform:
 
     def autoscaler(self, limits: ClassLimits) -> Autoscaler:
         assert self.settings is not None and self.provider is not None
-        r = redis_client(self.settings)
-        registry = NodeRegistry(r, lost_after=self.settings.lost_after)
+        broker = Broker(self.settings)
         return Autoscaler(
-            registry,
+            broker,
             self.provider,
-            r,
             [CLASS],
             Limits(per_class={CLASS: limits}, default=limits),
-            recover=recovery_hook(self.settings, registry, r),
+            recover=recovery_hook(broker),
         )
 
     def run_loop(self, limits: ClassLimits, interval: float) -> Loop:
@@ -209,9 +207,7 @@ class Platform:
 def burst(client: Client, plat: Platform, n: int, timeout: float) -> dict[str, Any]:
     """Submit ``n`` no-op jobs at once; times from the burst to first running and to drained."""
     assert plat.provider is not None and plat.settings is not None
-    watch = NodeWatch(
-        NodeRegistry(redis_client(plat.settings), lost_after=plat.settings.lost_after)
-    )
+    watch = NodeWatch(Broker(plat.settings).nodes)
     started_before = len(plat.provider.started)
     try:
         t0 = time.time()
@@ -256,7 +252,7 @@ def scale_back(plat: Platform, t_last: float, idle_window: float) -> dict[str, A
     """From the last result until the nodes are drained back to 0 and their processes gone."""
     assert plat.provider is not None and plat.settings is not None
     p = plat.provider
-    registry = NodeRegistry(redis_client(plat.settings), lost_after=plat.settings.lost_after)
+    registry = Broker(plat.settings).nodes
     drained_before = len(p.drained)
     t_gone = wait_for(
         lambda: not p.nodes() and not registry.nodes(),
@@ -308,7 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(args, "starting redis-server ...")
     with bench_env(args.slots, args.keep) as (plat, client):
         assert plat.provider is not None and plat.settings is not None
-        registry = NodeRegistry(redis_client(plat.settings), lost_after=plat.settings.lost_after)
+        registry = Broker(plat.settings).nodes
 
         # 1. cold: the autoscaler runs, no node is up
         msg = f"cold: autoscaler min 0 max {args.max_nodes}, tick {args.interval:g}s; "

@@ -200,7 +200,9 @@ def start_worker(svc: Services, cluster: Cluster, loglevel: str = "WARNING") -> 
     proc = svc.spawn("worker", argv, cluster.env)
     client = Client(cluster.settings)
     node = f"offload@{cluster.settings.node_name}"
-    svc.up("worker", proc, lambda: any(node in r for r in client.app.control.ping(timeout=0.3)))
+    svc.up(
+        "worker", proc, lambda: any(node in r for r in client.broker.app.control.ping(timeout=0.3))
+    )
     return client
 
 

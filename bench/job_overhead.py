@@ -231,7 +231,7 @@ def job_phases(
     """Seconds per phase, from the client's clock marks (submit called, submit returned,
     result returned) and the job's status timeline (same host, same wall clock)."""
     t_submit, t_returned, t_end = marks
-    at = first_at(client.records.timeline(job_id))
+    at = first_at(client.broker.records.timeline(job_id))
     need = ("queued", "staging", "running", "uploading", "succeeded")
     if not all(s in at for s in need):
         return {}

@@ -151,7 +151,7 @@ def run_mode(
         run.svc.up(
             f"worker-{name}",
             proc,
-            lambda node=node: any(node in r for r in client.app.control.ping(timeout=0.3)),
+            lambda node=node: any(node in r for r in client.broker.app.control.ping(timeout=0.3)),
         )
     pipelines: list[dict[str, Any]] = []
     for i in range(args.runs):
@@ -180,9 +180,7 @@ def run_mode(
         if bad:
             raise RuntimeError(f"a step failed: {bad[0].reason}: {bad[0].message}")
         fetched = proxy.fetched() - before
-        routes = [
-            client.redis.hget(f"offload:job:{j.id}", "route_why") or "-" for j in (shift, digest)
-        ]
+        routes = [j.record().route_why or "-" for j in (shift, digest)]
         row: dict[str, Any] = {
             "fetched": fetched,
             "wall_s": round(wall, 2),

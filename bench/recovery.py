@@ -243,7 +243,7 @@ class OffloadCluster:
         proc = self.svc.spawn(f"{self.name}-{node}", argv, env)
         self.nodes[node] = proc
         target = f"offload@{node}"
-        ping = self.client.app.control.ping
+        ping = self.client.broker.app.control.ping
         self.svc.up(
             f"{self.name}-{node}", proc, lambda: any(target in r for r in ping(timeout=0.3))
         )
@@ -336,7 +336,7 @@ def offload_redis_restart(args: argparse.Namespace, br: BenchRun) -> dict[str, A
         poll(lambda: len(running_containers(ids)) >= args.slots, 60, "jobs running", 0.1)
         redis.kill9()
         t_up = redis.start()
-        records = cluster.client.records
+        records = cluster.client.broker.records
 
         def terminal() -> bool:
             return all(records.status(j).terminal for j in ids)

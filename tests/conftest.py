@@ -140,7 +140,7 @@ class Platform:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        app = self.client.app
+        app = self.client.broker.app
         node = f"offload@{self.settings.node_name}"
 
         def ready() -> bool:

@@ -34,7 +34,7 @@ class Scaled:
              "--interval", "0.5", "--metrics-port", "0"],
             env=platform.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        self.registry = NodeRegistry(platform.client.redis, lost_after=4)
+        self.registry = NodeRegistry(platform.client.broker.redis, lost_after=4)
 
     def nodes(self) -> list[str]:
         return [n.name for n in self.registry.nodes() if n.state != "lost"]

@@ -15,6 +15,7 @@ import pytest
 
 from offload.autoscaler.loop import build_autoscaler
 from offload.broker import keys
+from offload.broker.core import Broker
 from offload.broker.nodes import NodeRegistry
 from offload.broker.scaling import read_status
 from offload.broker.status import JobStatus
@@ -31,13 +32,13 @@ def plat(redis_server: str, tmp_path: Path) -> Platform:
 
 def busy_node_with_old_heartbeat(p: Platform, age: float) -> tuple[str, str]:
     """A node running one job, its last heartbeat ``age`` seconds ago; (node, job id)."""
-    r = p.client.redis
+    r = p.client.broker.redis
     node = f"slow-{uuid.uuid4().hex[:6]}"
     NodeRegistry(r, lost_after=p.settings.lost_after).register(
         node, provider="manual", classes=["cpu-small"], slots=1, cpus=1, memory=1 << 30, gpus=0
     )
     job_id = uuid.uuid4().hex
-    records = p.client.records
+    records = p.client.broker.records
     records.create(job_id, JobSpec(image="offload/base", command=("true",)), "cpu-small")
     records.begin_attempt(job_id, node)
     records.transition(job_id, JobStatus.RUNNING, attempt=1)
@@ -49,7 +50,7 @@ def test_the_autoscaler_keeps_a_node_alive_within_lost_after(plat: Platform) -> 
     assert plat.settings.lost_after == 40
     node, job_id = busy_node_with_old_heartbeat(plat, 20)
     provider = make_provider("local", plat.settings)
-    scaler = build_autoscaler(plat.settings, provider)
+    scaler = build_autoscaler(Broker(plat.settings), provider)
     try:
         scaler.tick()
     finally:  # were the node taken for lost, its job would start a node: drain it
@@ -59,14 +60,14 @@ def test_the_autoscaler_keeps_a_node_alive_within_lost_after(plat: Platform) -> 
     assert (rec.status, rec.node, rec.attempt) == (JobStatus.RUNNING, node, 1)  # not requeued
     info = scaler.registry.get(node)
     assert info is not None and info.state == "up"
-    status = read_status(plat.client.redis, "cpu-small")
+    status = read_status(plat.client.broker.redis, "cpu-small")
     assert status is not None and status["up"] == "1", status
 
 
 def test_why_waiting_counts_a_node_alive_within_lost_after(plat: Platform) -> None:
     busy_node_with_old_heartbeat(plat, 20)
     queued = uuid.uuid4().hex
-    plat.client.records.create(
+    plat.client.broker.records.create(
         queued, JobSpec(image="offload/base", command=("true",)), "cpu-small"
     )
     why = plat.client.job(queued).why_waiting()  # no autoscaler: the registry's word

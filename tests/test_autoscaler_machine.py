@@ -46,7 +46,7 @@ def provider(plat: Platform, tmp_path: Path) -> Iterator[LocalProvider]:
 
 
 def register(plat: Platform, name: str, provider: str = "manual") -> None:
-    NodeRegistry(plat.client.redis, lost_after=15).register(
+    NodeRegistry(plat.client.broker.redis, lost_after=15).register(
         name, provider=provider, classes=["cpu-small"], slots=1, cpus=3, memory=16 * GiB, gpus=0
     )
 
@@ -58,12 +58,13 @@ def test_a_burst_starts_no_node_beyond_the_machine(plat: Platform, provider: Loc
     queued = []
     for _ in range(10):
         job_id = uuid.uuid4().hex
-        client.records.create(job_id, JobSpec(image="offload/base", command=("true",)), "cpu-small")
-        route(client.app, job_id, "cpu-small", "offload/base", "burst")
+        client.broker.records.create(
+            job_id, JobSpec(image="offload/base", command=("true",)), "cpu-small"
+        )
+        route(client.broker.app, job_id, "cpu-small", "offload/base", "burst")
         queued.append(job_id)
     limits = Limits(per_class={"cpu-small": ClassLimits(max_nodes=8, jobs_per_node=1)})
-    registry = NodeRegistry(client.redis, lost_after=15)
-    scaler = Autoscaler(registry, provider, client.redis, ["cpu-small"], limits)
+    scaler = Autoscaler(client.broker, provider, ["cpu-small"], limits)
     t = time.time()
 
     first = scaler.tick(t)
@@ -71,13 +72,13 @@ def test_a_burst_starts_no_node_beyond_the_machine(plat: Platform, provider: Loc
     # embedded worker's 1 slot + 2 of 1 CPU each is the machine's 3 CPUs
     assert first.start == {"cpu-small": 2}
     assert len(provider.nodes()) == 2
-    reason = read_status(client.redis, "cpu-small")["reason"]  # type: ignore[index]
+    reason = read_status(client.broker.redis, "cpu-small")["reason"]  # type: ignore[index]
     assert "starting 2 of 4 (at machine capacity: 1 CPUs / 2 GiB in use" in reason, reason
 
     again = scaler.tick(t + 1)
     assert again.start == {} and len(provider.nodes()) == 2
     full = "at machine capacity: 3 CPUs / 6 GiB in use (this machine: 3 CPUs / 16 GiB)"
-    status = read_status(client.redis, "cpu-small")
+    status = read_status(client.broker.redis, "cpu-small")
     assert status is not None and status["reason"].startswith(full), status
     assert status["desired"] == "8" and status["starting"] == "2"
     why = client.job(queued[-1]).why_waiting()

@@ -17,7 +17,6 @@ import pytest
 from offload.autoscaler.aws import AwsProvider
 from offload.autoscaler.loop import Autoscaler
 from offload.autoscaler.policy import ClassLimits, Limits
-from offload.broker.nodes import NodeRegistry
 from offload.broker.status import JobStatus
 from offload.spec import JobSpec
 
@@ -59,10 +58,10 @@ def protected(provider: AwsProvider, instance: str) -> bool:
 
 def test_the_loop_protects_busy_instances_and_unprotects_idle_ones(aws: CountingAws) -> None:
     p = Platform(settings=aws.settings, env={})
-    r = p.client.redis
-    registry = NodeRegistry(r, lost_after=15)
+    broker = p.client.broker
+    registry = broker.nodes
     limits = Limits(per_class={"cpu-small": ClassLimits(min_nodes=2, max_nodes=2)})
-    scaler = Autoscaler(registry, aws, r, ["cpu-small"], limits)
+    scaler = Autoscaler(broker, aws, ["cpu-small"], limits)
     t = time.time()
     scaler.tick(t)
     a, b = sorted(n.name for n in aws.nodes())
@@ -70,7 +69,7 @@ def test_the_loop_protects_busy_instances_and_unprotects_idle_ones(aws: Counting
     for name in (a, b):  # the instances boot and register under their ids
         registry.register(name, provider="aws", classes=["cpu-small"], slots=1, cpus=2,
                           memory=4 << 30, gpus=0)  # fmt: skip
-    records = p.client.records
+    records = p.client.broker.records
     job = uuid.uuid4().hex
     records.create(job, JobSpec(image="offload/base", command=("true",)), "cpu-small")
     records.begin_attempt(job, a)

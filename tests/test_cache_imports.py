@@ -37,11 +37,11 @@ def test_an_import_is_remembered_for_the_memo_ttl(
         job = client.submit("offload/base", ["sort", "/offload/in/w"], inputs={"w": uri})
         oid = job.record().spec.inputs["w"]
         assert oid == "sha256:" + hashlib.sha256(b"fig\npear\n").hexdigest()
-        [memo] = client.redis.keys(keys.s3_import("*"))
-        assert client.redis.get(memo) == oid
-        assert 0 < client.redis.ttl(memo) <= 3600
+        [memo] = client.broker.redis.keys(keys.s3_import("*"))
+        assert client.broker.redis.get(memo) == oid
+        assert 0 < client.broker.redis.ttl(memo) <= 3600
         again = import_s3(
-            uri, client.store, client.redis, field="inputs.w", ttl=60,
+            uri, client.store, client.broker.redis, field="inputs.w", ttl=60,
             endpoint_url=s3_server.endpoint_url,
         )  # fmt: skip
         assert again == oid  # remembered: not downloaded again
@@ -57,7 +57,7 @@ def test_an_unreachable_s3_is_an_outage(
     try:
         with pytest.raises(StoreUnavailable, match="cannot reach S3"):
             import_s3(
-                f"s3://{s3_bucket.bucket}/x", p.client.store, p.client.redis, field="inputs.x",
+                f"s3://{s3_bucket.bucket}/x", p.client.store, p.client.broker.redis, field="inputs.x",
                 ttl=60, endpoint_url=s3_server.endpoint_url,
             )  # fmt: skip
     finally:

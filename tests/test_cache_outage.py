@@ -83,7 +83,7 @@ def test_submit_reports_an_outage_not_a_refused_spec(
         assert "not in the store" not in res.stderr
     finally:
         s3_server.start()
-    assert p.client.redis.keys(keys.job("*")) == []  # nothing was queued
+    assert p.client.broker.redis.keys(keys.job("*")) == []  # nothing was queued
 
 
 def test_a_memo_entry_survives_an_outage_and_the_job_runs(
@@ -94,8 +94,8 @@ def test_a_memo_entry_survives_an_outage_and_the_job_runs(
     p.start_worker()
     try:
         first = p.client.submit("offload/base", command).result(timeout=60)
-        [memo_key] = p.client.redis.keys(keys.memo("*"))
-        before = json.loads(p.client.redis.get(memo_key))
+        [memo_key] = p.client.broker.redis.keys(keys.memo("*"))
+        before = json.loads(p.client.broker.redis.get(memo_key))
         assert before["job_id"] == first.job_id
         store = p.client.store
         assert isinstance(store, SealedStore)
@@ -107,9 +107,9 @@ def test_a_memo_entry_survives_an_outage_and_the_job_runs(
         finally:
             s3_server.start()
         assert second.ok and second.cache_hit is None  # could not use the memo: it ran
-        entry = json.loads(p.client.redis.get(memo_key))
+        entry = json.loads(p.client.broker.redis.get(memo_key))
         assert entry == before  # kept as it was (signature included)
         assert entry["outputs"] == first.outputs and entry["job_id"] == first.job_id
-        assert p.client.redis.ttl(memo_key) > 0
+        assert p.client.broker.redis.ttl(memo_key) > 0
     finally:
         p.kill_worker()

@@ -93,7 +93,7 @@ def test_wait_exits_with_the_jobs_outcome(platform: Platform) -> None:
 
 
 def test_bad_input_is_refused_with_the_field_named(platform: Platform) -> None:
-    before = platform.client.redis.zcard("offload:jobs")
+    before = platform.client.broker.redis.zcard("offload:jobs")
     cases = [
         (["--memory", "lots"], "resources.memory"),
         (["--cpu", "-1"], "resources.cpu"),
@@ -111,7 +111,7 @@ def test_bad_input_is_refused_with_the_field_named(platform: Platform) -> None:
         assert run.stdout == ""
     bad_image = platform.cli("submit", "Not A/Valid:image:ref")
     assert bad_image.returncode == 2 and "image" in bad_image.stderr
-    assert platform.client.redis.zcard("offload:jobs") == before  # nothing was queued
+    assert platform.client.broker.redis.zcard("offload:jobs") == before  # nothing was queued
 
 
 def test_unknown_job_ids_exit_non_zero(platform: Platform) -> None:

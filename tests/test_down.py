@@ -106,8 +106,8 @@ def test_down_force_hands_a_running_job_back_and_up_runs_it(
     embedded.up()
     client = embedded.client()
     # queued again by `down`, not lost, and its retry budget (0) untouched: it runs again
-    handed = [e for e in client.records.timeline(job.id) if e.reason == Reason.HANDED_BACK]
-    assert [e.status for e in handed] == [JobStatus.QUEUED], client.records.timeline(job.id)
+    handed = [e for e in client.broker.records.timeline(job.id) if e.reason == Reason.HANDED_BACK]
+    assert [e.status for e in handed] == [JobStatus.QUEUED], client.broker.records.timeline(job.id)
     result = Job(client, job.id).result(timeout=60)
     assert result.ok, result
     assert not job_containers(docker_client, job.id)

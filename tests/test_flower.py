@@ -234,7 +234,7 @@ def test_flower_shows_failed_timed_out_and_cancelled_jobs_as_failure_with_reason
         assert shown["retries"] == 0, shown
     # each ran at most once: no retry, no redelivery, every message acknowledged
     assert [client.job(i).record().attempt for i in expected] == [1, 1, 1, 0]
-    r = client.redis
+    r = client.broker.redis
     assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
     assert not [q for q in r.keys("cpu-*") if r.type(q) == "list" and r.llen(q)]
 

@@ -113,7 +113,7 @@ def test_gpu_job_is_routed_and_fails_clearly_on_a_node_without_gpu_runtime(
     p = private_platform
     job = p.client.submit("offload/base", ["nvidia-smi"], gpus=1, cpu=1, memory="1g")
     assert job.record().resource_class == "gpu-large"
-    assert len(ready_messages(p.client.redis, "gpu-large")) == 1
+    assert len(ready_messages(p.client.broker.redis, "gpu-large")) == 1
     # A node that believes it has a GPU (the one fault we cannot cause here) runs the job
     # with the real engine, which has no NVIDIA runtime.
     gpu = Gpu(0, "test", "GPU-0", 1 << 30)

@@ -12,7 +12,6 @@ import pytest
 from offload.autoscaler.aws import AwsProvider
 from offload.autoscaler.loop import Autoscaler
 from offload.autoscaler.policy import ClassLimits, Limits
-from offload.broker.nodes import NodeRegistry
 from offload.broker.scaling import read_status
 from offload.broker.status import JobStatus
 from tests.conftest import Platform, make_platform, wait_for
@@ -75,9 +74,9 @@ def aws(s3_server: MotoServer, redis_server: str, tmp_path: Path) -> Iterator[Aw
 def test_the_autoscaler_does_not_scale_a_held_class_up(aws: AwsProvider) -> None:
     p = Platform(settings=aws.settings, env={})
     c = p.client
-    r = c.redis
+    r = c.broker.redis
     limits = Limits(per_class={"cpu-small": ClassLimits(min_nodes=0, max_nodes=2)})
-    scaler = Autoscaler(NodeRegistry(r, lost_after=15), aws, r, ["cpu-small"], limits)
+    scaler = Autoscaler(c.broker, aws, ["cpu-small"], limits)
     c.hold("cpu-small")
     job = c.submit("offload/base", ["true"], cache=False)  # queued; no worker anywhere
     decision = scaler.tick()

@@ -68,7 +68,7 @@ def test_two_identical_jobs_submitted_together_run_one_container(
     ]
     assert statuses[-1] is JobStatus.SUCCEEDED
     assert runs.count([a.id, b.id]) == {holder.id: 1}
-    assert not c.redis.keys("offload:inflight:*")  # the holder let go of its claim
+    assert not c.broker.redis.keys("offload:inflight:*")  # the holder let go of its claim
 
     # the cache hit's logs: a marker naming the run that made its outputs, then that run's
     lines = list(waiter.logs())

@@ -14,7 +14,6 @@ import pytest
 
 from offload.broker import keys
 from offload.broker.limits import Limits
-from offload.broker.nodes import NodeRegistry
 from offload.broker.pipeline import Pipeline
 from offload.broker.status import JobStatus, Reason
 from offload.broker.sweeper import Sweeper
@@ -121,8 +120,8 @@ def test_a_killed_workers_permit_comes_back_and_the_waiting_job_runs(
     wait_for(lambda: waiter.record().wait == "limit:db=orders", 60, "the second job waiting")
     p.kill_worker()  # SIGKILL: the holder's attempt never returns its permit
     try:
-        assert c.redis.hget(keys.limit_holders("db=orders"), holder.id) == "1"
-        sweeper = Sweeper(c.records, NodeRegistry(c.redis, lost_after=60), c.app, p.settings)
+        assert c.broker.redis.hget(keys.limit_holders("db=orders"), holder.id) == "1"
+        sweeper = Sweeper(c.broker)
 
         def swept() -> bool:
             sweeper.sweep()  # paces itself; the first pass only extends leases
@@ -130,7 +129,7 @@ def test_a_killed_workers_permit_comes_back_and_the_waiting_job_runs(
 
         wait_for(swept, 30, "the sweeper returning the permit and queuing the waiter")
         assert holder.status() is JobStatus.QUEUED  # its lease expired: requeued
-        assert not c.redis.hexists(keys.limit_holders("db=orders"), holder.id)
+        assert not c.broker.redis.hexists(keys.limit_holders("db=orders"), holder.id)
         assert holder.cancel() is JobStatus.CANCELLED  # so that the waiter is next for sure
         p.start_worker()
         start, end = interval(p, waiter)
@@ -146,17 +145,19 @@ def test_a_permit_is_taken_once_whoever_races(platform: Platform) -> None:
     c = platform.client
     name = f"db=race-{uuid.uuid4().hex[:6]}"
     c.set_limit(name, 2)
-    limits = Limits(c.records, Pipeline(c.records, c.app).park)
+    limits = Limits(c.broker.records, Pipeline(c.broker.records, c.broker.app).park)
     label, value = name.split("=")
     ids = [uuid.uuid4().hex for _ in range(6)]
     spec = JobSpec(image="offload/base", command=("true",), labels={label: value})
     for job_id in ids:
-        c.records.create(job_id, spec, "cpu-small")
-        c.records.begin_attempt(job_id, "nowhere")
+        c.broker.records.create(job_id, spec, "cpu-small")
+        c.broker.records.begin_attempt(job_id, "nowhere")
     verdicts = [limits.enter(job_id, 1, {label: value}) for job_id in ids]
     assert verdicts.count("go") == 2 and verdicts.count("parked") == 4
     assert limits.enter(ids[0], 7, {label: value}) == "fenced"  # not the current attempt
     assert c.limits() and limits.usage(name).running == 2
     for job_id in ids:
-        c.records.transition(job_id, JobStatus.CANCELLED, reason=Reason.CANCELLED, message="over")
+        c.broker.records.transition(
+            job_id, JobStatus.CANCELLED, reason=Reason.CANCELLED, message="over"
+        )
     c.remove_limit(name)

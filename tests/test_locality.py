@@ -140,7 +140,7 @@ def cluster(
 
 
 def route_of(client: Client, job_id: str) -> list[str | None]:
-    return list(client.redis.hmget(keys.job(job_id), "routed_to", "route_why"))
+    return list(client.broker.redis.hmget(keys.job(job_id), "routed_to", "route_why"))
 
 
 def queued_for(client: Client, job_id: str) -> float:

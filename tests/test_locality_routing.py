@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from offload.autoscaler.work import read_work
 from offload.broker import keys
 from offload.broker.app import make_app
+from offload.broker.core import Broker
+from offload.broker.depths import read_depths as read_work
 from offload.broker.nodes import NodeRegistry
 from offload.broker.publish import move_overdue, publish
 from offload.broker.records import JobRecords
@@ -157,7 +158,7 @@ def test_a_message_the_node_took_first_is_not_moved_and_sweeper_sees_node_queues
     ObjectIndex(r, "n1", min_bytes=MiB, max_objects=10).add(A, 2 * MiB)
     job_id = queued_job(records, {"a": A})
     assert publish(app, records.get(job_id)) == "node.n1"
-    sweeper = Sweeper(records, NodeRegistry(r, lost_after=30), app, settings)
+    sweeper = Sweeper(Broker(settings, client=r, app=app))
     assert job_id in sweeper.jobs_with_a_message(0)[0]  # not taken for a lost message
 
     r.delete(*[k for k in r.keys("node.n1*")])  # the node's worker took it (BRPOP)

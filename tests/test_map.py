@@ -40,7 +40,7 @@ def test_map_fans_out_with_task_index_and_count(platform: Platform, tmp_path: Pa
 def test_a_bad_item_queues_nothing(platform: Platform, tmp_path: Path) -> None:
     good = tmp_path / "good.txt"
     good.write_text("x")
-    before = platform.client.redis.zcard("offload:jobs")
+    before = platform.client.broker.redis.zcard("offload:jobs")
     with pytest.raises(SpecError) as info:
         platform.client.map(
             "offload/base",
@@ -51,4 +51,4 @@ def test_a_bad_item_queues_nothing(platform: Platform, tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         platform.client.map("offload/base", ["true"], each=[{"params": {"a-b": 1}}])
     assert info.value.field.startswith("each[0].params")
-    assert platform.client.redis.zcard("offload:jobs") == before
+    assert platform.client.broker.redis.zcard("offload:jobs") == before

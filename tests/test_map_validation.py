@@ -42,7 +42,7 @@ def test_a_bad_third_item_of_four_writes_nothing(
         {"inputs": {"f": p}, "name": f"part {i}"} for i, p in enumerate(parts)
     ]
     each[2] = {**each[2], **bad}
-    assert client.redis.dbsize() == 0
+    assert client.broker.redis.dbsize() == 0
 
     with pytest.raises(SpecError) as info:
         client.map("offload/base", ["true"], each=each, env={"COMMON": "1"}, memory="64m")
@@ -50,7 +50,7 @@ def test_a_bad_third_item_of_four_writes_nothing(
     assert info.value.field == field, info.value
     assert str(info.value).startswith(f"{field}: ")
     # nothing queued and no record written (this platform's Redis database is its own) ...
-    assert client.redis.dbsize() == 0
+    assert client.broker.redis.dbsize() == 0
     # ... and no input uploaded: checking comes before any upload
     for part in parts:
         assert not client.store.has("sha256:" + hashlib.sha256(part.read_bytes()).hexdigest())
@@ -62,7 +62,7 @@ def test_an_item_no_class_can_take_names_its_index(private_platform: Platform) -
     with pytest.raises(UnschedulableError) as info:
         client.map("offload/base", ["true"], each=each)
     assert info.value.field == "each[2].resources"
-    assert client.redis.dbsize() == 0
+    assert client.broker.redis.dbsize() == 0
 
 
 def test_items_may_set_their_own_resources_and_name(private_platform: Platform) -> None:

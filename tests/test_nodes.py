@@ -85,7 +85,7 @@ def test_draining_flag_in_the_registry_drains_the_node(private_platform: Platfor
     name = p.settings.node_name
     job = p.client.submit("offload/base", ["sh", "-c", "sleep 3; echo ok"], name="flagged")
     wait_for(lambda: nodes(p)[name]["running"] == [job.id], 60, "the job in the running set")
-    NodeRegistry(p.client.redis, lost_after=p.settings.lost_after).set_draining(
+    NodeRegistry(p.client.broker.redis, lost_after=p.settings.lost_after).set_draining(
         name
     )  # what the autoscaler does
     assert job.result(timeout=60).ok
@@ -127,8 +127,12 @@ def test_lost_node_jobs_run_elsewhere_once(
 
     # the broker hands the dead node's message out again (as after the visibility timeout)
     rec = job.record()
-    route(p.client.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
-    wait_for(lambda: not ready_messages(p.client.redis, "cpu-small"), 10, "the stale message taken")
+    route(p.client.broker.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
+    wait_for(
+        lambda: not ready_messages(p.client.broker.redis, "cpu-small"),
+        10,
+        "the stale message taken",
+    )
     time.sleep(1)
     assert running_on(p, job.id, second, 2), "the stale delivery must not start attempt 3"
 

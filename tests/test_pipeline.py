@@ -68,7 +68,7 @@ def test_fan_in_over_a_whole_map(platform: Platform) -> None:
     )
     result = total.result(timeout=90)
     assert c.read(result.outputs["all.txt"]) == b"part 0\npart 1\npart 2\n"
-    assert Pipeline(c.records, c.app).parents(total.id) == sorted(j.id for j in parts)
+    assert Pipeline(c.broker.records, c.broker.app).parents(total.id) == sorted(j.id for j in parts)
 
 
 def test_after_orders_without_data(platform: Platform) -> None:
@@ -157,8 +157,8 @@ def test_cancel_with_descendants_wins_against_the_fastest_worker(platform: Platf
                 return JobStatus.CANCELLED
             return status
 
-    records = FastWorker.from_settings(c.redis, platform.settings)
-    pipeline = Pipeline(records, c.app)
+    records = FastWorker.from_settings(c.broker.redis, platform.settings)
+    pipeline = Pipeline(records, c.broker.app)
     root, kid, grandkid = (uuid.uuid4().hex for _ in range(3))
     records.create(root, JobSpec(image="offload/base"), "cpu-small")
     records.begin_attempt(root, "ghost", 1)
@@ -176,7 +176,7 @@ def test_cancel_with_descendants_wins_against_the_fastest_worker(platform: Platf
 def test_a_release_a_crash_missed_is_made_by_the_sweeper(platform: Platform) -> None:
     """The parent's success is recorded but its worker dies before releasing the child."""
     c = platform.client
-    records = JobRecords.from_settings(c.redis, platform.settings)
+    records = JobRecords.from_settings(c.broker.redis, platform.settings)
     parent_id, child_id = uuid.uuid4().hex, uuid.uuid4().hex
     oid = c.store.put_bytes(b"made by the parent\n")
     records.create(parent_id, JobSpec(image="offload/base"), "cpu-small")
@@ -184,7 +184,7 @@ def test_a_release_a_crash_missed_is_made_by_the_sweeper(platform: Platform) -> 
     spec = JobSpec(image="offload/base", command=("cat", "/offload/in/x"))
     child_spec = spec.model_copy(update={"inputs": {"x": f"output:{parent_id}/o"}})
     child_spec = jobseal.seal_job(c.key, child_id, child_spec)  # as Client.submit signs it
-    Pipeline(records, c.app).submit(child_id, child_spec, "cpu-small")
+    Pipeline(records, c.broker.app).submit(child_id, child_spec, "cpu-small")
     assert records.status(child_id) is JobStatus.WAITING
     # the parent succeeds; the crash comes before Pipeline.on_done
     assert records.transition(parent_id, JobStatus.RUNNING, attempt=1)
@@ -195,7 +195,7 @@ def test_a_release_a_crash_missed_is_made_by_the_sweeper(platform: Platform) -> 
     )
     time.sleep(0.05)
     assert records.status(child_id) is JobStatus.WAITING
-    c.redis.zadd(keys.WAITING, {child_id: 1.0})  # waiting long past the grace
+    c.broker.redis.zadd(keys.WAITING, {child_id: 1.0})  # waiting long past the grace
     # the worker's own sweeper (every OFFLOAD_SWEEP_INTERVAL) settles it
     result = c.job(child_id).result(timeout=60)
     assert result.ok and c.job(child_id).record().spec.inputs["x"] == oid

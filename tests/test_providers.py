@@ -144,7 +144,7 @@ def test_local_node_starts_registers_runs_and_drains(
     assert info is not None
     assert info.provider == "local" and info.classes == ("cpu-small",) and info.slots == 1
     wait_for(  # it answers Celery's control pings (a moment after it registered)
-        lambda: any(f"offload@{name}" in r for r in p.client.app.control.ping(timeout=1)),
+        lambda: any(f"offload@{name}" in r for r in p.client.broker.app.control.ping(timeout=1)),
         20,
         f"{name} to answer a ping",
     )

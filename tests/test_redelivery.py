@@ -50,7 +50,7 @@ def test_pool_process_sigkilled_mid_job(
     os.kill(child.pid, signal.SIGKILL)
     check_ran_once_more(job.id, p, docker_client, first)
     # the redelivered message was acknowledged: nothing waits in the queue any more
-    assert ready_messages(p.client.redis, "cpu-small") == []
+    assert ready_messages(p.client.broker.redis, "cpu-small") == []
 
 
 def test_whole_worker_sigkilled_then_another_takes_over(
@@ -75,9 +75,9 @@ def test_redelivery_of_a_finished_job_does_not_run_it_again(platform: Platform) 
     from offload.broker.app import route
 
     rec = job.record()
-    route(platform.client.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
+    route(platform.client.broker.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
     wait_for(
-        lambda: not ready_messages(platform.client.redis, "cpu-small"),
+        lambda: not ready_messages(platform.client.broker.redis, "cpu-small"),
         30,
         "the message to be consumed",
     )

@@ -32,8 +32,8 @@ def test_backoff_spaces_the_retries_and_holds_no_slot_meanwhile(worker: Platform
     )
     wait_for(lambda: job.record().retry_at is not None, 30, "the first retry to be scheduled")
     rec = job.record()
-    assert rec.status is JobStatus.QUEUED and not ready_messages(c.redis, "cpu-small")
-    assert not c.redis.hlen("unacked")  # no message is out either: nothing holds a slot
+    assert rec.status is JobStatus.QUEUED and not ready_messages(c.broker.redis, "cpu-small")
+    assert not c.broker.redis.hlen("unacked")  # no message is out either: nothing holds a slot
     with pytest.raises(JobFailed):
         job.result(timeout=60)
     timeline = job.timeline()

@@ -24,7 +24,7 @@ T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, a whole minute
 def client(redis_server: str, tmp_path: Path) -> Iterator[Client]:
     c = make_platform(redis_server, tmp_path / "home").client
     yield c
-    c.redis.flushdb()
+    c.broker.redis.flushdb()
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def scheduler(client: Client) -> Scheduler:
 
 
 def spec_of(client: Client, job_id: str):  # type: ignore[no-untyped-def]
-    return client.records.get(job_id).spec
+    return client.broker.records.get(job_id).spec
 
 
 # -- definitions: bad input named, nothing stored ---------------------------------------------
@@ -75,7 +75,7 @@ def test_a_bad_schedule_is_refused_naming_the_field(
     assert err.value.field == field, err.value
     assert words in str(err.value)
     assert schedules.ls() == []
-    assert not schedules.r.exists(keys.schedule_state("nightly"))
+    assert not schedules.client.broker.redis.exists(keys.schedule_state("nightly"))
 
 
 def test_bad_names_and_duplicates_are_refused(schedules: Schedules) -> None:
@@ -120,7 +120,7 @@ def test_every_fires_a_named_job_with_its_scheduled_time(
     assert s.tick(T0 + 1.9) == []
     [fired] = s.tick(T0 + 2.1)
     assert (fired.at, fired.outcome) == (T0 + 2, "submitted")
-    rec = client.records.get(fired.job_id)
+    rec = client.broker.records.get(fired.job_id)
     assert rec.spec.name == "tick" and rec.spec.command == ("echo", "hi")
     assert rec.spec.env == {"A": "1", "OFFLOAD_SCHEDULED_AT": "2027-01-15T08:00:02Z"}
     assert rec.spec.labels == {"schedule": "tick"}
@@ -177,11 +177,13 @@ def test_a_restarted_scheduler_never_runs_a_time_twice(
     schedules.add("once", "offload/base", every="2s", overlap="allow", now=T0)
     a = scheduler(client)
     [fired] = a.tick(T0 + 2.5)
-    client.redis.delete(keys.SCHEDULER_LOCK)  # a dies; its lock expires
+    client.broker.redis.delete(keys.SCHEDULER_LOCK)  # a dies; its lock expires
     b = scheduler(client)
     assert b.tick(T0 + 2.5) == []  # the same moment: T0+2 is handled
     state = schedules.state("once")
-    b.schedules.r.hset(keys.schedule_state("once"), "next_at", repr(T0 + 2))  # stale next_at
+    b.schedules.client.broker.redis.hset(
+        keys.schedule_state("once"), "next_at", repr(T0 + 2)
+    )  # stale next_at
     assert b.tick(T0 + 3) == []  # still refused by the claim (last_at)
     assert schedules.state("once").last_job == state.last_job == fired.job_id
     [later] = b.tick(T0 + 4)
@@ -194,13 +196,13 @@ def test_a_scheduler_dying_between_claim_and_submit_loses_that_run_only(
     schedules.add("fragile", "offload/base", every="2s", now=T0)
     a = scheduler(client)
 
-    def die(**_: object) -> None:
+    def die(*_: object, **__: object) -> None:
         raise KeyboardInterrupt  # the process stops between claim and submit
 
     monkeypatch.setattr(a.schedules.client, "submit", die)
     with pytest.raises(KeyboardInterrupt):
         a.tick(T0 + 2)
-    client.redis.delete(keys.SCHEDULER_LOCK)
+    client.broker.redis.delete(keys.SCHEDULER_LOCK)
     b = scheduler(client)
     assert b.tick(T0 + 2.5) == []
     assert schedules.state("fragile").last_outcome == "submitting"
@@ -216,7 +218,7 @@ def test_one_active_scheduler_and_a_stale_one_is_fenced(
     assert len(a.tick(T0 + 2)) == 1
     assert b.tick(T0 + 4) == []  # standing by: a holds the lock
     assert len(a.tick(T0 + 4)) == 1
-    client.redis.delete(keys.SCHEDULER_LOCK)  # a's lock expired (a paused)
+    client.broker.redis.delete(keys.SCHEDULER_LOCK)  # a's lock expired (a paused)
     assert len(b.tick(T0 + 6)) == 1  # b took over
     sched, state = a.schedules.all()[0]
     assert a.schedules.fire(sched, state, T0 + 8, a.lock.token) is None  # a's claim refused
@@ -238,7 +240,7 @@ def test_pause_resume_run_now_and_rm(schedules: Schedules, client: Client) -> No
     assert s.tick(T0 + 11.5) == []
     assert [f.at for f in s.tick(T0 + 12)] == [T0 + 12]
     schedules.rm("ctl")
-    assert schedules.ls() == [] and not client.redis.exists(keys.schedule_state("ctl"))
+    assert schedules.ls() == [] and not client.broker.redis.exists(keys.schedule_state("ctl"))
     assert s.tick(T0 + 20) == []
     for op in (schedules.rm, schedules.pause, schedules.resume, schedules.run):
         with pytest.raises(SpecError, match="no schedule named 'ctl'"):

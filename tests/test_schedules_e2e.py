@@ -92,7 +92,7 @@ def idle(redis_server: str, tmp_path: Path) -> Iterator[Platform]:
     """A platform of its own with no worker and no scheduler."""
     p = make_platform(redis_server, tmp_path / "home")
     yield p
-    p.client.redis.flushdb()
+    p.client.broker.redis.flushdb()
 
 
 def test_cli_manages_schedules_and_names_bad_input(idle: Platform) -> None:
@@ -116,7 +116,7 @@ def test_cli_manages_schedules_and_names_bad_input(idle: Platform) -> None:
 
     now = idle.cli("schedule", "run", "nightly")
     assert now.returncode == 0, now.stderr
-    rec = idle.client.records.get(now.stdout.strip())
+    rec = idle.client.broker.records.get(now.stdout.strip())
     assert rec.spec.name == "nightly" and rec.spec.priority == 4 and rec.spec.env["A"] == "1"
     [row] = json.loads(idle.cli("schedule", "ls", "--json").stdout)
     assert row["last_job"] == rec.id and row["last_status"] == "queued"

@@ -113,8 +113,8 @@ def test_s3_uri_inputs_are_imported_once_and_addressed_by_id(
     assert [line.text for line in job.logs()] == ["fig", "pear"]
     oid = job.record().spec.inputs["words"]
     assert oid == "sha256:" + hashlib.sha256(b"fig\npear\n").hexdigest()
-    imports = p.client.redis.keys("offload:import:*")
-    assert len(imports) == 1 and p.client.redis.get(imports[0]) == oid
+    imports = p.client.broker.redis.keys("offload:import:*")
+    assert len(imports) == 1 and p.client.broker.redis.get(imports[0]) == oid
     again = p.client.submit(
         "offload/base",
         ["wc", "-l", "/offload/in/words"],

@@ -14,6 +14,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.app import make_app, route
+from offload.broker.core import Broker
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus, Reason
@@ -49,7 +50,7 @@ def r(settings: Settings) -> Iterator[redis.Redis]:
 def parts(settings: Settings, r: redis.Redis) -> tuple[JobRecords, NodeRegistry, Sweeper]:
     records = JobRecords.from_settings(r, settings)
     registry = NodeRegistry(r, lost_after=settings.lost_after)
-    sweeper = Sweeper(records, registry, make_app(settings), settings)
+    sweeper = Sweeper(Broker(settings, client=r))
     r.set(keys.SWEEPER_LAST, repr(sweeper.now()))  # a sweeper ran just now: no outage
     return records, registry, sweeper
 
@@ -211,12 +212,12 @@ def test_a_lost_node_is_forgotten_once_it_holds_no_job(
 def test_concurrent_sweepers_do_the_work_once(
     parts: tuple[JobRecords, NodeRegistry, Sweeper], r: redis.Redis, settings: Settings
 ) -> None:
-    records, registry, _ = parts
+    records, _registry, _ = parts
     jobs = [running_job(records) for _ in range(5)]
     for job_id in jobs:
         expire(r, job_id)
     r.set(keys.SWEEPER_LAST, repr(now(r) - 1))
-    sweepers = [Sweeper(records, registry, make_app(settings), settings) for _ in range(6)]
+    sweepers = [Sweeper(Broker(settings, client=r)) for _ in range(6)]
     barrier = threading.Barrier(len(sweepers))
     requeued: list[str] = []
 

@@ -19,9 +19,11 @@ from offload.autoscaler.loop import Autoscaler, join_nodes, limits_from_settings
 from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
 from offload.autoscaler.policy import ClassLimits, ClassWork, Limits, NodeView, PolicyMemory, decide
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
-from offload.autoscaler.work import UNACKED_KEY, queue_keys, read_work
 from offload.broker import keys
 from offload.broker.app import make_app, redis_client, route
+from offload.broker.core import Broker
+from offload.broker.depths import UNACKED_KEY, queue_keys
+from offload.broker.depths import read_depths as read_work
 from offload.broker.nodes import NodeInfo, NodeRegistry
 from offload.broker.queues import PRIORITY_SEP, PRIORITY_STEPS
 from offload.broker.records import JobRecords
@@ -259,7 +261,9 @@ class MemoryProvider(NodeProvider):
         return list(self._nodes.values())
 
 
-def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis) -> None:
+def test_tick_scales_up_once_then_drains_idle_nodes(
+    app: Celery, r: redis.Redis, settings: Settings
+) -> None:
     for _ in range(4):
         publish(app, "cpu-small")
     registry = NodeRegistry(r, lost_after=15)
@@ -267,7 +271,11 @@ def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis)
     recovered: list[float] = []
     limits = Limits(default=ClassLimits(max_nodes=4, jobs_per_node=2, idle_window=5))
     scaler = Autoscaler(
-        registry, provider, r, CLASSES, limits, recover=lambda now: recovered.append(now)
+        Broker(settings, client=r, app=app),
+        provider,
+        CLASSES,
+        limits,
+        recover=lambda now: recovered.append(now),
     )
     t = time.time()
 
@@ -312,7 +320,7 @@ def test_tick_scales_up_once_then_drains_idle_nodes(app: Celery, r: redis.Redis)
 
 
 def test_a_failing_provider_is_reported_and_asked_again(
-    app: Celery, r: redis.Redis, caplog: pytest.LogCaptureFixture
+    app: Celery, r: redis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken(MemoryProvider):
         fail = True
@@ -324,7 +332,7 @@ def test_a_failing_provider_is_reported_and_asked_again(
 
     publish(app, "cpu-large")
     provider = Broken()
-    scaler = Autoscaler(NodeRegistry(r, lost_after=15), provider, r, CLASSES, Limits())
+    scaler = Autoscaler(Broker(settings, client=r), provider, CLASSES, Limits())
     t = time.time()
     scaler.tick(t)
     assert "no capacity in zone" in read_status(r, "cpu-large")["reason"]  # type: ignore[index]
@@ -335,7 +343,9 @@ def test_a_failing_provider_is_reported_and_asked_again(
     assert read_status(r, "cpu-large")["starting"] == "1"  # type: ignore[index]
 
 
-def test_busy_nodes_are_protected_idle_ones_not_told_on_change(app: Celery, r: redis.Redis) -> None:
+def test_busy_nodes_are_protected_idle_ones_not_told_on_change(
+    app: Celery, r: redis.Redis, settings: Settings
+) -> None:
     class Protecting(MemoryProvider):
         def __init__(self) -> None:
             super().__init__()
@@ -347,7 +357,7 @@ def test_busy_nodes_are_protected_idle_ones_not_told_on_change(app: Celery, r: r
     provider = Protecting()
     registry = NodeRegistry(r, lost_after=15)
     lim = Limits(default=ClassLimits(min_nodes=2, max_nodes=2))
-    scaler = Autoscaler(registry, provider, r, ["cpu-small"], lim)
+    scaler = Autoscaler(Broker(settings, client=r), provider, ["cpu-small"], lim)
     t = time.time()
     scaler.tick(t)
     a, b = sorted(p.name for p in provider.nodes())

@@ -29,16 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
-import redis
-
-from offload.broker import keys, scripts
+from offload.broker.schedules import ScheduleStore
 from offload.errors import OffloadError
 from offload.producer.client import Client
 from offload.producer.schedules import Fired, Schedules
@@ -48,41 +43,21 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCK_TTL = 10.0  # seconds; a standby takes over this long after the active one died
 DEFAULT_INTERVAL = 0.5  # seconds between ticks
 
-# Keep the lock while it is ours: extend it, or take it when free.
-HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
 
 class SchedulerLock:
     """The cluster's one-active-scheduler lock, held under a token of this process."""
 
-    def __init__(self, r: redis.Redis, ttl: float = DEFAULT_LOCK_TTL) -> None:
-        self.r = r
+    def __init__(self, store: ScheduleStore, ttl: float = DEFAULT_LOCK_TTL) -> None:
+        self.store = store
         self.ttl = ttl
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.token = store.new_token()
 
     def hold(self) -> bool:
         """Extend the lock if this process holds it, take it if free; whether it is ours."""
-        return bool(self.r.eval(HOLD, 1, keys.SCHEDULER_LOCK, self.token, int(self.ttl * 1000)))
+        return self.store.hold(self.token, self.ttl)
 
     def release(self) -> None:
-        self.r.eval(scripts.RELEASE_LOCK, 1, keys.SCHEDULER_LOCK, self.token)
-
-
-def active_scheduler(r: redis.Redis) -> str | None:
-    """The token (host:pid:…) of the active scheduler; None when none runs."""
-    value = r.get(keys.SCHEDULER_LOCK)
-    return None if value is None else str(value)
+        self.store.release(self.token)
 
 
 class Scheduler:
@@ -96,7 +71,7 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.schedules = Schedules(client)
-        self.lock = SchedulerLock(client.redis, lock_ttl)
+        self.lock = SchedulerLock(client.broker.schedules, lock_ttl)
         self.clock = clock
         self.active = False
 
@@ -113,7 +88,7 @@ class Scheduler:
         for schedule, state in self.schedules.all():
             try:
                 done = self.schedules.fire(schedule, state, now, self.lock.token)
-            except (OffloadError, redis.RedisError) as exc:
+            except OffloadError as exc:
                 log.warning("schedule %s: %s", schedule.name, exc)
                 continue
             if done is not None:
@@ -126,11 +101,11 @@ class Scheduler:
             while not stop.is_set():
                 try:
                     self.tick()
-                except (OffloadError, redis.RedisError) as exc:
+                except OffloadError as exc:
                     log.warning("scheduler tick failed: %s", exc)
                 except Exception:
                     log.exception("scheduler tick failed")
                 stop.wait(interval)
         finally:
-            with contextlib.suppress(redis.RedisError):  # else it expires by itself
+            with contextlib.suppress(OffloadError):  # else it expires by itself
                 self.lock.release()

@@ -76,7 +76,7 @@ def test_a_pipeline_runs_across_nodes(cluster: Cluster) -> None:
     first, second = left.result(timeout=5).node, right.result(timeout=5).node
     assert first != second and {first, second} <= set(NODES)  # one slot per node
     # routed to the node holding the larger input; the other came from S3
-    assert result.node == first, c.redis.hget(keys.job(joined.id), "route_why")
+    assert result.node == first, c.broker.redis.hget(keys.job(joined.id), "route_why")
 
 
 def test_a_node_killed_mid_job_runs_it_elsewhere_once(
@@ -168,8 +168,8 @@ def test_a_job_written_into_redis_without_the_key_is_never_run(
     runs = Runs(docker_client)
     forged = uuid.uuid4().hex
     spec = JobSpec(image=PY, command=("sh", "-c", "echo pwned > /offload/out/x"))
-    c.records.create(forged, spec, "cpu-small")
-    publish(c.app, c.records.get(forged))
+    c.broker.records.create(forged, spec, "cpu-small")
+    publish(c.broker.app, c.broker.records.get(forged))
     honest = c.submit(PY, ["true"], memory="128m")
     wait_for(lambda: c.job(forged).status().terminal, 60, "the forged job to end")
     record = c.job(forged).record()

@@ -157,7 +157,7 @@ def leftovers(p: Platform, client: docker.DockerClient, job_ids: Iterable[str]) 
             found.append(f"container {c['Id'][:12]} of {job_id}")
     work = p.settings.home / "work"
     found += [f"folder {f}" for f in work.glob("*/*")]
-    r = p.client.redis
+    r = p.client.broker.redis
     for key in (keys.LEASES, keys.QUEUED):
         if r.zcard(key):
             found.append(f"{key}: {r.zrange(key, 0, -1)}")

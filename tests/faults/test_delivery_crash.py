@@ -58,12 +58,12 @@ def test_a_node_that_dies_after_taking_a_message_does_not_strand_the_job(
     p.proc.wait(30)  # the node died taking it
     assert not mark.exists()
     assert job.status() is JobStatus.QUEUED  # no attempt began: no lease to expire
-    assert p.client.redis.hlen("unacked") == 1  # the message: delivered, never acknowledged
+    assert p.client.broker.redis.hlen("unacked") == 1  # the message: delivered, never acknowledged
 
     p.start_worker()  # the next node (the same machine here): no fault any more
     result = job.result(timeout=60)
     assert result.status is JobStatus.SUCCEEDED and result.attempt == 1
     assert p.client.read(result.outputs["r"]) == b"ran\n"
     assert runs.count([job.id])[job.id] == 1
-    wait_for(lambda: p.client.redis.hlen("unacked") == 0, 20, "the stale delivery dropped")
+    wait_for(lambda: p.client.broker.redis.hlen("unacked") == 0, 20, "the stale delivery dropped")
     assert leftovers(p, docker_client, [job.id]) == []

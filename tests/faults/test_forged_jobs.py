@@ -22,7 +22,7 @@ TOUCH = ("sh", "-c", "echo ran > /offload/out/ran")
 
 def alter(p: Platform, job_id: str, **change: object) -> None:
     """Rewrite a queued job's spec in Redis, as an attacker with write access would."""
-    r = p.client.redis
+    r = p.client.broker.redis
     spec = json.loads(r.hget(keys.job(job_id), "spec"))
     spec.update(change)
     r.hset(keys.job(job_id), "spec", JobSpec.model_validate(spec).encode())
@@ -51,24 +51,24 @@ def test_forged_altered_and_replayed_jobs_never_run(fault_platform: Platform, ru
 
     # a record and a message with no signature at all
     forged = uuid.uuid4().hex
-    client.records.create(forged, JobSpec(image="offload/base", command=TOUCH), "cpu-small")
-    publish(client.app, client.records.get(forged))
+    client.broker.records.create(forged, JobSpec(image="offload/base", command=TOUCH), "cpu-small")
+    publish(client.broker.app, client.broker.records.get(forged))
 
     # a signed spec replayed under an id of the attacker's choosing
     source = client.submit("offload/base", TOUCH, params={"n": 5})
     replayed = uuid.uuid4().hex
-    client.records.create(replayed, client.records.get(source.id).spec, "cpu-small")
-    publish(client.app, client.records.get(replayed))
+    client.broker.records.create(replayed, client.broker.records.get(source.id).spec, "cpu-small")
+    publish(client.broker.app, client.broker.records.get(replayed))
 
     refused = [j.id for j in altered.values()] + [forged, replayed]
     p.start_worker()
     wait_terminal(p, refused, 120)
     for job_id in refused:
-        rec = client.records.get(job_id)
+        rec = client.broker.records.get(job_id)
         assert rec.status is JobStatus.FAILED, (job_id, rec.status, rec.message)
         assert rec.reason is Reason.FORGED, (job_id, rec.reason, rec.message)
         assert "refused, not run" in (rec.message or "")
-    assert "not signed" in (client.records.get(forged).message or "")
+    assert "not signed" in (client.broker.records.get(forged).message or "")
 
     # the worker still serves valid jobs: the replay's source, and one submitted now
     after = client.submit("offload/base", TOUCH, params={"n": 6})

@@ -105,7 +105,7 @@ def test_two_gb_without_newlines_keeps_redis_bounded(platform: Platform) -> None
         timeout=300,
     )
     assert job.result(timeout=280).ok  # the job is not failed for its chatter
-    r = platform.client.redis
+    r = platform.client.broker.redis
     key = keys.logs(job.id)
     stored = sum(len(f["l"].encode()) for _, f in r.xrange(key) if "l" in f)
     assert stored <= cap + 1024

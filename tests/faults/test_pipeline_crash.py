@@ -77,9 +77,9 @@ def test_redis_killed_in_the_middle_of_a_cancel_with_descendants(
                 own_redis.kill9()
             return super().request_cancel(job_id)
 
-    records = RedisDiesFirst.from_settings(c.redis, p.settings)
+    records = RedisDiesFirst.from_settings(c.broker.redis, p.settings)
     with pytest.raises(BrokerError):
-        Pipeline(records, c.app).cancel_with_descendants(root.id)
+        Pipeline(records, c.broker.app).cancel_with_descendants(root.id)
     own_redis.start()
 
     below = [*kids, grandkid]

@@ -88,9 +88,9 @@ def test_worker_killed_for_good_its_job_runs_elsewhere_once(
         assert time.monotonic() - t0 < 30  # lease 4 s + a sweep + 6 s of work
         assert runs.count([job.id])[job.id] == 2
         wait_for(lambda: not leftovers(p, docker_client, [job.id]), 15, "nothing left behind")
-        nodes = {n for n in p.client.redis.smembers("offload:nodes")}
+        nodes = {n for n in p.client.broker.redis.smembers("offload:nodes")}
         wait_for(
-            lambda: first_node not in p.client.redis.smembers("offload:nodes"),
+            lambda: first_node not in p.client.broker.redis.smembers("offload:nodes"),
             20,
             f"the dead node forgotten (nodes: {nodes})",
         )

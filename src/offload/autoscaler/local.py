@@ -45,7 +45,7 @@ import redis
 
 from offload.autoscaler.nodeenv import new_node_name, node_cache, node_env
 from offload.autoscaler.provider import Headroom, NodeProvider, ProvidedNode
-from offload.broker.app import redis_client
+from offload.broker.core import Broker
 from offload.broker.nodes import NodeRegistry
 from offload.config import Settings
 from offload.errors import ProviderError
@@ -84,14 +84,14 @@ class LocalProvider(NodeProvider):
         python: str = sys.executable,
         loglevel: str = "INFO",
         machine: MachineBudget | None = None,
-        registry: NodeRegistry | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings
         self.slots = slots or settings.worker_slots
         self.python = python
         self.loglevel = loglevel
         self.machine = machine or MachineBudget.detect()
-        self._registry = registry
+        self._broker = broker
         self.state_dir = settings.home / "run" / "nodes"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -210,11 +210,9 @@ class LocalProvider(NodeProvider):
 
     @property
     def registry(self) -> NodeRegistry:
-        if self._registry is None:
-            self._registry = NodeRegistry(
-                redis_client(self.settings), lost_after=self.settings.lost_after
-            )
-        return self._registry
+        if self._broker is None:
+            self._broker = Broker(self.settings)
+        return self._broker.nodes
 
     def _class(self, name: str) -> ResourceClass | None:
         return next((c for c in self.settings.classes if c.name == name), None)

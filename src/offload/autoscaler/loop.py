@@ -2,7 +2,7 @@
 
 ``tick(now)`` sweeps (:class:`offload.broker.sweeper.Sweeper`: jobs whose lease expired, lost
 messages, lost nodes — one sweeper in the cluster at a time), reads work
-(:func:`~offload.autoscaler.work.read_work`), nodes (the registry joined with the provider's
+(:meth:`offload.broker.core.Broker.depths`), nodes (the registry joined with the provider's
 view, :func:`join_nodes`) and the provider's headroom, asks the pure policy, then
 acts through the :class:`~offload.autoscaler.provider.NodeProvider`: keeps busy nodes
 protected from scale-in and idle ones not (told only on change), starts nodes, and drains the
@@ -24,8 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import cast
 
-from redis import Redis
-
 from offload.autoscaler.metrics import AutoscalerMetrics
 from offload.autoscaler.policy import (
     ClassLimits,
@@ -38,13 +36,9 @@ from offload.autoscaler.policy import (
     decide,
 )
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
-from offload.autoscaler.work import read_work
-from offload.broker.app import make_app, redis_client
-from offload.broker.limits import held_classes
-from offload.broker.nodes import NodeInfo, NodeRegistry
-from offload.broker.records import JobRecords
-from offload.broker.scaling import ClassStatus, write_status
-from offload.broker.sweeper import Sweeper
+from offload.broker.core import Broker
+from offload.broker.nodes import NodeInfo
+from offload.broker.scaling import ClassStatus
 from offload.config import Settings
 from offload.errors import ConfigError, OffloadError
 
@@ -103,14 +97,11 @@ def _state(value: str) -> NodeState:
     return "lost"
 
 
-def recovery_hook(settings: Settings, registry: NodeRegistry, redis: Redis) -> Recover:
+def recovery_hook(broker: Broker) -> Recover:
     """The sweeper of this platform, run from the loop (it paces itself)."""
-    sweeper = Sweeper(
-        JobRecords.from_settings(redis, settings), registry, make_app(settings), settings
-    )
 
     def recover(now: float) -> object:
-        return sweeper.sweep()
+        return broker.sweeper.sweep()
 
     return recover
 
@@ -120,9 +111,8 @@ class Autoscaler:
 
     def __init__(
         self,
-        registry: NodeRegistry,
+        broker: Broker,
         provider: NodeProvider,
-        redis: Redis,
         classes: Sequence[str],
         limits: Limits,
         clock: Callable[[], float] = time.time,
@@ -132,9 +122,9 @@ class Autoscaler:
         start_timeout: float = 600.0,
         status_ttl: int = 60,
     ) -> None:
-        self.registry = registry
+        self.broker = broker
+        self.registry = broker.nodes
         self.provider = provider
-        self.r = redis
         self.classes = list(classes)
         self.limits = limits
         self.clock = clock
@@ -148,7 +138,7 @@ class Autoscaler:
 
     def observe(self, now: float) -> tuple[dict[str, ClassWork], list[NodeView], set[str]]:
         """Work per class, node views, and the names of the registered nodes."""
-        work = read_work(self.r, self.classes)
+        work = self.broker.depths(self.classes)
         registered = self.registry.nodes(now)
         views = join_nodes(registered, self.provider.nodes(), self.classes, now, self.start_timeout)
         return work, views, {n.name for n in registered}
@@ -162,7 +152,7 @@ class Autoscaler:
             except Exception:
                 log.exception("recovering lost nodes")
         work, views, registered = self.observe(now)
-        self.held = held_classes(self.r)  # a held class's waiting work starts no node
+        self.held = self.broker.held()  # a held class's waiting work starts no node
         work = {c: ClassWork(running=w.running) if c in self.held else w for c, w in work.items()}
         room = self.provider.headroom(self.classes)
         decision = decide(work, views, now, self.limits, self.memory, room)
@@ -240,7 +230,7 @@ class Autoscaler:
             )
             for cls, d in decision.classes.items()
         }
-        write_status(self.r, statuses, self.status_ttl)
+        self.broker.write_class_status(statuses, self.status_ttl)
 
     def run(self, interval: float, stop_event: threading.Event) -> None:
         """Tick every ``interval`` seconds until ``stop_event`` is set; errors are logged."""
@@ -255,20 +245,18 @@ class Autoscaler:
 
 
 def build_autoscaler(
-    settings: Settings, provider: NodeProvider, *, metrics: AutoscalerMetrics | None = None
+    broker: Broker, provider: NodeProvider, *, metrics: AutoscalerMetrics | None = None
 ) -> Autoscaler:
     """The autoscaler of ``offload autoscaler``: every class, limits, registry and recovery
-    from ``settings`` (a node is lost after ``settings.lost_after`` without a heartbeat)."""
-    r = redis_client(settings)
-    registry = NodeRegistry(r, lost_after=settings.lost_after)
+    from the broker's settings (a node is lost after ``lost_after`` without a heartbeat)."""
+    settings = broker.settings
     return Autoscaler(
-        registry,
+        broker,
         provider,
-        r,
         [c.name for c in settings.classes],
         limits_from_settings(settings),
         metrics=metrics,
-        recover=recovery_hook(settings, registry, r),
+        recover=recovery_hook(broker),
     )
 
 

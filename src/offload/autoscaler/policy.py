@@ -36,22 +36,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from offload.broker.depths import ClassWork
+
 NodeState = Literal["starting", "up", "draining", "lost"]
 CAPACITY_STATES = frozenset({"starting", "up"})
-
-
-@dataclass(frozen=True)
-class ClassWork:
-    """Jobs of one class: ready in the queue, delivered but unacknowledged, running."""
-
-    ready: int = 0
-    unacked: int = 0
-    running: int = 0
-
-    @property
-    def total(self) -> int:
-        """Ready + unacked. With late acks unacked ⊇ running; the max guards early acks."""
-        return self.ready + max(self.unacked, self.running)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ No Celery here: the data tier and the worker's runtime build their clients from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import ParseResult, quote, urlparse, urlunparse
 
@@ -308,6 +310,34 @@ def broker_error(exc: redis.RedisError) -> BrokerError | ConfigError:
             f"rules: `offload acl`): {text}"
         )
     return BrokerError(f"broker (Redis) error: {text}")
+
+
+def answers(settings: Settings, timeout: float = 2.0) -> bool:
+    """Whether Redis answers now, reached as every process reaches it (TLS, user, Sentinel);
+    one that answers but refuses the credentials is a :class:`ConfigError`."""
+    client = redis_client(
+        settings, socket_connect_timeout=min(1.0, timeout), socket_timeout=timeout
+    )
+    try:
+        return bool(client.ping())
+    except redis.AuthenticationError as exc:
+        raise ConfigError(
+            f"Redis at {settings.redis_url} answers but refuses these credentials ({exc}): "
+            "set OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD to one of its users"
+        ) from None
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Raise a Redis failure inside the block as :func:`broker_error` says."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise broker_error(exc) from exc
 
 
 def _where(settings: Settings) -> str:

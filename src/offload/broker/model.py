@@ -49,10 +49,16 @@ class JobRecord:
     gpus: tuple[str, ...] = ()
     wait: str = ""  # what a waiting job waits for: "" (its parents), "limit:…", "held:…", …
     retry_at: float | None = None  # when a queued job's delayed retry is due (Redis time)
+    routed_to: str = ""  # the node whose queue the last publication went to ("": its class's)
+    route_why: str = ""  # why it went there, for people ("": not decided by routing)
+    outputs_sig: str = ""  # the cluster key's signature of ``outputs`` (cache.jobseal)
 
     @property
     def name(self) -> str:
         return self.spec.display_name()
+
+
+OUTPUTS_SIG = "outputs_sig"  # the record field; written by the worker (cache.jobseal.OUTPUTS_SIG)
 
 
 def _num(value: str | None) -> float | None:
@@ -84,4 +90,7 @@ def parse_record(job_id: str, h: dict[str, str]) -> JobRecord:
         gpus=tuple(g for g in (h.get("gpus") or "").split(",") if g),
         wait=h.get("wait") or "",
         retry_at=_num(h.get("retry_at")),
+        routed_to=h.get("routed_to") or "",
+        route_why=h.get("route_why") or "",
+        outputs_sig=h.get(OUTPUTS_SIG) or "",
     )

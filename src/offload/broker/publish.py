@@ -10,7 +10,8 @@ class queue.
 
 The settings routing needs ride on the Celery app (``offload_locality``,
 ``offload_lost_after`` in its conf, set by :func:`offload.broker.app.make_app`); the Redis
-client is built from the app's settings (:mod:`offload.broker.connection`), one per app.
+client is the one of the :class:`~offload.broker.core.Broker` that made the app (one built
+from the app's settings for an app made without one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from offload.errors import JobNotFound
 log = logging.getLogger(__name__)
 
 _clients: weakref.WeakKeyDictionary[Celery, redis.Redis] = weakref.WeakKeyDictionary()
+
+
+def bind_client(app: Celery, client: redis.Redis) -> None:
+    """Route ``app``'s jobs with ``client`` (the :class:`~offload.broker.core.Broker`'s)."""
+    _clients[app] = client
 
 
 def _redis(app: Celery) -> redis.Redis:

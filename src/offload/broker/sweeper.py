@@ -37,19 +37,16 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis
-from celery import Celery
 
 from offload.broker import keys, scripts
+from offload.broker.core import Broker
 from offload.broker.limits import Limits
-from offload.broker.nodes import NodeRegistry
 from offload.broker.pipeline import Pipeline
 from offload.broker.publish import move_overdue, publish
 from offload.broker.queues import UNACKED, UNACKED_INDEX, message_job, message_jobs, queue_lists
-from offload.broker.records import JobRecords
 from offload.broker.recovery import requeue
 from offload.broker.routing import node_queue_messages, registered_nodes
 from offload.broker.status import ACTIVE, JobStatus
-from offload.config import Settings
 from offload.errors import JobNotFound
 
 log = logging.getLogger(__name__)
@@ -82,11 +79,10 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(
-        self, records: JobRecords, registry: NodeRegistry, app: Celery, settings: Settings
-    ) -> None:
-        self.records, self.registry, self.app = records, registry, app
-        self.r: redis.Redis = records.r
+    def __init__(self, broker: Broker) -> None:
+        settings = broker.settings
+        self.records, self.registry, self.app = broker.records, broker.nodes, broker.app
+        self.r: redis.Redis = broker.redis
         self.queues = [c.name for c in settings.classes]
         self.lease_ttl = settings.lease_ttl
         self.grace = settings.lost_message_grace
@@ -94,8 +90,8 @@ class Sweeper:
         self.max_losses = settings.max_node_losses
         self.interval = settings.sweep_interval
         self.lock_ms = int(max(settings.sweep_interval, 1.0) * 4000)
-        self.pipeline = Pipeline(records, app)
-        self.limits = Limits(records, self.pipeline.park, self.pipeline.resume)
+        self.pipeline: Pipeline = broker.pipeline
+        self.limits: Limits = broker.limits
         self._extend = self.r.register_script(scripts.EXTEND_ALL)
         self._release = self.r.register_script(scripts.RELEASE_LOCK)
 

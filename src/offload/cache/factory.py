@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 from offload.cache.blobs import BlobStore
 from offload.cache.keys import load_key
 from offload.cache.localblobs import LocalBlobStore
@@ -44,11 +46,9 @@ def index_this_node(on: bool = True) -> None:
     _node_index[0] = on
 
 
-def object_index(settings: Settings) -> ObjectIndex:
-    """The object index of ``settings.node_name`` (locality routing)."""
-    from offload.broker.connection import redis_client
-
-    client = redis_client(settings, health_check_interval=0)
+def object_index(settings: Settings, client: redis.Redis) -> ObjectIndex:
+    """The object index of ``settings.node_name`` (locality routing), kept through
+    ``client`` (the process's :class:`~offload.broker.core.Broker`'s)."""
     return ObjectIndex(
         client,
         settings.node_name,
@@ -57,9 +57,10 @@ def object_index(settings: Settings) -> ObjectIndex:
     )
 
 
-def open_store(settings: Settings) -> SealedStore:
+def open_store(settings: Settings, client: redis.Redis | None = None) -> SealedStore:
     """The node's sealed store: its local cache, plus S3 when configured; on a worker node
-    (:func:`index_this_node`) with the node's object index."""
+    (:func:`index_this_node`) with the node's object index, kept through ``client``."""
     key = load_key(settings.key_path)
-    index = object_index(settings) if _node_index[0] and settings.locality else None
+    indexed = _node_index[0] and settings.locality and client is not None
+    index = object_index(settings, client) if indexed and client is not None else None
     return SealedStore(key, local_tier(settings), remote_tier(settings), index=index)

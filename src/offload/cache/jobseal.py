@@ -36,13 +36,13 @@ import nacl.exceptions
 import nacl.hash
 import nacl.utils
 
+from offload.broker.model import OUTPUTS_SIG  # the job record's field of sign_outputs()
 from offload.cache.actions import Memo
 from offload.cache.keys import ClusterKey
 from offload.errors import ForgedJob
 from offload.spec import JobSpec, Seal
 
 HIDDEN = "***"  # what the record holds in place of a secret value
-OUTPUTS_SIG = "outputs_sig"  # the job record's field that holds sign_outputs()
 _PERSON_SIG = b"offload:jobsig1"
 _PERSON_OUTPUTS = b"offload:outsig1"
 _PERSON_MEMO = b"offload:memosig1"

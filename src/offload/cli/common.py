@@ -15,6 +15,7 @@ from rich.progress import DownloadColumn, Progress, TaskID
 from offload.cli import settings_of
 from offload.errors import SpecError
 from offload.producer.client import Client
+from offload.producer.options import JobOptions
 from offload.spec import JOB_ID_RE, OutputRef
 
 
@@ -191,45 +192,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def job_options(fn: F) -> F:
     """Add the job options (resources, params, env, retries, priority, …) to a command; its
-    function receives them as ``**options`` for :func:`job_kwargs`."""
+    function receives them as ``**options`` for :func:`parse_job_options`."""
     for option in reversed(_JOB_OPTIONS):
         fn = option(fn)
     return fn
 
 
-def job_kwargs(
-    *,
-    cpu: float,
-    memory: str,
-    gpus: int,
-    params: tuple[str, ...],
-    secrets: tuple[str, ...],
-    env: tuple[str, ...],
-    timeout: float | None,
-    retries: int,
-    retry_on: str | None,
-    retry_never: str | None,
-    retry_always: str | None,
-    backoff: str | None,
-    memory_factor: float | None,
-    priority: int,
-    network: str | None,
-    no_cache: bool,
-    labels: tuple[str, ...],
-) -> dict[str, Any]:
-    """The ``Client.submit`` keywords the job options stand for."""
-    return dict(
-        params=parse_params(params),
-        secrets=parse_params(secrets, "--secret"),
-        cpu=cpu,
-        memory=memory,
-        gpus=gpus,
-        timeout=timeout,
-        retries=retries,
-        retry=retry_policy(retry_on, retry_never, retry_always, backoff, memory_factor),
-        priority=priority,
-        env=dict(pairs("--env", env)),
-        network=True if network == "*" else (network or False),
-        cache=not no_cache,
-        labels=dict(pairs("--label", labels)),
-    )
+# How a flag's value becomes a JobOptions field, where it is not the value itself under the
+# same name; a flag named like its field (--cpu, --timeout, --priority, …) needs no entry.
+_CONVERT: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "params": lambda v: {"params": parse_params(v)},
+    "secrets": lambda v: {"secrets": parse_params(v, "--secret")},
+    "env": lambda v: {"env": dict(pairs("--env", v))},
+    "labels": lambda v: {"labels": dict(pairs("--label", v))},
+    "network": lambda v: {"network": True if v == "*" else (v or False)},
+    "no_cache": lambda v: {"cache": not v},
+}
+_RETRY_FLAGS = ("retry_on", "retry_never", "retry_always", "backoff", "memory_factor")
+
+
+def parse_job_options(**values: Any) -> JobOptions:
+    """The :class:`JobOptions` the job flags (and ``--name``, ``--input``, ``--after`` where a
+    command has them, already parsed) stand for."""
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in _RETRY_FLAGS:
+            continue
+        fields.update(_CONVERT[name](value) if name in _CONVERT else {name: value})
+    fields["retry"] = retry_policy(*(values.get(name) for name in _RETRY_FLAGS))
+    return JobOptions.of(**fields)

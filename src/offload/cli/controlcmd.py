@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from offload.broker.core import Broker
 from offload.broker.limits import parse_limit, parse_max
 from offload.broker.records import JobRecord
 from offload.cli import cli, handle_errors, settings_of
@@ -19,9 +20,9 @@ from offload.producer.client import Client
 console = Console(highlight=False)
 
 
-def why_lines(client: Client, rec: JobRecord) -> list[str]:
+def why_lines(broker: Broker, rec: JobRecord) -> list[str]:
     """``waiting: …`` when a concurrency limit or a held class keeps ``rec``'s job back."""
-    why = client.control.why(rec)
+    why = broker.limits.why(rec)
     return [f"waiting: {why}"] if why else []
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from offload.broker.core import Broker
 from offload.broker.inflight import TWIN
-from offload.broker.pipeline import Pipeline
 from offload.broker.records import JobRecord, JobRecords
 from offload.broker.status import JobStatus
 from offload.errors import JobNotFound
-from offload.producer.client import Client
 
 
 def _brief(records: JobRecords, job_id: str) -> dict[str, Any]:
@@ -21,12 +20,12 @@ def _brief(records: JobRecords, job_id: str) -> dict[str, Any]:
     return {"id": job_id, "name": rec.name, "status": rec.status.value}
 
 
-def graph(client: Client, rec: JobRecord) -> dict[str, Any]:
+def graph(broker: Broker, rec: JobRecord) -> dict[str, Any]:
     """``parents`` and ``children`` (each ``{id, name, status}``, status None once expired),
     ``waiting_for`` (the parents a waiting job still waits for, or the identical job it waits
     for) and ``identical_waiting`` (identical jobs waiting for this one's outputs)."""
-    pipeline = Pipeline(client.records, client.app)
-    records = client.records
+    pipeline = broker.pipeline
+    records = broker.records
     waiting_for: list[dict[str, Any]] = []
     if rec.status is JobStatus.WAITING:
         if rec.wait.startswith(TWIN):

@@ -11,8 +11,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from offload.broker import keys
-from offload.broker.pipeline import Pipeline
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus, Reason
 from offload.cli import cli, handle_errors
@@ -70,7 +68,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     job = client_of(ctx).job(job_id)
     rec = job.record()
     timeline = job.timeline()
-    deps = graph(job.client, rec)
+    deps = graph(job.broker, rec)
     if as_json:
         data = {
             "id": rec.id,
@@ -86,8 +84,8 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             "spec": rec.view,
             "timings": rec.timings,
             "cache_hit": rec.cache_hit,
-            "waiting": job.client.control.why(rec) or job.why_waiting(),
-            "route": route_line(job.client, rec),
+            "waiting": job.broker.limits.why(rec) or job.why_waiting(),
+            "route": route_line(rec),
             **deps,
             "timeline": [
                 {
@@ -111,10 +109,10 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         console.print(f"next retry: at {when} (in {max(0.0, rec.retry_at - time.time()):.0f}s)")
     elif rec.status is JobStatus.QUEUED:
         console.print(f"waiting: {job.why_waiting()}")
-    route = route_line(job.client, rec)
+    route = route_line(rec)
     if route:
         console.print(f"route: {route}")
-    for line in why_lines(job.client, rec):  # a concurrency limit or a held class
+    for line in why_lines(job.broker, rec):  # a concurrency limit or a held class
         console.print(line)
     for line in graph_lines(deps):  # parents, children, what a waiting job waits for
         console.print(line)
@@ -132,12 +130,12 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         console.print(f"output {path} {oid}")
 
 
-def route_line(client: Client, rec: JobRecord) -> str | None:
+def route_line(rec: JobRecord) -> str | None:
     """Where locality routing sent the job's last message and why: ``routed to node X: holds
     240 MiB of 256 MiB inputs`` or ``class queue cpu-small: no live node holds its inputs``."""
-    node, why = client.redis.hmget(keys.job(rec.id), "routed_to", "route_why")
-    if not why:
+    if not rec.route_why:
         return None
+    node, why = rec.routed_to, rec.route_why
     where = f"routed to node {node}" if node else f"class queue {rec.resource_class}"
     return f"{where}: {why}"
 
@@ -209,9 +207,7 @@ def cancel(ctx: click.Context, job_id: str, with_descendants: bool) -> None:
     if not with_descendants:
         _say_cancelled(job_id, job.cancel())
         return
-    for each, state in (
-        Pipeline(job.client.records, job.client.app).cancel_with_descendants(job_id).items()
-    ):
+    for each, state in job.broker.pipeline.cancel_with_descendants(job_id).items():
         _say_cancelled(each, state)
 
 

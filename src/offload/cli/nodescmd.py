@@ -7,14 +7,13 @@ import sys
 import time
 
 import click
-import redis
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from offload.broker.app import redis_client
-from offload.broker.connection import broker_error
-from offload.broker.nodes import NodeInfo, NodeRegistry
+from offload.broker.connection import translated
+from offload.broker.core import Broker
+from offload.broker.nodes import NodeInfo
 from offload.cli import cli, handle_errors, settings_of
 
 console = Console(highlight=False)
@@ -46,13 +45,9 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
 
     Tab-separated when stdout is not a terminal.
     """
-    settings = settings_of(ctx)
-    registry = NodeRegistry(redis_client(settings), lost_after=settings.lost_after)
     now = time.time()
-    try:
-        found = registry.nodes(now)
-    except redis.RedisError as exc:
-        raise broker_error(exc) from exc
+    with translated():
+        found = Broker(settings_of(ctx)).nodes.nodes(now)
     if as_json:
         click.echo(json.dumps([node_dict(n, now) for n in found], indent=2))
         return

@@ -65,12 +65,13 @@ def autoscaler(
     """Scale worker nodes on queue depth, per resource class (limits from OFFLOAD_AUTOSCALE*)."""
     from offload.autoscaler.loop import build_autoscaler
     from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
+    from offload.broker.core import Broker
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_of(ctx)
     provider = make_provider(provider_name, settings)
     metrics = AutoscalerMetrics()
-    scaler = build_autoscaler(settings, provider, metrics=metrics)
+    scaler = build_autoscaler(Broker(settings), provider, metrics=metrics)
     limits, classes = scaler.limits, scaler.classes
     server = start_metrics_server(metrics_port, metrics) if metrics_port else None
 

@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from offload.cli import cli, handle_errors, settings_of
-from offload.cli.common import job_kwargs, job_options, pairs
+from offload.cli.common import job_options, pairs, parse_job_options
 from offload.producer.client import Client
 from offload.producer.schedules import OVERLAPS, ScheduleInfo, Schedules
 from offload.producer.timing import iso
-from offload.scheduler import DEFAULT_INTERVAL, DEFAULT_LOCK_TTL, Scheduler, active_scheduler
+from offload.scheduler import DEFAULT_INTERVAL, DEFAULT_LOCK_TTL, Scheduler
 
 console = Console(highlight=False)
 
@@ -73,8 +73,7 @@ def add(
         cron=cron,
         every=every,
         overlap=overlap,  # type: ignore[arg-type]  # click.Choice checked it
-        inputs=dict(pairs("--input", inputs)),
-        **job_kwargs(**options),
+        options=parse_job_options(inputs=dict(pairs("--input", inputs)), **options),
     )
     nxt = _schedules(ctx).state(s.name).next_at
     click.echo(f"{s.name}: {s.timing.describe()}, next run {iso(nxt)}")
@@ -138,7 +137,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
         for row in rows:
             table.add_row(*row.values())
         console.print(table)
-    if infos and active_scheduler(schedules.r) is None:
+    if infos and schedules.store.active() is None:
         click.echo(
             "warning: no scheduler is running (`offload up` or `offload scheduler`)", err=True
         )

@@ -11,10 +11,10 @@ from offload.cli import cli, handle_errors
 from offload.cli.common import (
     INPUT_HELP,
     client_of,
-    job_kwargs,
     job_options,
     parse_after,
     parse_inputs,
+    parse_job_options,
 )
 from offload.cli.jobs import outcome_code, print_logs, print_outcome
 
@@ -54,14 +54,10 @@ def submit(
     --after other jobs is `waiting` until they succeed, then queued with those outputs.
     """
     client = client_of(ctx)
-    job = client.submit(
-        image,
-        list(command) or None,
-        inputs=parse_inputs(inputs),
-        after=parse_after(after),
-        name=name,
-        **job_kwargs(**options),
+    opts = parse_job_options(
+        inputs=parse_inputs(inputs), after=parse_after(after), name=name, **options
     )
+    job = client.submit(image, list(command) or None, opts)
     if not wait:
         click.echo(job.id)
         return

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import redis
-
 from offload.config import Settings
 from offload.errors import BrokerError, ConfigError, OffloadError
 
@@ -108,20 +106,9 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path) -> No
 def _redis_ok(settings: Settings) -> bool:
     """Whether Redis answers, reached as every process reaches it (TLS, user, Sentinel); one
     that answers but refuses the credentials is a :class:`ConfigError`."""
-    from offload.broker.connection import redis_client
+    from offload.broker.connection import answers
 
-    client = redis_client(settings, socket_connect_timeout=1, socket_timeout=2)
-    try:
-        return bool(client.ping())
-    except redis.AuthenticationError as exc:
-        raise ConfigError(
-            f"Redis at {settings.redis_url} answers but refuses these credentials ({exc}): "
-            "set OFFLOAD_REDIS_USER / OFFLOAD_REDIS_PASSWORD to one of its users"
-        ) from None
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
+    return answers(settings)
 
 
 def _role_env(settings: Settings, role: str) -> dict[str, str]:
@@ -201,9 +188,9 @@ def start_worker(settings: Settings) -> Service:
         return Service("worker", "running", settings.node_name)
     _spawn(settings, "worker", [sys.executable, "-m", "offload", "worker"],
            extra_env=_role_env(settings, "worker"))  # fmt: skip
-    from offload.broker.app import make_app
+    from offload.broker.core import Broker
 
-    app = make_app(settings)
+    app = Broker(settings).app
     node = f"offload@{settings.node_name}"
 
     def ready() -> bool:
@@ -251,15 +238,14 @@ def start_autoscaler(settings: Settings) -> Service:
     _spawn(settings, "autoscaler", [sys.executable, "-m", "offload", "autoscaler",
                                     "--provider", "local", "--metrics-port", "0"],
            extra_env={**_role_env(settings, "autoscaler"), **nodes})  # fmt: skip
-    from offload.broker.app import redis_client
-    from offload.broker.scaling import read_status
+    from offload.broker.core import Broker
 
-    r = redis_client(settings)
+    broker = Broker(settings)
 
     def ready() -> bool:
         if not running_pid(settings, "autoscaler"):
             raise OffloadError("the autoscaler exited")
-        return read_status(r, settings.classes[0].name) is not None
+        return broker.class_status(settings.classes[0].name) is not None
 
     _wait("the autoscaler", ready, 30, settings.home / "logs/autoscaler.log")
     return Service("autoscaler", "started", "local provider")
@@ -275,15 +261,14 @@ def start_scheduler(settings: Settings) -> Service:
         [sys.executable, "-m", "offload", "scheduler"],
         extra_env=_role_env(settings, "producer"),
     )  # it submits, as a producer does
-    from offload.broker import keys
-    from offload.broker.app import redis_client
+    from offload.broker.core import Broker
 
-    r = redis_client(settings)
+    schedules = Broker(settings).schedules
 
     def ready() -> bool:
         if not running_pid(settings, "scheduler"):
             raise OffloadError("the scheduler exited")
-        return bool(r.exists(keys.SCHEDULER_LOCK))
+        return schedules.active() is not None
 
     _wait("the scheduler", ready, 30, settings.home / "logs/scheduler.log")
     return Service("scheduler", "started", "schedules")

@@ -15,6 +15,7 @@ from offload.config import Settings
 from offload.errors import OffloadError
 
 if TYPE_CHECKING:
+    from offload.broker.core import Broker
     from offload.broker.nodes import NodeRegistry
     from offload.broker.records import JobRecords
 
@@ -95,10 +96,8 @@ def _wait_drained(
 ) -> dict[str, int]:
     """Wait for the workers to exit, telling ``progress`` what they still run; the ones left
     at ``deadline`` (None: wait until all are gone)."""
-    from offload.broker.nodes import NodeRegistry
-
-    records = _records(settings)
-    registry = NodeRegistry(records.r, lost_after=settings.lost_after)
+    broker = _broker(settings)
+    records, registry = broker.records, broker.nodes
     shown: dict[str, list[str]] | None = None
     while True:
         left = {name: pid for name, pid in workers.items() if _alive(pid)}
@@ -129,15 +128,13 @@ def _running_jobs(
 
 def _hand_back(settings: Settings, nodes: list[str]) -> list[Service]:
     """The running jobs of killed ``nodes`` back to the queue, their containers removed."""
-    from offload.broker.app import make_app
-    from offload.broker.nodes import NodeRegistry
     from offload.broker.recovery import recover_node
     from offload.worker.docker_runtime import DockerRuntime, connect
 
     message = "stopped by offload down --force"
     try:
-        records, app = _records(settings), make_app(settings)
-        registry = NodeRegistry(records.r, lost_after=settings.lost_after)
+        broker = _broker(settings)
+        records, registry, app = broker.records, broker.nodes, broker.app
         handed = [
             j for n in nodes for j in recover_node(registry, records, app, n, message=message)
         ]
@@ -157,12 +154,10 @@ def _hand_back(settings: Settings, nodes: list[str]) -> list[Service]:
     return out
 
 
-def _records(settings: Settings) -> JobRecords:
-    from offload.broker.app import redis_client
-    from offload.broker.records import JobRecords
+def _broker(settings: Settings) -> Broker:
+    from offload.broker.core import Broker
 
-    r = redis_client(settings)
-    return JobRecords(r, record_ttl=settings.record_ttl, log_max_entries=settings.log_max_entries)
+    return Broker(settings)
 
 
 def _job_name(records: JobRecords, job_id: str) -> str:

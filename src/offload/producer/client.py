@@ -11,29 +11,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from offload.broker.app import App, make_app, redis_client
+from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
-from offload.broker.pipeline import Pipeline
-from offload.broker.publish import publish
-from offload.broker.records import JobRecord, JobRecords
+from offload.broker.records import JobRecord
 from offload.cache.factory import open_store
 from offload.cache.imports import import_s3
 from offload.cache.jobseal import seal_job
 from offload.cache.keys import ClusterKey, load_key
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
-from offload.errors import BrokerError, CacheError, JobNotFound, SpecError
+from offload.errors import CacheError, JobNotFound, SpecError
 from offload.producer.control import Control
-from offload.producer.items import (
-    InputRef,
-    check_ref,
-    merge_item,
-    output_ref,
-    within,
-)
+from offload.producer.items import InputRef, check_ref, output_ref, within
 from offload.producer.job import Job, JobResult
+from offload.producer.options import JobOptions
 from offload.spec import (
     OBJECT_ID_RE,
     JobSpec,
@@ -46,36 +37,23 @@ PLACEHOLDER_ID = "sha256:" + "0" * 64
 
 
 class Client:
-    """Submits jobs and reads their records. Settings default to the ``OFFLOAD_*`` env."""
+    """Submits jobs and reads their records. Settings default to the ``OFFLOAD_*`` env; the
+    :class:`~offload.broker.core.Broker` to one built from them."""
 
     def __init__(
         self,
         settings: Settings | None = None,
         *,
+        broker: Broker | None = None,
         store: Store | None = None,
         progress: Progress | None = None,
     ) -> None:
-        self.settings = settings or load_settings()
+        if settings is None:
+            settings = broker.settings if broker is not None else load_settings()
+        self.settings = settings
+        self.broker = broker if broker is not None else Broker(settings)
         self._store = store
         self.progress = progress  # told (path, bytes done, total) while files are uploaded
-
-    # -- connections (lazy) ----------------------------------------------------------------
-
-    @cached_property
-    def redis(self) -> redis.Redis:
-        return redis_client(self.settings)
-
-    @cached_property
-    def records(self) -> JobRecords:
-        return JobRecords(
-            self.redis,
-            record_ttl=self.settings.record_ttl,
-            log_max_entries=self.settings.log_max_entries,
-        )
-
-    @cached_property
-    def app(self) -> App:
-        return make_app(self.settings)
 
     @cached_property
     def key(self) -> ClusterKey:
@@ -94,52 +72,19 @@ class Client:
         self,
         image: str,
         command: str | Sequence[str] | None = None,
-        *,
-        inputs: Mapping[str, InputRef] | None = None,
-        params: Mapping[str, Any] | None = None,
-        secrets: Mapping[str, Any] | None = None,
-        cpu: float = 1.0,
-        memory: int | str = "512m",
-        gpus: int = 0,
-        timeout: float | None = None,
-        retries: int = 0,
-        env: Mapping[str, str] | None = None,
-        network: bool | str = False,
-        cache: bool = True,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        task: tuple[int, int] | None = None,
-        after: Sequence[Job | str] | None = None,
-        retry: RetryPolicy | Mapping[str, Any] | None = None,
-        priority: int = 0,
+        options: JobOptions | None = None,
+        **fields: Any,
     ) -> Job:
         """Validate and queue a job. Bad input raises :class:`SpecError`; nothing is queued.
 
-        An input may be another job's future output (``job.output("name")``) and ``after``
-        lists jobs that must succeed first: the job then waits (status ``waiting``) and is
-        queued the moment its last parent succeeds, its references resolved to content ids.
+        ``options`` (a :class:`JobOptions`) and ``fields`` (its field names as keywords:
+        ``cpu=2, memory="4g", inputs={...}``) say everything about the job but its image and
+        command. An input may be another job's future output (``job.output("name")``) and
+        ``after`` lists jobs that must succeed first: the job then waits (status ``waiting``)
+        and is queued the moment its last parent succeeds, its references resolved to
+        content ids.
         """
-        draft = self._draft(
-            image,
-            command,
-            inputs=inputs,
-            params=params,
-            secrets=secrets,
-            cpu=cpu,
-            memory=memory,
-            gpus=gpus,
-            timeout=timeout,
-            retries=retries,
-            env=env,
-            network=network,
-            cache=cache,
-            name=name,
-            labels=labels,
-            task=task,
-            after=after,
-            retry=retry,
-            priority=priority,
-        )
+        draft = self.draft(image, command, JobOptions.of(options, **fields))
         return self._publish(self._build(draft), draft.queue)
 
     def map(
@@ -147,13 +92,15 @@ class Client:
         image: str,
         command: str | Sequence[str] | None = None,
         *,
-        each: Sequence[Mapping[str, Any]],
+        each: Sequence[Mapping[str, Any] | JobOptions],
+        options: JobOptions | None = None,
         **common: Any,
     ) -> list[Job]:
         """Fan out: one job per item of ``each``, with ``OFFLOAD_TASK_INDEX`` /
-        ``OFFLOAD_TASK_COUNT`` set. An item takes ``submit``'s keywords: its ``inputs`` /
-        ``params`` / ``secrets`` / ``env`` / ``labels`` are merged over ``common``'s, the
-        others (``name``, ``memory``, ``timeout``, …) replace them.
+        ``OFFLOAD_TASK_COUNT`` set. An item is a :class:`JobOptions` or a mapping of its
+        fields: its ``inputs`` / ``params`` / ``secrets`` / ``env`` / ``labels`` are merged
+        over the common options', the others (``name``, ``memory``, ``timeout``, …) replace
+        them.
 
         Every field of every item is validated, and every item's inputs uploaded, before the
         first job is queued: a bad item raises :class:`SpecError` naming ``each[<i>].<field>``,
@@ -161,10 +108,14 @@ class Client:
         """
         if not each:
             raise SpecError("each", "expected at least one item to map over")
+        base = JobOptions.of(options, **common)
         drafts = []
         for i, item in enumerate(each):
             try:
-                drafts.append(self._draft(image, command, **merge_item(item, common, i, len(each))))
+                if not isinstance(item, Mapping | JobOptions):
+                    raise SpecError("", f"expected a mapping of job options, got {item!r}")
+                opts = base.merged(item).replace(task=(i, len(each)))
+                drafts.append(self.draft(image, command, opts))
             except SpecError as exc:
                 raise within(f"each[{i}]", exc) from None
         specs = []
@@ -184,54 +135,33 @@ class Client:
             results.append(job.result(left, raise_on_failure=False))
         return results
 
-    def _draft(
-        self,
-        image: str,
-        command: str | Sequence[str] | None = None,
-        *,
-        inputs: Mapping[str, InputRef] | None = None,
-        params: Mapping[str, Any] | None = None,
-        secrets: Mapping[str, Any] | None = None,
-        cpu: float = 1.0,
-        memory: int | str = "512m",
-        gpus: int = 0,
-        timeout: float | None = None,
-        retries: int = 0,
-        env: Mapping[str, str] | None = None,
-        network: bool | str = False,
-        cache: bool = True,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        task: tuple[int, int] | None = None,
-        after: Sequence[Job | str] | None = None,
-        retry: RetryPolicy | Mapping[str, Any] | None = None,
-        priority: int = 0,
-    ) -> _Draft:
+    def draft(self, image: str, command: str | Sequence[str] | None, options: JobOptions) -> Draft:
         """Check everything about a job that needs no upload: every field, its class, and
         that its local input files exist. Nothing is written anywhere."""
+        o = options
         fields: dict[str, Any] = dict(
             image=image,
             command=command,
-            params={**(params or {}), **(secrets or {})},
-            secret=frozenset(secrets or {}),
-            resources={"cpu": cpu, "memory": memory, "gpus": gpus},
+            params={**o.params, **o.secrets},
+            secret=frozenset(o.secrets),
+            resources={"cpu": o.cpu, "memory": o.memory, "gpus": o.gpus},
             timeout=(
                 min(self.settings.default_timeout, self.settings.max_timeout)
-                if timeout is None
-                else timeout
+                if o.timeout is None
+                else o.timeout
             ),
-            retries=retries,
-            env=dict(env or {}),
-            network=network,
-            cache=cache,
-            name=name,
-            labels=dict(labels or {}),
-            task=task,
-            after=tuple(j.id if isinstance(j, Job) else j for j in (after or ())),
-            retry=self._retry_policy(retry),
-            priority=priority,
+            retries=o.retries,
+            env=dict(o.env),
+            network=o.network,
+            cache=o.cache,
+            name=o.name,
+            labels=dict(o.labels),
+            task=o.task,
+            after=tuple(o.after),
+            retry=self._retry_policy(o.retry),
+            priority=o.priority,
         )
-        refs = dict(inputs or {})
+        refs = dict(o.inputs)
         draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
         self._check_timeout(draft.timeout)
         self._check_network(draft.network)
@@ -243,7 +173,7 @@ class Client:
                 self._check_job(f"inputs.{input_name}", parent.job_id)
         for i, job_id in enumerate(draft.after):
             self._check_job(f"after[{i}]", job_id)
-        return _Draft(fields, refs, queue)
+        return Draft(fields, refs, queue)
 
     def _retry_policy(self, retry: RetryPolicy | Mapping[str, Any] | None) -> dict[str, Any]:
         """The cluster's default policy (``OFFLOAD_RETRY_POLICY``), overridden by the job's."""
@@ -252,13 +182,13 @@ class Client:
 
     def _check_job(self, field: str, job_id: str) -> None:
         try:
-            self.records.status(job_id)
+            self.broker.records.status(job_id)
         except JobNotFound:
             raise SpecError(field, f"no job {job_id} (a job must exist to be waited for)") from None
 
-    def _build(self, draft: _Draft) -> JobSpec:
+    def _build(self, draft: Draft) -> JobSpec:
         """The job's spec, once its inputs are content ids in the store (uploaded if local)."""
-        return JobSpec.create(**draft.fields, inputs=self._upload_inputs(draft.refs))
+        return JobSpec.create(**draft.fields, inputs=self.upload_inputs(draft.refs))
 
     def _check_timeout(self, timeout: float) -> None:
         if timeout > self.settings.max_timeout:
@@ -266,7 +196,7 @@ class Client:
                 "timeout", f"must be at most {self.settings.max_timeout:g}s (OFFLOAD_MAX_TIMEOUT)"
             )
 
-    def _upload_inputs(self, refs: Mapping[str, InputRef]) -> dict[str, str]:
+    def upload_inputs(self, refs: Mapping[str, InputRef]) -> dict[str, str]:
         ids: dict[str, str] = {}
         for name, ref in refs.items():
             parent = output_ref(name, ref)
@@ -285,7 +215,7 @@ class Client:
                 ids[name] = import_s3(
                     ref,
                     self.store,
-                    self.redis,
+                    self.broker.redis,
                     field=f"inputs.{name}",
                     ttl=self.settings.memo_ttl,
                     endpoint_url=self.settings.s3_endpoint_url,
@@ -317,30 +247,22 @@ class Client:
     def _publish(self, spec: JobSpec, queue: str) -> Job:
         job_id = uuid.uuid4().hex
         spec = seal_job(self.key, job_id, spec)  # secrets boxed, job signed: Redis is untrusted
-        if spec.parents():
-            Pipeline(self.records, self.app).submit(job_id, spec, queue)
-            return Job(self, job_id)
-        self.records.create(job_id, spec, queue)
-        try:
-            publish(self.app, self.records.get(job_id))
-        except Exception as exc:
-            self.records.delete(job_id)
-            raise BrokerError(f"could not queue the job: {exc}") from exc
-        return Job(self, job_id)
+        self.broker.submit(job_id, spec, queue)
+        return Job(self.broker, job_id)
 
     # -- reads -----------------------------------------------------------------------------
 
     def job(self, job_id: str) -> Job:
-        return Job.from_id(job_id, self)
+        return Job.from_id(job_id, self.broker)
 
     def jobs(self, limit: int = 50) -> list[JobRecord]:
-        return self.records.list(limit)
+        return self.broker.records.list(limit)
 
     # -- job control: concurrency limits and held classes (offload.producer.control) --------
 
     @cached_property
     def control(self) -> Control:
-        return Control(self)
+        return Control(self.broker)
 
     def set_limit(self, limit: str, max_running: int) -> LimitUsage:
         """At most ``max_running`` jobs labelled ``limit`` ("db=orders") run at once."""
@@ -379,13 +301,9 @@ class Client:
 
 
 @dataclass(frozen=True)
-class _Draft:
+class Draft:
     """A job checked but not yet built: its fields, its input references, its queue."""
 
     fields: dict[str, Any]
     refs: dict[str, InputRef]
     queue: str
-
-
-# The ``submit`` keywords a ``map`` item may set: mappings merged over ``common``'s, the rest
-# replacing them.

@@ -11,24 +11,18 @@ live); :class:`~offload.producer.client.Client` exposes these as ``set_limit``, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from offload.broker.core import Broker
 from offload.broker.limits import Limits, LimitUsage
-from offload.broker.pipeline import Pipeline
 from offload.broker.records import JobRecord
-
-if TYPE_CHECKING:
-    from offload.producer.client import Client
 
 
 class Control:
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
 
     @property
     def _limits(self) -> Limits:
-        pipeline = Pipeline(self.client.records, self.client.app)
-        return Limits(self.client.records, pipeline.park, pipeline.resume)
+        return self.broker.limits
 
     def set_limit(self, limit: str, max_running: int) -> LimitUsage:
         """At most ``max_running`` jobs labelled ``limit`` (``label=value``) run at once,
@@ -46,12 +40,12 @@ class Control:
     def hold(self, resource_class: str) -> bool:
         """Start no new job of ``resource_class`` (a configured class, else
         :class:`~offload.errors.ConfigError`); False if it was held already."""
-        self.client.settings.resource_class(resource_class)
+        self.broker.settings.resource_class(resource_class)
         return self._limits.hold(resource_class)
 
     def release(self, resource_class: str) -> list[str]:
         """Undo :meth:`hold`; returns the jobs queued again."""
-        self.client.settings.resource_class(resource_class)
+        self.broker.settings.resource_class(resource_class)
         return self._limits.release(resource_class)
 
     def held(self) -> list[str]:

@@ -1,47 +1,14 @@
-"""Checking a job's inputs and a fan-out's items before anything is queued (no writes)."""
+"""Checking a job's input references before anything is queued (no writes)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from offload.errors import SpecError
 from offload.spec import OBJECT_ID_RE, OutputRef, parse_output_ref
 
 InputRef = str | os.PathLike[str] | OutputRef
-
-MERGED_KEYS = ("inputs", "params", "secrets", "env", "labels")
-REPLACED_KEYS = (
-    "name",
-    "cpu",
-    "memory",
-    "gpus",
-    "timeout",
-    "retries",
-    "retry",
-    "priority",
-    "network",
-    "cache",
-)
-
-
-def merge_item(item: Any, common: Mapping[str, Any], index: int, count: int) -> dict[str, Any]:
-    """The keyword arguments of one ``map`` item: its mappings merged over ``common``."""
-    if not isinstance(item, Mapping):
-        raise SpecError("", f"expected a mapping of submit's keywords, got {item!r}")
-    unknown = set(item) - {*MERGED_KEYS, *REPLACED_KEYS}
-    if unknown:
-        raise SpecError("", f"unknown keys {sorted(map(str, unknown))}")
-    kwargs = {**common, **{key: item[key] for key in REPLACED_KEYS if key in item}}
-    for key in MERGED_KEYS:
-        if key in item:
-            if not isinstance(item[key], Mapping):
-                raise SpecError(key, f"expected a mapping, got {item[key]!r}")
-            kwargs[key] = {**(common.get(key) or {}), **item[key]}
-    kwargs["task"] = (index, count)
-    return kwargs
 
 
 def within(prefix: str, exc: SpecError) -> SpecError:

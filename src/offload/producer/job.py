@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from offload.broker.pipeline import Pipeline
-from offload.broker.records import Event, JobRecord
+from offload.broker.core import Broker
+from offload.broker.records import Event, JobRecord, JobRecords
 from offload.broker.status import JobStatus
+from offload.config import load_settings
 from offload.errors import JobFailed, JobNotFound, SpecError
 from offload.spec import OutputRef
 
-if TYPE_CHECKING:
-    from offload.producer.client import Client
+
+class HasBroker(Protocol):
+    """Anything that carries a broker (a :class:`~offload.producer.client.Client`)."""
+
+    @property
+    def broker(self) -> Broker: ...
 
 
 @dataclass(frozen=True)
@@ -72,33 +77,37 @@ class LogLine:
 class Job:
     """A submitted job. Cheap to create from an id; every call asks the broker afresh."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
-        self.client = client
+    def __init__(self, broker: Broker | HasBroker, job_id: str) -> None:
+        self.broker: Broker = broker if isinstance(broker, Broker) else broker.broker
         self.id = job_id
+
+    @property
+    def records(self) -> JobRecords:
+        return self.broker.records
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
 
     @classmethod
-    def from_id(cls, job_id: str, client: Client | None = None) -> Job:
-        from offload.producer.client import Client
-
-        client = client or Client()
-        client.records.get(job_id)  # raises JobNotFound
-        return cls(client, job_id)
+    def from_id(cls, job_id: str, broker: Broker | HasBroker | None = None) -> Job:
+        """The job ``job_id`` (:class:`JobNotFound` if there is none), read through ``broker``
+        (a Client's, or one built from the ``OFFLOAD_*`` settings)."""
+        job = cls(broker if broker is not None else Broker(load_settings()), job_id)
+        job.records.get(job_id)  # raises JobNotFound
+        return job
 
     def record(self) -> JobRecord:
-        return self.client.records.get(self.id)
+        return self.records.get(self.id)
 
     def status(self) -> JobStatus:
-        return self.client.records.status(self.id)
+        return self.records.status(self.id)
 
     def timeline(self) -> list[Event]:
-        return self.client.records.timeline(self.id)
+        return self.records.timeline(self.id)
 
     def result(self, timeout: float | None = None, *, raise_on_failure: bool = True) -> JobResult:
         """Wait for the end; raise :class:`JobFailed` unless it succeeded (or asked not to)."""
-        rec = self.client.records.wait(self.id, timeout)
+        rec = self.records.wait(self.id, timeout)
         result = JobResult.from_record(rec)
         if raise_on_failure and not result.ok:
             raise JobFailed(result)
@@ -110,7 +119,7 @@ class Job:
         A cache hit ran no container: after its own lines (usually none) come a ``sys`` line
         naming the job whose outputs it took, then that job's lines, while they are kept.
         """
-        records = self.client.records
+        records = self.records
         attempt = 0
         for entry in records.log_entries(self.id, follow=follow):
             if "a" in entry:
@@ -144,18 +153,14 @@ class Job:
         rec = self.record()
         if rec.status is not JobStatus.QUEUED:
             return None
-        from offload.broker.nodes import NodeRegistry
-        from offload.broker.scaling import read_status
-
         cls = rec.resource_class
-        st = read_status(self.client.redis, cls)
+        st = self.broker.class_status(cls)
         if st is not None:
             return (
                 f"{st.get('reason', '')} (class {cls}: desired {st.get('desired')}, "
                 f"up {st.get('up')}, starting {st.get('starting')})"
             )
-        registry = NodeRegistry(self.client.redis, lost_after=self.client.settings.lost_after)
-        serving = [n for n in registry.nodes() if cls in n.classes]
+        serving = [n for n in self.broker.nodes.nodes() if cls in n.classes]
         up = [n for n in serving if n.state == "up"]
         if not up:
             return f"no node of class {cls} is up and no autoscaler is running"
@@ -169,12 +174,7 @@ class Job:
         Jobs waiting for this one then fail (``upstream_failed``); ``with_descendants``
         cancels them too, and everything downstream of them.
         """
-        pipeline = Pipeline(self.client.records, self.client.app)
-        if with_descendants:
-            return pipeline.cancel_with_descendants(self.id)[self.id]
-        status = self.client.records.request_cancel(self.id)
-        pipeline.on_done(self.id)
-        return status
+        return self.broker.cancel(self.id, with_descendants=with_descendants)
 
     def output(self, name: str) -> OutputRef:
         """A reference to this job's output ``name`` (its path under ``/offload/out``),

@@ -17,7 +17,6 @@ becomes a job: it *claims* the time first, in one Lua script, so a time is handl
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -28,12 +27,11 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-import redis
-
-from offload.broker import keys
+from offload.broker.schedules import ScheduleStore
 from offload.errors import JobNotFound, OffloadError, SpecError
 from offload.producer.client import Client
 from offload.producer.job import Job
+from offload.producer.options import JobOptions, check_names
 from offload.producer.timing import Timing, iso
 from offload.spec import OutputRef
 
@@ -44,34 +42,9 @@ SCHEDULE_LABEL = "schedule"
 OVERLAPS = ("skip", "allow")
 Overlap = Literal["skip", "allow"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-# ``submit``'s keywords a schedule takes: all but the job's name (the schedule's), fan-out
-# and ``after`` (a run has no parents). New ``submit`` options (priority…) come along.
-NOT_SCHEDULABLE = frozenset({"self", "image", "command", "name", "task", "after"})
-SUBMIT_OPTIONS = frozenset(inspect.signature(Client.submit).parameters) - NOT_SCHEDULABLE
-
-# Claim fire time ARGV[2] of schedule ARGV[1]: only while it exists, is not paused, the caller
-# is the active scheduler (ARGV[5] its lock token) and the time was not handled yet.
-CLAIM = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 'gone' end
-if redis.call('GET', KEYS[3]) ~= ARGV[5] then return 'not_active' end
-if redis.call('HGET', KEYS[2], 'paused') == '1' then return 'paused' end
-local last = tonumber(redis.call('HGET', KEYS[2], 'last_at') or '-1')
-if last >= tonumber(ARGV[2]) then return 'handled' end
-redis.call('HSET', KEYS[2], 'last_at', ARGV[2], 'next_at', ARGV[3], 'last_outcome', ARGV[4])
-return 'claimed'
-"""
-# Record a run (ARGV[2]: job id, may be empty) and, when ARGV[1] is still the last fire time
-# handled, that time's outcome. Nothing once the schedule is gone.
-RECORD = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'last_job', ARGV[2], 'last_run_at', ARGV[1])
-end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'last_at') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'last_outcome', ARGV[3])
-end
-return 1
-"""
+# The job options a schedule takes: all but the job's name (the schedule's), fan-out and
+# ``after`` (a run has no parents). A new job option comes along by itself.
+SCHEDULABLE = JobOptions.names() - {"name", "task", "after"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +54,7 @@ class Schedule:
     name: str
     image: str
     command: list[str] | None
-    options: dict[str, Any]  # submit's keywords, JSON-able; inputs are content ids / s3:// URIs
+    options: dict[str, Any]  # JobOptions.to_json(); inputs are content ids / s3:// URIs
     timing: Timing
     overlap: Overlap = "skip"
     created_at: float = 0.0
@@ -94,12 +67,14 @@ class Schedule:
         raw = json.loads(data)
         return cls(**{**raw, "timing": Timing(**raw["timing"])})
 
-    def submit_kwargs(self, scheduled_at: float) -> dict[str, Any]:
-        """``Client.submit``'s arguments for the run of ``scheduled_at``."""
-        opts = dict(self.options)
-        opts["env"] = {**(opts.get("env") or {}), SCHEDULED_AT_ENV: iso(scheduled_at)}
-        opts["labels"] = {**(opts.get("labels") or {}), SCHEDULE_LABEL: self.name}
-        return {"image": self.image, "command": self.command, "name": self.name, **opts}
+    def job_options(self, scheduled_at: float) -> JobOptions:
+        """The options of the run of ``scheduled_at``."""
+        opts = JobOptions.of(self.options)
+        return opts.replace(
+            name=self.name,
+            env={**opts.env, SCHEDULED_AT_ENV: iso(scheduled_at)},
+            labels={**opts.labels, SCHEDULE_LABEL: self.name},
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +127,8 @@ class Schedules:
         self.client = client or Client()
 
     @property
-    def r(self) -> redis.Redis:
-        return self.client.redis
+    def store(self) -> ScheduleStore:
+        return self.client.broker.schedules
 
     def add(
         self,
@@ -165,13 +140,14 @@ class Schedules:
         every: str | float | timedelta | None = None,
         overlap: Overlap = "skip",
         now: float | None = None,
-        **options: Any,
+        options: JobOptions | None = None,
+        **fields: Any,
     ) -> Schedule:
         """Store a schedule running ``image`` (with ``command``) on ``cron`` or ``every``.
 
-        ``options`` are :meth:`Client.submit`'s keywords (inputs, params, secrets, cpu,
-        memory, gpus, timeout, retries, env, network, cache, labels, …), checked as submit
-        checks them. The first run is at the first fire time after now.
+        ``options`` and ``fields`` are a job's options (:class:`JobOptions`: inputs, params,
+        secrets, cpu, memory, gpus, timeout, retries, env, network, cache, labels, …), checked
+        as submit checks them. The first run is at the first fire time after now.
         """
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise SpecError(
@@ -179,38 +155,29 @@ class Schedules:
             )
         if overlap not in OVERLAPS:
             raise SpecError("overlap", f"expected one of {list(OVERLAPS)}, got {overlap!r}")
-        unknown = set(options) - SUBMIT_OPTIONS
-        if unknown:
-            raise SpecError(
-                sorted(unknown)[0], f"not an option of a schedule; known: {sorted(SUBMIT_OPTIONS)}"
-            )
+        check_names([*fields, *(options.explicit() if options else {})], SCHEDULABLE, "a schedule")
+        opts = JobOptions.of(options, **fields)
         now = time.time() if now is None else now
         timing = Timing.of(cron, every, now)
-        env = options.get("env") or {}
-        if SCHEDULED_AT_ENV in env:
+        if SCHEDULED_AT_ENV in opts.env:
             raise SpecError(f"env.{SCHEDULED_AT_ENV}", "is set by the scheduler")
-        for key, ref in (options.get("inputs") or {}).items():
+        for key, ref in opts.inputs.items():
             if isinstance(ref, OutputRef) or (isinstance(ref, str) and ref.startswith("output:")):
                 raise SpecError(
                     f"inputs.{key}",
                     "a schedule's input is a file, a content id or an s3:// URI, "
                     "not another job's output",
                 )
-        draft = self.client._draft(image, command, name=name, **options)
-        options = dict(options)
-        for key, value in options.items():  # a RetryPolicy, …: its JSON form
-            if hasattr(value, "model_dump"):
-                options[key] = value.model_dump(mode="json")
-        if options.get("inputs"):  # local files uploaded once; s3:// imported at each run
+        draft = self.client.draft(image, command, opts.replace(name=name))
+        if opts.inputs:  # local files uploaded once; s3:// imported at each run
             refs = {k: v for k, v in draft.refs.items() if not str(v).startswith("s3://")}
-            options["inputs"] = {**draft.refs, **self.client._upload_inputs(refs)}
-            options["inputs"] = {k: str(v) for k, v in options["inputs"].items()}
+            opts = opts.replace(inputs={**draft.refs, **self.client.upload_inputs(refs)})
         schedule = Schedule(
             name=name,
             image=image,
             command=(shlex.split(command) if isinstance(command, str) else list(command or []))
             or None,
-            options=options,
+            options=opts.to_json(),
             timing=timing,
             overlap=overlap,
             created_at=now,
@@ -219,15 +186,13 @@ class Schedules:
             encoded = schedule.encode()
         except (TypeError, ValueError) as exc:
             raise SpecError("options", f"must be JSON-able to be stored: {exc}") from None
-        state: dict[str | bytes, str] = {"next_at": repr(timing.next_after(now)), "paused": "0"}
-        if not self.r.hsetnx(keys.SCHEDULES, name, encoded):
+        state = {"next_at": repr(timing.next_after(now)), "paused": "0"}
+        if not self.store.add(name, encoded, state):
             raise SpecError("name", f"a schedule named {name!r} exists; remove it first")
-        self.r.delete(keys.schedule_state(name))
-        self.r.hset(keys.schedule_state(name), mapping=state)
         return schedule
 
     def get(self, name: str) -> ScheduleInfo:
-        raw = self.r.hget(keys.SCHEDULES, name)
+        raw = self.store.definition(name)
         if raw is None:
             raise SpecError("name", f"no schedule named {name!r}")
         return self._info(Schedule.decode(raw), self.state(name))
@@ -238,7 +203,7 @@ class Schedules:
     def all(self) -> list[tuple[Schedule, ScheduleState]]:
         """Every schedule with its state, by name; a definition that cannot be read is logged."""
         out = []
-        for name, raw in sorted(self.r.hgetall(keys.SCHEDULES).items()):
+        for name, raw in sorted(self.store.definitions().items()):
             try:
                 out.append((Schedule.decode(raw), self.state(name)))
             except (ValueError, TypeError, KeyError) as exc:
@@ -246,32 +211,28 @@ class Schedules:
         return out
 
     def state(self, name: str) -> ScheduleState:
-        return ScheduleState.from_hash(self.r.hgetall(keys.schedule_state(name)))
+        return ScheduleState.from_hash(self.store.state(name))
 
     def rm(self, name: str) -> None:
-        with self.r.pipeline() as p:
-            p.hdel(keys.SCHEDULES, name)
-            p.delete(keys.schedule_state(name))
-            removed, _ = p.execute()
-        if not removed:
+        if not self.store.remove(name):
             raise SpecError("name", f"no schedule named {name!r}")
 
     def pause(self, name: str) -> None:
         self.get(name)
-        self.r.hset(keys.schedule_state(name), "paused", "1")
+        self.store.set_state(name, {"paused": "1"})
 
     def resume(self, name: str, now: float | None = None) -> None:
         """Fire again from the next fire time on; times missed while paused are not made up."""
         info = self.get(name)
         now = time.time() if now is None else now
         nxt = info.schedule.timing.next_after(now)
-        self.r.hset(keys.schedule_state(name), mapping={"paused": "0", "next_at": repr(nxt)})
+        self.store.set_state(name, {"paused": "0", "next_at": repr(nxt)})
 
     def run(self, name: str, now: float | None = None) -> Job:
         """Submit a run now (``OFFLOAD_SCHEDULED_AT`` = now), paused or not; timing unchanged."""
         schedule = self.get(name).schedule
         at = round(time.time() if now is None else now, 3)
-        job = self.client.submit(**schedule.submit_kwargs(at))
+        job = self.client.submit(schedule.image, schedule.command, schedule.job_options(at))
         self._record(name, at, job.id, "")
         return job
 
@@ -292,26 +253,14 @@ class Schedules:
         nxt = schedule.timing.next_after(now)
         busy = self._unfinished(state.last_job) if schedule.overlap == "skip" else None
         outcome = f"skipped: run {state.last_job} is {busy}" if busy else "submitting"
-        claim = self.r.eval(
-            CLAIM,
-            3,
-            keys.SCHEDULES,
-            keys.schedule_state(schedule.name),
-            keys.SCHEDULER_LOCK,
-            schedule.name,
-            repr(at),
-            repr(nxt),
-            outcome,
-            token,
-        )
-        if _text(claim) != "claimed":
+        if self.store.claim(schedule.name, repr(at), repr(nxt), outcome, token) != "claimed":
             return None
         if busy:
             log.info("schedule %s: %s skipped, %s", schedule.name, iso(at), outcome)
             return Fired(schedule.name, at, None, outcome)
         try:
-            job = self.client.submit(**schedule.submit_kwargs(at))
-        except (OffloadError, redis.RedisError) as exc:
+            job = self.client.submit(schedule.image, schedule.command, schedule.job_options(at))
+        except OffloadError as exc:
             log.warning(
                 "schedule %s: the run of %s was not submitted: %s", schedule.name, iso(at), exc
             )
@@ -322,14 +271,14 @@ class Schedules:
         return Fired(schedule.name, at, job.id, "submitted")
 
     def _record(self, name: str, at: float, job_id: str, outcome: str) -> None:
-        self.r.eval(RECORD, 1, keys.schedule_state(name), repr(at), job_id, outcome)
+        self.store.record(name, repr(at), job_id, outcome)
 
     def _unfinished(self, job_id: str | None) -> str | None:
         """The status of ``job_id`` while it has not finished; None once it has (or is gone)."""
         if job_id is None:
             return None
         try:
-            status = self.client.records.status(job_id)
+            status = self.client.broker.records.status(job_id)
         except JobNotFound:
             return None
         return None if status.terminal else status.value
@@ -338,11 +287,7 @@ class Schedules:
         last: str | None = None
         if state.last_job:
             try:
-                last = self.client.records.status(state.last_job).value
+                last = self.client.broker.records.status(state.last_job).value
             except JobNotFound:
                 last = "expired"
         return ScheduleInfo(schedule, state, last)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

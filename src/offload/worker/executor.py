@@ -10,9 +10,12 @@ recorded by :mod:`offload.worker.endings`, fenced by the attempt, journaled when
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from offload.broker.inflight import InFlight, wait_for
 from offload.broker.status import JobStatus, Reason
@@ -49,11 +52,7 @@ def execute(node: Node, job_id: str) -> JobStatus | None:
     # The node's running set and the lease follow the record: begin_attempt put the job
     # there, the attempt's last transition takes it out (same atomic calls).
     record = node.records.get(job_id)
-    run = Attempt(node, job_id, attempt, record.spec)
-    try:
-        return run.run()
-    finally:  # after its end and memo are written, before the jobs waiting for it are queued
-        run.release_in_flight()
+    return Attempt(node, job_id, attempt, record.spec).run()
 
 
 class Attempt:
@@ -85,21 +84,36 @@ class Attempt:
         return self.job_id, self.attempt
 
     def run(self) -> JobStatus:
-        """Run the steps; the container and folder are gone before the end is recorded."""
-        outputs: dict[str, str] = {}
-        self.keeper.__enter__()
+        """Run the steps, then record how the attempt ended.
+
+        One way out: everything the attempt holds — its lease, its limit permits, its
+        workspace, its GPUs, its container — is taken on ``held`` as it is acquired and given
+        back, in reverse, however the steps end (an outcome, a cancel, a lost lease, a broker
+        outage, a crash of a step, the process being stopped), before the end is recorded.
+        The claim on identical jobs in flight goes last, once the end and memo are written.
+        """
+        with contextlib.ExitStack() as claim:
+            claim.callback(self.release_in_flight)
+            with contextlib.ExitStack() as held:
+                held.enter_context(self.keeper)
+                end = self.steps(held)
+            return end()
+
+    def steps(self, held: contextlib.ExitStack) -> Callable[[], JobStatus]:
+        """The attempt's steps; returns how to record their end (called once ``held`` is
+        released). A broker outage is raised: with Redis away there is nothing to record —
+        the lease runs out and the sweeper queues the job again once the broker is back."""
         try:
             self.verify()
             self.check_cancel()
             self.check_fits()
-            self.check_limits()
-            self.stage()
-            self.start()
-            exit_ = self.wait()
-            outputs = self.finish(exit_)
+            self.check_limits(held)
+            self.stage(held)
+            self.start(held)
+            outputs = self.finish(self.wait())
         except CacheHit as hit:
-            self.cleanup()
-            return self.rec.record(
+            return functools.partial(
+                self.rec.record,
                 JobStatus.SUCCEEDED,
                 outputs=hit.memo.outputs,
                 exit_code=0,
@@ -107,32 +121,27 @@ class Attempt:
                 timings=self.timings,
             )
         except Outcome as o:
-            self.cleanup()
-            return self.rec.end(o.status, o.reason, o.message, o.exit_code, self.timings)
+            return functools.partial(
+                self.rec.end, o.status, o.reason, o.message, o.exit_code, self.timings
+            )
         except HandBack as hb:
-            self.cleanup()
-            return self.rec.requeue(hb.reason, hb.message)
+            return functools.partial(self.rec.requeue, hb.reason, hb.message)
         except Parked:
-            self.cleanup()
-            return JobStatus.WAITING
+            return lambda: JobStatus.WAITING
         except Superseded:
-            self.cleanup()
             log.warning("job %s attempt %d: no longer current; stopped", *self.ident)
-            return self.node.records.status(self.job_id)
+            return functools.partial(self.node.records.status, self.job_id)
         except BrokerError:
-            # Redis went away before the container could run: nothing to record. The lease
-            # runs out and the sweeper queues the job again once the broker is back.
-            self.cleanup()
             raise
         except Exception as exc:
             log.exception("job %s attempt %d: worker error", self.job_id, self.attempt)
-            self.cleanup()
             why = f"{type(exc).__name__}: {exc}"
-            return self.rec.end(JobStatus.FAILED, Reason.WORKER_ERROR, why, None, self.timings)
-        except BaseException:
-            self.cleanup()
-            raise
-        self.cleanup()
+            return functools.partial(
+                self.rec.end, JobStatus.FAILED, Reason.WORKER_ERROR, why, None, self.timings
+            )
+        return functools.partial(self.succeed, outputs)
+
+    def succeed(self, outputs: dict[str, str]) -> JobStatus:
         status = self.rec.record(
             JobStatus.SUCCEEDED, outputs=outputs, exit_code=0, timings=self.timings
         )
@@ -160,12 +169,16 @@ class Attempt:
         if self.node.records.cancel_requested(self.job_id):
             raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled")
 
-    def check_limits(self) -> None:
+    def check_limits(self, held: contextlib.ExitStack) -> None:
         """A permit of every concurrency limit the job's labels fall under, or the job waits
-        (so does a job of a held class) and its slot goes back (:mod:`offload.broker.limits`)."""
-        if self.node.limits is None:
+        (so does a job of a held class) and its slot goes back (:mod:`offload.broker.limits`).
+        The permits go back once the container is gone (whatever ``enter`` took, even if it
+        failed half-way: ``leave`` returns only this attempt's)."""
+        limits = self.node.limits
+        if limits is None:
             return
-        verdict = self.node.limits.enter(self.job_id, self.attempt, self.spec.labels)
+        held.callback(limits.leave, self.job_id, self.attempt, self.spec.labels)
+        verdict = limits.enter(self.job_id, self.attempt, self.spec.labels)
         if verdict == "parked":
             raise Parked()
         if verdict == "fenced":
@@ -178,7 +191,7 @@ class Attempt:
                 JobStatus.FAILED, Reason.UNSCHEDULABLE, f"node {self.node.name}: job {why}"
             )
 
-    def stage(self) -> None:
+    def stage(self, held: contextlib.ExitStack) -> None:
         t0 = time.monotonic()
         try:
             digest = self.node.runtime.ensure_image(self.spec.image)
@@ -190,6 +203,7 @@ class Attempt:
             self.workspace = staging.prepare(
                 self.node.work_dir, self.job_id, self.attempt, self.spec, self.node.store, uid
             )
+            held.callback(self.workspace.remove)
         except staging.InputMissing as exc:
             raise Outcome(JobStatus.FAILED, Reason.INPUT_MISSING, str(exc)) from None
         except CacheError as exc:
@@ -231,7 +245,9 @@ class Attempt:
         identical job runs it now, this attempt gives its slot back and the job waits for it;
         queued again when it ends, the job takes its outputs from the memo or runs itself."""
         assert self.memo_key is not None
-        inflight = InFlight(self.node.records.r)
+        inflight = self.node.inflight
+        if inflight is None:  # a node without the table runs every job itself
+            return
         ttl = self.spec.timeout + self.node.records.lease_ttl + 60
         holder = inflight.claim(self.memo_key, self.job_id, ttl)
         if holder is None:
@@ -261,7 +277,7 @@ class Attempt:
         except BrokerError as exc:  # it expires by itself
             log.warning("job %s: in-flight marker not released (%s)", self.job_id, exc)
 
-    def start(self) -> None:
+    def start(self, held: contextlib.ExitStack) -> None:
         assert self.workspace is not None
         res = self.spec.resources
         if res.gpus:  # GPUs of its own, or none: never a GPU another job runs on
@@ -274,6 +290,7 @@ class Attempt:
                     holder=f"job={self.job_id} attempt={self.attempt}",
                     in_use=self.node.runtime.gpus_in_use,
                 )
+                held.callback(self.gpu_lease.release)  # after the container is gone
             except GpusBusy as exc:
                 why = f"node {self.node.name}: {exc}; queued again"
                 raise HandBack(Reason.GPU_UNAVAILABLE, why) from None
@@ -299,6 +316,7 @@ class Attempt:
         runtime = self.node.runtime
         try:
             self.container = runtime.create(req)
+            held.callback(self.remove_container)
             moved = self.node.records.transition(
                 self.job_id,
                 JobStatus.RUNNING,
@@ -385,17 +403,12 @@ class Attempt:
         except BrokerError:  # Redis away: nobody can have asked meanwhile; keep running
             return False
 
-    def cleanup(self) -> None:
-        self.keeper.__exit__()
-        if self.container is not None:
-            self.drain_logs()
-            try:
-                self.node.runtime.remove(self.container)
-            except Exception:
-                log.exception("job %s: could not remove container %s", self.job_id, self.container)
-        if self.gpu_lease is not None:  # after the container is gone
-            self.gpu_lease.release()
-        if self.workspace is not None:
-            self.workspace.remove()
-        if self.node.limits is not None:  # permits back once the container is gone
-            self.node.limits.leave(self.job_id, self.attempt, self.spec.labels)
+    def remove_container(self) -> None:
+        """Drain its logs and remove it (a failure is logged: the reaper removes it later)."""
+        if self.container is None:
+            return
+        self.drain_logs()
+        try:
+            self.node.runtime.remove(self.container)
+        except Exception:
+            log.exception("job %s: could not remove container %s", self.job_id, self.container)

@@ -32,9 +32,7 @@ from typing import Any
 
 import redis
 
-from offload.broker.app import make_app, redis_client
-from offload.broker.nodes import NodeRegistry
-from offload.broker.records import JobRecords
+from offload.broker.core import Broker
 from offload.broker.recovery import ProcessReaper
 from offload.broker.sweeper import Sweeper
 from offload.config import Settings
@@ -50,8 +48,10 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(
-        self, settings: Settings, *, classes: list[str], slots: int, capacity: Capacity
+        self, broker: Broker, *, classes: list[str], slots: int, capacity: Capacity
     ) -> None:
+        settings = broker.settings
+        self.broker = broker
         self.settings = settings
         self.name = settings.node_name
         self.classes, self.slots, self.capacity = classes, slots, capacity
@@ -63,9 +63,8 @@ class Heartbeat:
         self.lock = threading.Lock()
         self.last_sweep = 0.0
         self.thread: threading.Thread | None = None
-        client = redis_client(settings)
-        self.registry = NodeRegistry(client, lost_after=settings.lost_after)
-        self.records = JobRecords.from_settings(client, settings)
+        self.registry = broker.nodes
+        self.records = broker.records
         self.reaper = ProcessReaper(
             self.registry,
             self.records,
@@ -81,8 +80,6 @@ class Heartbeat:
             DockerRuntime(connect()),
             settings.work_dir.parent,
         )
-        self._app: Any = None
-        self._sweeper: Sweeper | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -170,15 +167,11 @@ class Heartbeat:
 
     @property
     def sweeper(self) -> Sweeper:
-        if self._sweeper is None:
-            self._sweeper = Sweeper(self.records, self.registry, self.app, self.settings)
-        return self._sweeper
+        return self.broker.sweeper
 
     @property
     def app(self) -> Any:
-        if self._app is None:  # our own app (and connections) for this thread
-            self._app = make_app(self.settings)
-        return self._app
+        return self.broker.app  # this thread's broker: its own app and connections
 
 
 def install(settings: Settings, *, classes: list[str], slots: int, capacity: Capacity) -> None:
@@ -186,7 +179,8 @@ def install(settings: Settings, *, classes: list[str], slots: int, capacity: Cap
     state: dict[str, Heartbeat] = {}
 
     def on_ready() -> None:  # after the pool forked: no thread crosses a fork
-        hb = Heartbeat(settings, classes=classes, slots=slots, capacity=capacity)
+        # the heartbeat thread's own broker: its connections are not shared with the pool's
+        hb = Heartbeat(Broker(settings), classes=classes, slots=slots, capacity=capacity)
         state["hb"] = hb
         hb.start()
 

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from offload.broker.app import make_app
+from offload.broker.core import Broker
 from offload.broker.publish import declare_node_queue
 from offload.cache.factory import index_this_node, object_index, open_store
 from offload.config import Settings
@@ -33,7 +33,7 @@ def start_uploader(settings: Settings, interval: float = 5.0) -> None:
         return
 
     def loop() -> None:
-        store = open_store(settings)
+        store = open_store(settings, Broker(settings).redis)  # this thread's own connections
         while True:
             try:
                 sent = store.flush_pending()
@@ -68,19 +68,20 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
             settings.node_name,
             len(left),
         )
-    app = make_app(settings)
+    broker = Broker(settings)
+    app = broker.app
     queues = list(classes)
     if settings.locality:
         # The index describes this run's cache from now on: what an earlier run recorded may
         # have been evicted or removed since (`offload cache gc`). Stores opened from here on,
         # in this process and the pool's, keep it current.
         try:
-            object_index(settings).clear()
+            object_index(settings, broker.redis).clear()
         except Exception as exc:  # an unreachable broker: Celery waits for it below
             log.warning("node %s: cannot clear its object index: %s", settings.node_name, exc)
         index_this_node()
         queues.append(declare_node_queue(app, settings.node_name))
-    register(app, settings, cap)
+    register(broker, cap)
     start_uploader(settings)
     install_heartbeat(settings, classes=classes, slots=slots, capacity=cap)
     app.worker_main(

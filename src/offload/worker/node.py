@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offload.broker.inflight import InFlight
 from offload.broker.limits import Limits
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
@@ -42,6 +43,8 @@ class Node:
     classes: Sequence[ResourceClass] = ()  # where an OOM-killed job may grow into
     limits: Limits | None = None  # concurrency limits and held classes (check_limits)
     key: ClusterKey | None = None  # checks jobs' signatures, opens their secrets (required)
+    inflight: InFlight | None = None  # identical jobs in flight run once (with ``memo``)
+    on_done: Callable[[str], object] = lambda job_id: None  # release/fail its dependents
 
 
 class CacheHit(Exception):

@@ -12,21 +12,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from offload.broker.app import TASK_NAME, TaskFailed, redis_client
-from offload.broker.limits import Limits
-from offload.broker.nodes import NodeRegistry
-from offload.broker.pipeline import Pipeline
-from offload.broker.publish import publish
-from offload.broker.records import JobRecords
+from offload.broker.app import TASK_NAME, TaskFailed
+from offload.broker.core import Broker
 from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
 from offload.cache.factory import open_store
 from offload.cache.keys import load_key
-from offload.config import Settings
 from offload.errors import BrokerError
 from offload.spec import JobSpec
 from offload.worker.capacity import Capacity
@@ -38,21 +32,20 @@ from offload.worker.journal import Journal
 log = logging.getLogger(__name__)
 
 
-def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
-    records = JobRecords.from_settings(redis_client(settings), settings)
+def build_node(broker: Broker, capacity: Capacity) -> Node:
+    """A pool process's node, its parts taken from the process's broker."""
+    settings, records = broker.settings, broker.records
 
     def requeue(job_id: str, spec: JobSpec, attempt: int) -> None:
-        publish(app, records.get(job_id), f"{job_id}.{attempt + 1}")
+        broker.publish(records.get(job_id), f"{job_id}.{attempt + 1}")
 
-    registry = NodeRegistry(records.r, lost_after=settings.lost_after)
-    pipeline = Pipeline(records, app)
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     return Node(
         name=settings.node_name,
         capacity=capacity,
         records=records,
-        store=open_store(settings),
+        store=open_store(settings, broker.redis),
         runtime=DockerRuntime(
             connect(), pull_timeout=settings.pull_timeout, networks=settings.job_networks
         ),
@@ -61,19 +54,22 @@ def build_node(app: Celery, settings: Settings, capacity: Capacity) -> Node:
         pids_limit=settings.pids_limit,
         tmpfs_size=settings.tmpfs_size,
         requeue=requeue,
-        memo=ActionCache(records.r, settings.memo_ttl),
-        registry=registry,
+        memo=ActionCache(broker.redis, settings.memo_ttl),
+        registry=broker.nodes,
+        inflight=broker.inflight,
         gpus=GpuAllocator(capacity.gpus, lock_dir(settings.home)),
         journal=Journal(settings.journal_dir),
-        cluster=registry.cluster_id(),
+        cluster=broker.nodes.cluster_id(),
         classes=settings.classes,
-        limits=Limits(records, pipeline.park, pipeline.resume),
+        limits=broker.limits,
         key=load_key(settings.key_path),
+        on_done=broker.pipeline.on_done,
     )
 
 
-def register(app: Celery, settings: Settings, capacity: Capacity) -> None:
-    """Register ``run_job`` on ``app`` for a worker with this node's settings."""
+def register(broker: Broker, capacity: Capacity) -> None:
+    """Register ``run_job`` on the broker's app for a worker with this node's settings."""
+    app, settings = broker.app, broker.settings
     nodes: dict[int, Node] = {}  # one per pool process, built after the fork
 
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -81,7 +77,8 @@ def register(app: Celery, settings: Settings, capacity: Capacity) -> None:
         pid = os.getpid()
         if pid not in nodes:
             try:
-                nodes[pid] = build_node(app, settings, capacity)
+                # the process's own broker: Redis connected after the fork, the worker's app
+                nodes[pid] = build_node(Broker(settings, app=app), capacity)
             except Exception as exc:
                 # This process cannot run jobs now; hand the job back rather than lose it.
                 log.exception("cannot set up this worker process; job %s goes back", job_id)
@@ -99,7 +96,7 @@ def register(app: Celery, settings: Settings, capacity: Capacity) -> None:
             try:
                 ended = nodes[pid].records.get(job_id)
                 if ended.status.terminal:  # release or fail the jobs waiting for it
-                    Pipeline(nodes[pid].records, app).on_done(job_id)
+                    nodes[pid].on_done(job_id)
             except BrokerError:  # the sweeper settles its children once Redis is back
                 ended = None
             if ended and ended.status.terminal and ended.status is not JobStatus.SUCCEEDED:

@@ -9,7 +9,6 @@ and its outputs are signed (:func:`outputs_of`). The crypto is :mod:`offload.cac
 
 from __future__ import annotations
 
-from offload.broker import keys
 from offload.broker.status import JobStatus, Reason
 from offload.cache import jobseal
 from offload.cache.actions import action_key
@@ -31,12 +30,12 @@ def verify(node: Node, job_id: str, spec: JobSpec) -> JobSpec:
         if parent is None or name not in opened.inputs:
             raise ForgedJob(f"input {name!r}: {ref!r} is not an output reference")
         try:
-            outputs = node.records.get(parent.job_id).outputs
+            rec = node.records.get(parent.job_id)
         except JobNotFound:
             why = f"input {name!r}: job {parent.job_id} no longer exists"
             raise Outcome(JobStatus.FAILED, Reason.INPUT_MISSING, why) from None
-        if outputs.get(parent.name) != opened.inputs[name] or not _signed(
-            node, parent.job_id, outputs
+        if rec.outputs.get(parent.name) != opened.inputs[name] or not jobseal.check_outputs(
+            node.key, parent.job_id, rec.outputs, rec.outputs_sig
         ):
             raise ForgedJob(
                 f"input {name!r} is not the output {parent.name!r} that job {parent.job_id} "
@@ -56,10 +55,5 @@ def outputs_of(node: Node, job_id: str, digest: str, memo_key: str) -> dict[str,
         return None
     if jobseal.memo_key(node.key, action_key(same, digest)) != memo_key:
         return None
-    return rec.outputs if _signed(node, job_id, rec.outputs) else None
-
-
-def _signed(node: Node, job_id: str, outputs: dict[str, str]) -> bool:
-    assert node.key is not None
-    sig = node.records.r.hget(keys.job(job_id), jobseal.OUTPUTS_SIG)
-    return jobseal.check_outputs(node.key, job_id, outputs, str(sig or ""))
+    signed = jobseal.check_outputs(node.key, job_id, rec.outputs, rec.outputs_sig)
+    return rec.outputs if signed else None

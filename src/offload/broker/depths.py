@@ -1,4 +1,7 @@
-"""Work per resource class, read from Redis where Celery (kombu) and the node registry keep it.
+"""Queue depths per resource class, read from Redis where kombu and the node registry keep them.
+
+The one place outside kombu that reads kombu's storage formats (the sweeper asks
+:mod:`offload.broker.queues` for the same decoding).
 
 kombu's Redis transport keeps, for a queue ``q``:
 
@@ -17,19 +20,19 @@ Running jobs are counted from the node registry's running sets
 read from its record: only ``staging``/``running``/``uploading`` count. With late acks these
 jobs are also in ``unacked``; :attr:`ClassWork.total` takes the larger of the two.
 
-Nothing here imports kombu (Celery stays in ``broker/``); ``tests/test_work.py`` checks the
-constants against kombu's.
+Nothing here imports kombu (the autoscaler's policy imports :class:`ClassWork` and must not
+reach Celery); ``tests/test_work.py`` checks the constants against kombu's.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from offload.autoscaler.policy import ClassWork
 from offload.broker import keys
 from offload.broker.queues import PRIORITY_STEPS, UNACKED, message_job, queue_lists
 from offload.broker.routing import node_queue_messages
@@ -38,6 +41,20 @@ from offload.broker.status import ACTIVE
 UNACKED_KEY = UNACKED
 _ACTIVE = frozenset(s.value for s in ACTIVE)
 queue_keys = queue_lists  # the lists kombu keeps a queue's ready messages in
+
+
+@dataclass(frozen=True)
+class ClassWork:
+    """Jobs of one class: ready in the queue, delivered but unacknowledged, running."""
+
+    ready: int = 0
+    unacked: int = 0
+    running: int = 0
+
+    @property
+    def total(self) -> int:
+        """Ready + unacked. With late acks unacked ⊇ running; the max guards early acks."""
+        return self.ready + max(self.unacked, self.running)
 
 
 def _str(value: Any) -> str:
@@ -59,7 +76,7 @@ def unacked_class(raw: str | bytes, classes: frozenset[str]) -> str | None:
     return str(rk) if rk in classes else None
 
 
-def read_work(
+def read_depths(
     r: redis.Redis, classes: Iterable[str], *, unacked_key: str = UNACKED_KEY
 ) -> dict[str, ClassWork]:
     """Ready, unacknowledged and running jobs per class, in three round trips."""

@@ -1,0 +1,184 @@
+"""The :class:`Broker`: the one object every process of offload gets.
+
+Built from :class:`~offload.config.Settings` at a process's edge (the CLI, the worker's entry
+point, ``offload up``), then handed to whatever needs the broker: the producer's
+:class:`~offload.producer.Client`, the worker's node, the sweeper, the autoscaler, the
+scheduler. It owns the Redis client and the Celery app and builds, once and lazily, every part
+on top of them — nothing outside ``broker/`` builds a part or holds its own Redis client.
+Parts are built on first use, so a command that only reads a record never imports Celery.
+
+A Broker is not shared across threads that block on Redis or Celery connections for long
+(the worker's heartbeat thread builds one of its own); pool processes build theirs after the
+fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import redis
+
+from offload.broker.connection import broker_error, redis_client
+from offload.broker.depths import ClassWork, read_depths
+from offload.broker.inflight import InFlight
+from offload.broker.limits import held_classes
+from offload.broker.nodes import NodeRegistry
+from offload.broker.records import JobRecord, JobRecords
+from offload.broker.scaling import ClassStatus, read_status, write_status
+from offload.broker.schedules import ScheduleStore
+from offload.broker.status import JobStatus
+from offload.config import Settings
+from offload.errors import BrokerError
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from offload.broker.limits import Limits
+    from offload.broker.pipeline import Pipeline
+    from offload.broker.sweeper import Sweeper
+    from offload.spec import JobSpec
+
+
+class Broker:
+    """Redis, the Celery app, and every part of the broker built on them, for one process."""
+
+    def __init__(
+        self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None
+    ) -> None:
+        """``client`` and ``app`` are for a process that has them already (a worker's pool
+        process publishes through the worker's app); by default both are built on first use."""
+        self.settings = settings
+        self._client = client
+        self._app = app
+
+    def __repr__(self) -> str:
+        return f"Broker({self.settings.redis_url!r})"
+
+    # -- what it owns --------------------------------------------------------------------
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """The process's Redis client. Outside ``broker/`` only the data tier's own
+        Redis-backed indexes (memo, object index, s3:// import memo) are handed it."""
+        return self._client if self._client is not None else redis_client(self.settings)
+
+    @cached_property
+    def app(self) -> Celery:
+        """The Celery app (imported on first use: reading a record needs no Celery)."""
+        from offload.broker.app import make_app
+        from offload.broker.publish import bind_client
+
+        app = self._app if self._app is not None else make_app(self.settings)
+        bind_client(app, self.redis)  # routing reads Redis through this broker's client
+        return app
+
+    @cached_property
+    def records(self) -> JobRecords:
+        return JobRecords.from_settings(self.redis, self.settings)
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        from offload.broker.pipeline import Pipeline
+
+        return Pipeline(self.records, self.app)
+
+    @cached_property
+    def limits(self) -> Limits:
+        from offload.broker.limits import Limits
+
+        return Limits(self.records, self.pipeline.park, self.pipeline.resume)
+
+    @cached_property
+    def inflight(self) -> InFlight:
+        return InFlight(self.redis)
+
+    @cached_property
+    def nodes(self) -> NodeRegistry:
+        return NodeRegistry(self.redis, lost_after=self.settings.lost_after)
+
+    @cached_property
+    def schedules(self) -> ScheduleStore:
+        return ScheduleStore(self.redis)
+
+    @cached_property
+    def sweeper(self) -> Sweeper:
+        from offload.broker.sweeper import Sweeper
+
+        return Sweeper(self)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def submit(self, job_id: str, spec: JobSpec, resource_class: str) -> JobStatus:
+        """Record a sealed job and queue it — or, with unfinished parents, leave it waiting
+        (:mod:`offload.broker.pipeline`). A job that cannot be published leaves no record."""
+        if spec.parents():
+            return self.pipeline.submit(job_id, spec, resource_class)
+        self.records.create(job_id, spec, resource_class)
+        try:
+            self.publish(self.records.get(job_id))
+        except Exception as exc:
+            self.records.delete(job_id)
+            raise BrokerError(f"could not queue the job: {exc}") from exc
+        return JobStatus.QUEUED
+
+    def publish(self, rec: JobRecord, task_id: str | None = None) -> str:
+        """Send a queued job's message (routing decides the queue); the queue's name."""
+        from offload.broker.publish import publish
+
+        return publish(self.app, rec, task_id)
+
+    def cancel(self, job_id: str, *, with_descendants: bool = False) -> JobStatus:
+        """Cancel a job (and, with ``with_descendants``, everything downstream of it)."""
+        if with_descendants:
+            return self.pipeline.cancel_with_descendants(job_id)[job_id]
+        status = self.records.request_cancel(job_id)
+        self.pipeline.on_done(job_id)
+        return status
+
+    # -- what the queues hold --------------------------------------------------------------
+
+    def depths(self, classes: Iterable[str] | None = None) -> dict[str, ClassWork]:
+        """Ready, delivered-unacknowledged and running jobs per class (kombu's formats are
+        read here, in :mod:`offload.broker.depths`, and nowhere else)."""
+        names = [c.name for c in self.settings.classes] if classes is None else list(classes)
+        try:
+            return read_depths(self.redis, names)
+        except redis.RedisError as exc:
+            raise broker_error(exc) from exc
+
+    def held(self) -> set[str]:
+        """The classes held now (``offload hold``)."""
+        try:
+            return held_classes(self.redis)
+        except redis.RedisError as exc:
+            raise broker_error(exc) from exc
+
+    def class_status(self, resource_class: str) -> dict[str, str] | None:
+        """The autoscaler's last word on a class (None when no autoscaler runs)."""
+        return JobRecords._run(read_status, self.redis, resource_class)
+
+    def write_class_status(self, statuses: Mapping[str, ClassStatus], ttl: int) -> None:
+        JobRecords._run(write_status, self.redis, statuses, ttl)
+
+    def server_time(self) -> float:
+        """Redis's clock (leases and node liveness are judged on it)."""
+        return self.nodes.server_time()
+
+    def ping(self) -> bool:
+        """Whether Redis answers now (False rather than an error)."""
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        """Drop the connections (the object can be used again: it reconnects)."""
+        if "redis" in self.__dict__:
+            self.redis.close()
+        if "app" in self.__dict__:
+            self.app.close()
+
+
+__all__ = ["Broker", "ClassWork"]
