@@ -31,6 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGES = ("offload/base", "offload/python", "offload/fingerprint", "offload/dedupe")
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+# Every platform of the suite is made of settings of its own: the OFFLOAD_* variables of the
+# shell that started it (a developer's own cluster, say) never reach a test's processes.
+# OFFLOAD_TEST_* are the suite's own knobs.
+for _name in [
+    n for n in os.environ if n.startswith("OFFLOAD_") and not n.startswith("OFFLOAD_TEST_")
+]:
+    del os.environ[_name]
 
 pytest_plugins = ["tests.s3server"]
 
@@ -47,6 +54,13 @@ def ready_messages(r: redis.Redis, queue: str) -> list[str]:
     from offload.broker.queues import queue_lists
 
     return [m for name in queue_lists(queue) for m in r.lrange(name, 0, -1)]
+
+
+def unacked_jobs(r: redis.Redis) -> set[str]:
+    """The jobs whose messages were delivered and not acknowledged yet (kombu's ``unacked``)."""
+    from offload.broker.queues import UNACKED, message_job
+
+    return {j for raw in r.hvals(UNACKED) if (j := message_job(raw)) is not None}
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
@@ -117,6 +131,11 @@ def docker_client() -> docker.DockerClient:
 
 
 _db_counter = iter(range(1, 1000))
+
+
+def new_db() -> int:
+    """A Redis database of the session's server no other test of this process uses."""
+    return next(_db_counter)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from offload.cache.objindex import ObjectIndex
 from offload.cache.sealed import SealedStore
 from offload.config import Settings
 from offload.spec import JobSpec
-from tests.conftest import ready_messages
+from tests.conftest import new_db, ready_messages
 
 MiB = 1024 * 1024
 A, B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
@@ -80,7 +80,7 @@ def test_no_holder_or_no_inputs_means_the_class_queue() -> None:
 @pytest.fixture
 def settings(redis_server: str, tmp_path: Path) -> Settings:
     return Settings(
-        redis_url=f"{redis_server}/947",
+        redis_url=f"{redis_server}/{new_db()}",
         home=tmp_path,
         lost_after=30,
         locality_grace=5,

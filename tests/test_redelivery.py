@@ -10,7 +10,7 @@ import docker
 
 from offload import JobStatus
 
-from .conftest import Platform, job_containers, ready_messages, wait_for
+from .conftest import Platform, job_containers, ready_messages, unacked_jobs, wait_for
 
 SCRIPT = "echo attempt start; sleep 4; echo done > /offload/out/result.txt"
 
@@ -49,8 +49,11 @@ def test_pool_process_sigkilled_mid_job(
     (child,) = p.pool_children()
     os.kill(child.pid, signal.SIGKILL)
     check_ran_once_more(job.id, p, docker_client, first)
-    # the redelivered message was acknowledged: nothing waits in the queue any more
-    assert ready_messages(p.client.broker.redis, "cpu-small") == []
+    # the redelivered message was acknowledged (late: after the task returned) and nothing
+    # waits in the queue any more
+    r = p.client.broker.redis
+    wait_for(lambda: job.id not in unacked_jobs(r), 15, "the redelivered message's ack")
+    assert ready_messages(r, "cpu-small") == []
 
 
 def test_whole_worker_sigkilled_then_another_takes_over(
@@ -76,11 +79,9 @@ def test_redelivery_of_a_finished_job_does_not_run_it_again(platform: Platform) 
 
     rec = job.record()
     route(platform.client.broker.app, job.id, rec.resource_class, rec.name, rec.spec.summary())
-    wait_for(
-        lambda: not ready_messages(platform.client.broker.redis, "cpu-small"),
-        30,
-        "the message to be consumed",
-    )
+    r = platform.client.broker.redis
+    wait_for(lambda: not ready_messages(r, "cpu-small"), 30, "the message to be consumed")
+    wait_for(lambda: job.id not in unacked_jobs(r), 15, "the duplicate to be acknowledged")
     again = platform.client.job(job.id)
     assert again.result(timeout=10).attempt == 1
     assert [line.text for line in again.logs()] == ["ran"]

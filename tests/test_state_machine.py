@@ -24,13 +24,14 @@ from offload.broker.status import (
     sources,
 )
 from offload.spec import JobSpec
+from tests.conftest import new_db
 
 SPEC = JobSpec(image="offload/base", command=("true",))
 
 
 @pytest.fixture
 def r(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(f"{redis_server}/900", decode_responses=True)
+    client = redis.Redis.from_url(f"{redis_server}/{new_db()}", decode_responses=True)
     client.flushdb()
     yield client
     client.flushdb()

@@ -21,7 +21,7 @@ from offload.broker.status import JobStatus, Reason
 from offload.broker.sweeper import UNACKED, Sweeper, message_job
 from offload.config import Settings
 from offload.spec import JobSpec
-from tests.conftest import ready_messages
+from tests.conftest import new_db, ready_messages
 
 SPEC = JobSpec(image="offload/base", command=("true",))
 
@@ -29,7 +29,7 @@ SPEC = JobSpec(image="offload/base", command=("true",))
 @pytest.fixture
 def settings(redis_server: str, tmp_path: Path) -> Settings:
     return Settings(
-        redis_url=f"{redis_server}/901",
+        redis_url=f"{redis_server}/{new_db()}",
         home=tmp_path,
         lease_ttl=10,
         sweep_interval=0.01,

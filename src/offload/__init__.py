@@ -22,6 +22,7 @@ from offload.errors import (
     UnschedulableError,
 )
 from offload.producer import Client, Job, JobResult, LogLine
+from offload.producer.options import JobOptions
 from offload.producer.schedules import Schedules
 from offload.spec import JobSpec, OutputRef, Resources, RetryPolicy
 
@@ -36,6 +37,7 @@ __all__ = [
     "JobError",
     "JobFailed",
     "JobNotFound",
+    "JobOptions",
     "JobResult",
     "JobSpec",
     "JobStatus",

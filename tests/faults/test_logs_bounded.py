@@ -18,14 +18,14 @@ from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus
 from offload.spec import JobSpec, MiB
 
-from ..conftest import Platform, _db_counter
+from ..conftest import Platform, new_db
 
 CAP = 4096
 
 
 @pytest.fixture
 def r(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(f"{redis_server}/{next(_db_counter)}", decode_responses=True)
+    client = redis.Redis.from_url(f"{redis_server}/{new_db()}", decode_responses=True)
     yield client
     client.flushdb()
 
