@@ -39,6 +39,7 @@ from collections.abc import Callable
 import redis
 
 from offload.broker import keys, scripts
+from offload.broker.stats import count_fire
 from offload.errors import OffloadError
 from offload.producer.client import Client
 from offload.producer.schedules import Fired, Schedules
@@ -113,6 +114,8 @@ class Scheduler:
         for schedule, state in self.schedules.all():
             try:
                 done = self.schedules.fire(schedule, state, now, self.lock.token)
+                if done is not None:  # metrics: a later fire time than due means some missed
+                    count_fire(self.lock.r, done.outcome, done.at > (state.next_at or done.at))
             except (OffloadError, redis.RedisError) as exc:
                 log.warning("schedule %s: %s", schedule.name, exc)
                 continue

@@ -105,6 +105,7 @@ class JobRecords:
             pipe.zadd(keys.QUEUED, {job_id: float(now)})
         else:
             pipe.zadd(keys.WAITING, {job_id: float(now)})
+        pipe.hincrby(keys.STATS_SUBMITTED, resource_class, 1)  # metrics (broker/stats.py)
         self._run(pipe.execute)
 
     def delete(self, job_id: str) -> None:
@@ -170,6 +171,7 @@ class JobRecords:
                 keys.waiting_on(job_id),
                 keys.children(job_id),
                 keys.RETRIES,
+                keys.STATS_FINISHED,
             ],
             args=args,
         )
