@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12 machine to develop, test and run offload:
-#   a. system packages (docker.io, docker-compose, redis-server, debootstrap, chromium, chromedriver, ...)
-#      -- apt runs only when one of them is missing
+#   a. system packages (docker.io, docker-compose, redis-server, debootstrap, chromium, chromedriver,
+#      prometheus, ...) -- apt runs only when one of them is missing; Debian's prometheus
+#      service is not started (policy-rc.d): the tests start their own Prometheus on a free port
 #   b. a running Docker engine (dockerd started in the background if none answers)
 #   c. the virtualenv .venv with `pip install -e '.[dev]'` -- only when pyproject.toml
 #      changed since the last successful install (stamp: .venv/.offload-stamp)
@@ -50,13 +51,25 @@ apt_install() {
 
 # --- a. system packages -------------------------------------------------------
 missing=()
-for tool in dockerd docker docker-compose redis-server debootstrap chromium chromedriver ip python3 flock openssl; do
+for tool in dockerd docker docker-compose redis-server debootstrap chromium chromedriver ip python3 flock openssl \
+    prometheus promtool; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "missing: ${missing[*]}"
-    apt_install docker.io docker-compose openssl redis-server debootstrap chromium chromium-driver iproute2 \
-        python3 python3-venv ca-certificates util-linux
+    # No package's service is started by this install (prometheus's would listen on :9090).
+    policy=/usr/sbin/policy-rc.d
+    added_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        added_policy=1
+    fi
+    ok=1
+    (apt_install docker.io docker-compose openssl redis-server debootstrap chromium chromium-driver \
+        iproute2 python3 python3-venv ca-certificates util-linux prometheus) || ok=0
+    if [ "$added_policy" = 1 ]; then as_root rm -f "$policy"; fi
+    [ "$ok" = 1 ] || die "installing the system packages failed"
 else
     log "system packages already installed"
 fi

@@ -6,7 +6,9 @@ reads the environment itself.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,6 +28,7 @@ from offload.spec import (
 )
 
 DEFAULT_LOG_MAX_BYTES = 10 * MiB
+HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 class Settings(BaseSettings):
@@ -126,6 +129,34 @@ class Settings(BaseSettings):
     locality_grace: float = Field(default=10.0, gt=0)
     locality_min_bytes: int = Field(default=1 * MiB, ge=0)
     locality_max_objects: int = Field(default=10_000, ge=1)
+    # Prometheus metrics of this process (docs/metrics.md): a worker node's own figures, the
+    # autoscaler's cluster-wide ones. metrics_port None (unset or empty): a worker serves none
+    # (the autoscaler: 9464); 0: any free port. Each serving process writes where it listens
+    # to <home>/run/metrics/<name>.json (Prometheus file_sd). node_metrics_port: the port an
+    # autoscaler gives the nodes it starts (None: none; 0: any free port each).
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    node_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # the fraction of Redis's maxmemory (INFO memory) above which Redis counts as too full:
+    # only the gauge offload_redis_high_water_bytes for now (no maxmemory: no mark)
+    redis_high_water: float = Field(default=0.8, gt=0, le=1)
+
+    @field_validator("metrics_port", "node_metrics_port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not HOSTNAME.fullmatch(value):
+                raise ValueError(
+                    f"OFFLOAD_METRICS_ADDRESS: {value!r} is not an IP address or host name"
+                ) from None
+        return value
 
     @field_validator("classes", "autoscale", "retry_policy", mode="before")
     @classmethod
@@ -198,6 +229,11 @@ class Settings(BaseSettings):
         if not colon or not user or not password:
             raise ConfigError("OFFLOAD_FLOWER_AUTH: expected user:password (both non-empty)")
         return user, password
+
+    @property
+    def metrics_targets(self) -> Path:
+        """Where serving processes say where they listen (Prometheus file_sd JSON files)."""
+        return self.home / "run" / "metrics"
 
     @property
     def flower_url(self) -> str:

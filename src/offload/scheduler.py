@@ -88,6 +88,9 @@ class Scheduler:
         for schedule, state in self.schedules.all():
             try:
                 done = self.schedules.fire(schedule, state, now, self.lock.token)
+                if done is not None:  # metrics: a later fire time than due means some missed
+                    missed = done.at > (state.next_at or done.at)
+                    self.lock.store.count_fire(done.outcome, missed)
             except OffloadError as exc:
                 log.warning("schedule %s: %s", schedule.name, exc)
                 continue

@@ -17,7 +17,8 @@ from offload.config import Settings
 # the Redis credentials (a node gets its own, by node_env; secrets never go to user data).
 NODE_FIELDS = frozenset(
     {"node_name", "worker_classes", "cache_dir", "provider", "home", "key_file",
-     "redis_user", "redis_password", "node_redis_user", "node_redis_password"}
+     "redis_user", "redis_password", "node_redis_user", "node_redis_password",
+     "metrics_port", "node_metrics_port"}
 )  # fmt: skip
 
 
@@ -84,6 +85,9 @@ def node_env(
     )
     if slots is not None:
         env["OFFLOAD_WORKER_SLOTS"] = str(slots)
+    # never the autoscaler's own port (it may be in the environment the node inherits)
+    port = settings.node_metrics_port
+    env["OFFLOAD_METRICS_PORT"] = "" if port is None else str(port)
     env.update(node_credentials(settings))
     return env
 

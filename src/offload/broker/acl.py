@@ -108,7 +108,8 @@ def roles(settings: Settings) -> dict[str, Role]:
             (*events, *control),
         ),
         "worker": Role("worker", _COMMON, worker_keys, (*events, *control)),
-        "autoscaler": Role("autoscaler", _COMMON, worker_keys, (*events, *control)),
+        # INFO (memory: the offload_redis_* gauges, broker/stats.py) is @dangerous: named alone
+        "autoscaler": Role("autoscaler", (*_COMMON, "+info"), worker_keys, (*events, *control)),
         "monitor": Role(
             "monitor",
             _MONITOR,

@@ -28,6 +28,7 @@ from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecord, JobRecords
 from offload.broker.scaling import ClassStatus, read_status, write_status
 from offload.broker.schedules import ScheduleStore
+from offload.broker.stats import ClusterStats, read_stats
 from offload.broker.status import JobStatus
 from offload.config import Settings
 from offload.errors import BrokerError
@@ -147,6 +148,11 @@ class Broker:
             return read_depths(self.redis, names)
         except redis.RedisError as exc:
             raise broker_error(exc) from exc
+
+    def stats(self, classes: Iterable[str] | None = None) -> ClusterStats:
+        """The cluster-wide figures the metrics export (:mod:`offload.broker.stats`)."""
+        names = [c.name for c in self.settings.classes] if classes is None else list(classes)
+        return JobRecords._run(read_stats, self.redis, self.settings, names)
 
     def held(self) -> set[str]:
         """The classes held now (``offload hold``)."""

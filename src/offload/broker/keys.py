@@ -171,6 +171,20 @@ attempt at its start and end, and by the sweeper)::
     offload:held:<class>:waiting ZSET   job id -> when it found its class held; all queued
                                         again at ``offload release``. Members leave when resumed
 
+Metrics (:mod:`offload.broker.stats`; exported for Prometheus by the autoscaler only,
+``docs/metrics.md``). Counters kept in Redis, so they survive restarts of every process::
+
+    offload:stats:submitted      HASH   resource class -> jobs submitted (HINCRBY in the MULTI
+                                        of :meth:`JobRecords.create`). No TTL: one field per
+                                        class
+    offload:stats:finished       HASH   ``<class>|<status>|<reason>`` -> jobs that reached that
+                                        terminal status (HINCRBY in the transition script, in
+                                        the same atomic call as the move). No TTL: bounded by
+                                        classes x terminal statuses x reasons
+    offload:stats:schedules      HASH   fire outcome (submitted, skipped, error) -> fires;
+                                        ``missed`` -> fires that made up for missed fire times
+                                        (:mod:`offload.scheduler`). No TTL: a handful of fields
+
 Celery owns the queue keys (one list per resource class, named after the class; one per node,
 ``node.<name>`` (:func:`node_queue`), for jobs routed to the node holding their inputs; plus
 kombu's ``unacked`` bookkeeping); offload writes them only through Celery, except the
@@ -195,6 +209,9 @@ ROUTED = f"{PREFIX}:routed"
 NODE_QUEUE_PREFIX = "node."
 SCHEDULES = f"{PREFIX}:schedules"
 SCHEDULER_LOCK = f"{PREFIX}:scheduler:lock"
+STATS_SUBMITTED = f"{PREFIX}:stats:submitted"
+STATS_FINISHED = f"{PREFIX}:stats:finished"
+STATS_SCHEDULES = f"{PREFIX}:stats:schedules"
 
 
 def job(job_id: str) -> str:

@@ -105,6 +105,7 @@ class JobRecords:
             pipe.zadd(keys.QUEUED, {job_id: float(now)})
         else:
             pipe.zadd(keys.WAITING, {job_id: float(now)})
+        pipe.hincrby(keys.STATS_SUBMITTED, resource_class, 1)  # metrics (broker/stats.py)
         self._run(pipe.execute)
 
     def delete(self, job_id: str) -> None:
@@ -170,6 +171,7 @@ class JobRecords:
                 keys.waiting_on(job_id),
                 keys.children(job_id),
                 keys.RETRIES,
+                keys.STATS_FINISHED,
             ],
             args=args,
         )
@@ -268,17 +270,27 @@ class JobRecords:
 
     def timeline(self, job_id: str) -> list[Event]:
         entries = self._run(self.r.xrange, keys.events(job_id))
-        return [
-            Event(
-                status=JobStatus(f["status"]),
-                at=float(f["at"]),
-                node=f.get("node", ""),
-                attempt=int(f.get("attempt") or 0),
-                reason=Reason(f["reason"]) if f.get("reason") else None,
-                message=f.get("message") or None,
-            )
-            for _, f in entries
-        ]
+        return [self._event(f) for _, f in entries]
+
+    def latest(self, job_id: str, count: int = 8) -> tuple[str, list[Event]]:
+        """A job's class and its newest ``count`` timeline entries (newest first), in one
+        round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(keys.job(job_id), "class")
+        pipe.xrevrange(keys.events(job_id), count=count)
+        cls, entries = self._run(pipe.execute)
+        return str(cls or ""), [self._event(f) for _, f in entries]
+
+    @staticmethod
+    def _event(f: dict[str, str]) -> Event:
+        return Event(
+            status=JobStatus(f["status"]),
+            at=float(f["at"]),
+            node=f.get("node", ""),
+            attempt=int(f.get("attempt") or 0),
+            reason=Reason(f["reason"]) if f.get("reason") else None,
+            message=f.get("message") or None,
+        )
 
     def list(self, limit: int = 50) -> list[JobRecord]:
         ids = self._run(self.r.zrevrange, keys.JOBS_INDEX, 0, max(limit, 1) * 2)

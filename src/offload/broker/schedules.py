@@ -127,6 +127,12 @@ class ScheduleStore:
     def record(self, name: str, at: str, job_id: str, outcome: str) -> None:
         self._run(self.r.eval, RECORD, 1, keys.schedule_state(name), at, job_id, outcome)
 
+    def count_fire(self, outcome: str, missed: bool) -> None:
+        """Count a fire for the metrics (:func:`offload.broker.stats.count_fire`)."""
+        from offload.broker.stats import count_fire
+
+        self._run(count_fire, self.r, outcome, missed)
+
     # -- the scheduler's lock ------------------------------------------------------------------
 
     @staticmethod

@@ -43,6 +43,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 
 from offload.cache.blobs import NAME_RE, BlobStore, check_name
+from offload.cache.probe import probe
 from offload.cache.s3multipart import upload_multipart
 from offload.errors import CacheError, ObjectNotFound, StoreUnavailable
 
@@ -214,6 +215,7 @@ class S3BlobStore(BlobStore):
             with tmp.open("wb") as out:
                 self._stream(name, key, resp, out)
             os.replace(tmp, dest)  # no fsync: durability is the caller's (LocalBlobStore's)
+            probe().remote_bytes("download", int(resp["ContentLength"]))
         except OSError as exc:
             resp["Body"].close()
             raise CacheError(f"cannot write {dest} from {self.config.where}: {exc}") from None
@@ -311,6 +313,7 @@ class S3BlobStore(BlobStore):
             self._fail(exc, what)
         except OSError as exc:
             raise CacheError(f"cannot read {src} to upload it: {exc}") from None
+        probe().remote_bytes("upload", size)
         return True
 
     # -- conditional-write detection -------------------------------------------------------

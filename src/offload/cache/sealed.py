@@ -34,6 +34,7 @@ from offload.cache import envelope
 from offload.cache.blobs import BlobStore, LocalTier
 from offload.cache.keys import ClusterKey
 from offload.cache.objindex import ObjectIndex
+from offload.cache.probe import probe
 from offload.cache.store import Store
 from offload.errors import CacheError, IntegrityError, ObjectNotFound, StoreUnavailable
 
@@ -126,6 +127,7 @@ class SealedStore(Store):
         name = self.key.name_of(oid)
         try:
             self._export_local(name, oid, dest)
+            probe().read(local_hit=True)
             return
         except ObjectNotFound:
             if self.remote is None:
@@ -137,6 +139,7 @@ class SealedStore(Store):
                 raise IntegrityError(
                     f"object {oid} is damaged in this node's cache and was quarantined: {exc}"
                 ) from exc
+        probe().read(local_hit=False)
         self._fetch(name, oid, dest)
 
     def _export_local(self, name: str, oid: str, dest: Path) -> None:

@@ -52,28 +52,43 @@ def make_provider(name: str, settings: Settings) -> NodeProvider:
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    default=9464,
-    show_default=True,
-    help="Prometheus metrics on 127.0.0.1:PORT; 0 turns them off.",
+    default=None,
+    help="Prometheus metrics on OFFLOAD_METRICS_ADDRESS:PORT; 0 turns them off "
+    "[default: OFFLOAD_METRICS_PORT (0 there: any free port), else 9464].",
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.pass_context
 @handle_errors
 def autoscaler(
-    ctx: click.Context, provider_name: str, interval: float, metrics_port: int, loglevel: str
+    ctx: click.Context,
+    provider_name: str,
+    interval: float,
+    metrics_port: int | None,
+    loglevel: str,
 ) -> None:
     """Scale worker nodes on queue depth, per resource class (limits from OFFLOAD_AUTOSCALE*)."""
+    from offload.autoscaler.clustermetrics import ClusterCollector
     from offload.autoscaler.loop import build_autoscaler
-    from offload.autoscaler.metrics import AutoscalerMetrics, start_metrics_server
+    from offload.autoscaler.metrics import AutoscalerMetrics
     from offload.broker.core import Broker
+    from offload.worker.metricserver import check_address, serve
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_of(ctx)
+    if metrics_port is None:  # the setting's 0 is any free port; the option's 0 is off
+        metrics_port = 9464 if settings.metrics_port is None else settings.metrics_port or -1
+    if metrics_port:
+        check_address(settings, max(metrics_port, 0))  # before any node is started
     provider = make_provider(provider_name, settings)
     metrics = AutoscalerMetrics()
     scaler = build_autoscaler(Broker(settings), provider, metrics=metrics)
     limits, classes = scaler.limits, scaler.classes
-    server = start_metrics_server(metrics_port, metrics) if metrics_port else None
+    metrics.registry.register(ClusterCollector(scaler.broker, classes))
+    server = None
+    if metrics_port:
+        server = serve(metrics.registry, settings.metrics_address, max(metrics_port, 0),
+                       targets=settings.metrics_targets, name="autoscaler",
+                       labels={"role": "autoscaler"})  # fmt: skip
 
     stop = threading.Event()
 
@@ -89,7 +104,7 @@ def autoscaler(
             f"idle window {lim.idle_window:g}s"
             + (", GPU (nodes only with work)" if lim.gpu else "")
         )
-    where = f", metrics on http://127.0.0.1:{server.port}/metrics" if server else ""
+    where = f", metrics on {server.url}" if server else ""
     console.print(f"autoscaler: provider {provider.name}, every {interval:g}s{where}")
     try:
         scaler.run(interval, stop)

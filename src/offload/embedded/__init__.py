@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from offload.config import Settings
+from offload.embedded import metrics
 from offload.errors import BrokerError, ConfigError, OffloadError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -186,8 +187,10 @@ def start_redis(settings: Settings) -> Service:
 def start_worker(settings: Settings) -> Service:
     if running_pid(settings, "worker"):
         return Service("worker", "running", settings.node_name)
+    metrics.forget(settings, settings.node_name)
     _spawn(settings, "worker", [sys.executable, "-m", "offload", "worker"],
-           extra_env=_role_env(settings, "worker"))  # fmt: skip
+           extra_env={**_role_env(settings, "worker"),
+                      **metrics.env(settings, "worker")})  # fmt: skip
     from offload.broker.core import Broker
 
     app = Broker(settings).app
@@ -199,7 +202,8 @@ def start_worker(settings: Settings) -> Service:
         return any(node in reply for reply in app.control.ping(timeout=0.5))
 
     _wait("the worker", ready, 60, settings.home / "logs/worker.log")
-    return Service("worker", "started", node)
+    where = metrics.where(settings, settings.node_name)
+    return Service("worker", "started", f"{node}, metrics {where}")
 
 
 def start_flower(settings: Settings) -> Service:
@@ -235,9 +239,11 @@ def start_autoscaler(settings: Settings) -> Service:
     if running_pid(settings, "autoscaler"):
         return Service("autoscaler", "running", "local provider")
     nodes = {f"OFFLOAD_NODE_{k[8:]}": v for k, v in _role_env(settings, "worker").items()}
+    metrics.forget(settings, "autoscaler")
     _spawn(settings, "autoscaler", [sys.executable, "-m", "offload", "autoscaler",
-                                    "--provider", "local", "--metrics-port", "0"],
-           extra_env={**_role_env(settings, "autoscaler"), **nodes})  # fmt: skip
+                                    "--provider", "local"],
+           extra_env={**_role_env(settings, "autoscaler"), **nodes,
+                      **metrics.env(settings, "autoscaler")})  # fmt: skip
     from offload.broker.core import Broker
 
     broker = Broker(settings)
@@ -248,7 +254,8 @@ def start_autoscaler(settings: Settings) -> Service:
         return broker.class_status(settings.classes[0].name) is not None
 
     _wait("the autoscaler", ready, 30, settings.home / "logs/autoscaler.log")
-    return Service("autoscaler", "started", "local provider")
+    where = metrics.where(settings, "autoscaler")
+    return Service("autoscaler", "started", f"local provider, metrics {where}")
 
 
 def start_scheduler(settings: Settings) -> Service:

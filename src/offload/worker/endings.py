@@ -21,6 +21,7 @@ from offload.cache.keys import ClusterKey
 from offload.errors import BrokerError, SpecError
 from offload.spec import JobSpec, ResourceClass, format_memory, resolve_class
 from offload.spec.retry import RETRYABLE_REASONS
+from offload.worker import metrics
 from offload.worker.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class Recorder:
         self.key = key  # signs outputs (its children's inputs) and an escalated spec
         self.journaled = False
         self.last_lines: Callable[[], list[tuple[str, str]]] = list
+        self.timings: dict[str, float] = {}
+        self.metrics = metrics.attempt_began(records, job_id, attempt)  # None: metrics off
 
     def record(self, status: JobStatus, **fields: Any) -> JobStatus:
         """Write the attempt's last move; journal it when Redis is away. Returns the job's
@@ -76,6 +79,7 @@ class Recorder:
                 Entry(self.job_id, self.attempt, status.value, plain, self.last_lines())
             )
             self.journaled = True
+            self._count(status, fields)
             return status
         if not moved:
             log.warning(
@@ -85,7 +89,14 @@ class Recorder:
                 status,
             )
             return self.records.status(self.job_id)
+        self._count(status, fields)
         return status
+
+    def _count(self, status: JobStatus, fields: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            reason = fields.get("reason")
+            why = reason.value if isinstance(reason, Reason) else str(reason or "none")
+            self.metrics.ended(status, why, fields.get("timings") or self.timings)
 
     def end(
         self,
@@ -96,6 +107,7 @@ class Recorder:
         timings: dict[str, float] | None = None,
     ) -> JobStatus:
         policy = self.spec.retry
+        self.timings = timings or {}
         if self.retries_before < self.spec.retries and policy.retries(reason.value, exit_code):
             n = self.retries_before + 1
             spec, queue, more = self.spec, "", ""
@@ -156,6 +168,8 @@ class Recorder:
         if spec is not None:
             fields.update(spec=spec.encode(), view=json.dumps(spec.redacted()), **{"class": queue})
         status = self.record(JobStatus.QUEUED, **fields)
+        if status is JobStatus.QUEUED and self.metrics is not None:
+            self.metrics.retried(reason.value)
         if status is not JobStatus.QUEUED or self.journaled:
             return status
         if delay > 0:
@@ -168,6 +182,8 @@ class Recorder:
         """Back to ``queued`` and published again (when journaled, the sweeper republishes
         it once the broker is back: a queued job with no message)."""
         status = self.record(JobStatus.QUEUED, reason=reason, message=message, exit_code=exit_code)
+        if status is JobStatus.QUEUED and self.metrics is not None:
+            self.metrics.requeued(reason.value)
         if status is JobStatus.QUEUED and not self.journaled:
             self.publish(self.job_id, self.spec, self.attempt)
         return status

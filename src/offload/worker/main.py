@@ -16,7 +16,7 @@ from offload.worker import capacity as cap_mod
 from offload.worker import staging
 from offload.worker.docker_runtime import connect
 from offload.worker.heartbeat import install as install_heartbeat
-from offload.worker.tasks import on_worker_ready, register
+from offload.worker.tasks import busy_slots, on_worker_ready, on_worker_shutdown, register
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,29 @@ def start_uploader(settings: Settings, interval: float = 5.0) -> None:
             time.sleep(interval)
 
     on_worker_ready(threading.Thread(target=loop, name="pending-uploads", daemon=True).start)
+
+
+def start_metrics(settings: Settings, slots: int, cap: cap_mod.Capacity) -> None:
+    """With ``OFFLOAD_METRICS_PORT`` set: counters on before the pool forks (its processes
+    write them), the endpoint once it has (no thread crosses a fork); its address is checked
+    now, so a bad one stops the worker before it takes a job."""
+    if settings.metrics_port is None:
+        return
+    from offload.worker import metrics, metricserver
+
+    metricserver.check_address(settings)
+    folder = metrics.enable(settings.home, settings.node_name)
+    servers: list[metricserver.MetricsServer] = []
+
+    def start() -> None:
+        servers.append(metricserver.start_node_server(settings, folder, slots, cap, busy_slots))
+
+    def stop() -> None:
+        for server in servers:
+            server.close()
+
+    on_worker_ready(start)
+    on_worker_shutdown(stop)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
@@ -82,6 +105,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
         index_this_node()
         queues.append(declare_node_queue(app, settings.node_name))
     register(broker, cap)
+    start_metrics(settings, slots, cap)
     start_uploader(settings)
     install_heartbeat(settings, classes=classes, slots=slots, capacity=cap)
     app.worker_main(

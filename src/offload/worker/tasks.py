@@ -120,3 +120,10 @@ def on_worker_shutting_down(fn: Callable[[], None]) -> None:
 def on_worker_shutdown(fn: Callable[[], None]) -> None:
     """Call ``fn`` as the worker exits cleanly."""
     worker_shutdown.connect(lambda **_: fn(), weak=False)
+
+
+def busy_slots() -> int:
+    """Tasks this worker's pool runs now (read in the main process: the node's metrics)."""
+    from celery.worker import state
+
+    return len(state.active_requests)
