@@ -98,21 +98,26 @@ def test_lost_node_jobs_run_elsewhere_once(
 ) -> None:
     p = private_platform
     p.env.update(WORKER, OFFLOAD_LOST_AFTER="3", OFFLOAD_LEASE_TTL="3", OFFLOAD_SWEEP_INTERVAL="1")
+    # three live nodes of the same class before the job exists (a node started while the job
+    # runs could take longer to come up than the job takes to finish)
     p.start_worker()
-    lost = p.settings.node_name
-    script = "echo attempt start; sleep 10; echo done > /offload/out/result.txt"
-    job = p.client.submit("offload/base", ["sh", "-c", script], name="lost-node")
-    wait_for(lambda: running_on(p, job.id, lost, 1), 60, "the job to run on the first node")
-    first = {str(c["Id"]) for c in job_containers(docker_client, job.id)}
-
-    # two live nodes of the same class; whichever is idle gets the stale message later
     for _ in range(2):
         siblings.append(sibling(p))
         siblings[-1].start_worker()
-    live = {s.settings.node_name for s in siblings}
-    assert live <= set(nodes(p))
+    platforms = {q.settings.node_name: q for q in (p, *siblings)}
+    assert set(platforms) <= set(nodes(p))
+    script = "echo attempt start; sleep 10; echo done > /offload/out/result.txt"
+    job = p.client.submit("offload/base", ["sh", "-c", script], name="lost-node")
 
-    p.kill_worker()  # SIGKILL the whole node: no requeue, no deregistration
+    def running_first() -> str | None:
+        rec = job.record()
+        return rec.node if rec.status is JobStatus.RUNNING and rec.attempt == 1 else None
+
+    lost = str(wait_for(running_first, 60, "the job to run on a first node"))
+    live = set(platforms) - {lost}
+    first = {str(c["Id"]) for c in job_containers(docker_client, job.id)}
+
+    platforms[lost].kill_worker()  # SIGKILL the whole node: no requeue, no deregistration
     t0 = time.monotonic()
 
     def recovered() -> str | None:
@@ -156,12 +161,17 @@ def test_pool_process_killed_with_another_node_up(
     p = private_platform
     p.env.update(WORKER)
     p.start_worker()
-    name = p.settings.node_name
-    job = p.client.submit("offload/base", ["sh", "-c", "sleep 4; echo ok"], name="pool-kill")
-    wait_for(lambda: running_on(p, job.id, name, 1), 60, "the job to run")
     siblings.append(sibling(p))
-    siblings[-1].start_worker()
-    (child,) = p.pool_children()
+    siblings[-1].start_worker()  # up before the job: its start cannot outlast the job
+    platforms = {q.settings.node_name: q for q in (p, *siblings)}
+    job = p.client.submit("offload/base", ["sh", "-c", "sleep 4; echo ok"], name="pool-kill")
+
+    def running_first() -> str | None:
+        rec = job.record()
+        return rec.node if rec.status is JobStatus.RUNNING and rec.attempt == 1 else None
+
+    node = platforms[str(wait_for(running_first, 60, "the job to run"))]
+    (child,) = [c for c in node.pool_children() if c.pid == job.record().pid]
     os.kill(child.pid, signal.SIGKILL)
     result = job.result(timeout=60)
     assert result.ok and result.attempt == 2

@@ -11,6 +11,7 @@ from offload.config import Settings, load_settings
 from offload.errors import (
     BrokerError,
     CacheError,
+    CapacityError,
     ConfigError,
     JobError,
     JobFailed,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerError",
     "CacheError",
+    "CapacityError",
     "Client",
     "ConfigError",
     "Job",

@@ -9,7 +9,8 @@ catch the whole family with one clause. The CLI maps each branch to an exit code
     ├── SpecError                     exit 2  a job spec was refused at submit (names the field)
     │   └── UnschedulableError        exit 3  no resource class can take the job
     ├── BrokerError                   exit 4  Redis / the queue cannot be reached or is inconsistent
-    │   └── JobNotFound               exit 4  no job record with that id
+    │   ├── JobNotFound               exit 4  no job record with that id
+    │   └── CapacityError             exit 11 Redis is above its high-water mark: submits refused
     ├── CacheError                    exit 5  content store failures
     │   ├── ObjectNotFound            exit 5  no object with that id in the store
     │   ├── IntegrityError            exit 5  stored bytes do not match their id
@@ -105,6 +106,16 @@ class JobNotFound(BrokerError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}")
+
+
+class CapacityError(BrokerError):
+    """Redis is fuller than its high-water mark (``OFFLOAD_REDIS_HIGH_WATER`` of its
+    ``maxmemory``): a submit is refused whole — nothing of it is queued — while workers, the
+    sweeper and the archiver keep the room left to record what runs. Submits are accepted
+    again by themselves once usage falls below the mark; the message says how full Redis is,
+    what takes the room and which setting to raise."""
+
+    exit_code = 11
 
 
 class CacheError(OffloadError):

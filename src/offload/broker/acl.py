@@ -18,7 +18,8 @@ monitor       Flower: reads ``offload:*`` and the queues; writes only kombu's bi
 ============  =================================================================================
 
 No role may run a command of Redis's ``@dangerous`` or ``@admin`` categories (FLUSHALL,
-FLUSHDB, CONFIG, MODULE, KEYS, DEBUG, SHUTDOWN, ACL, …), nor touch a key outside its
+FLUSHDB, CONFIG, MODULE, KEYS, DEBUG, SHUTDOWN, ACL, …) but INFO (the producer, to admit work
+below the high-water mark; the autoscaler, for its gauges), nor touch a key outside its
 patterns. Pub/sub channels are Celery's event and control channels of the cluster's
 database only (kombu's ``/<db>.<exchange>`` topics). The scheduler submits jobs as a producer
 does and holds its lock under ``offload:*``: it runs as the producer.
@@ -101,14 +102,15 @@ def roles(settings: Settings) -> dict[str, Role]:
     control = [f"/{db}.celery.pidbox"]  # PSUBSCRIBE patterns must match literally
     worker_keys = tuple(f"~{k}" for k in (offload_keys, *queues, *kombu, mailbox))
     return {
+        # INFO (memory) is @dangerous, so named alone: the producer reads it to admit work below
+        # the high-water mark (broker/room.py), the autoscaler for the offload_redis_* gauges
         "producer": Role(
             "producer",
-            _COMMON,
+            (*_COMMON, "+info"),
             tuple(f"~{k}" for k in (offload_keys, *queues, "_kombu.*", mailbox)),
             (*events, *control),
         ),
         "worker": Role("worker", _COMMON, worker_keys, (*events, *control)),
-        # INFO (memory: the offload_redis_* gauges, broker/stats.py) is @dangerous: named alone
         "autoscaler": Role("autoscaler", (*_COMMON, "+info"), worker_keys, (*events, *control)),
         "monitor": Role(
             "monitor",

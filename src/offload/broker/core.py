@@ -14,7 +14,8 @@ fork.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ import redis
 
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
+from offload.broker.highwater import RedisUsage, job_bytes, read_usage
 from offload.broker.inflight import InFlight
 from offload.broker.limits import held_classes
 from offload.broker.nodes import NodeRegistry
@@ -31,7 +33,7 @@ from offload.broker.schedules import ScheduleStore
 from offload.broker.stats import ClusterStats, read_stats
 from offload.broker.status import JobStatus
 from offload.config import Settings
-from offload.errors import BrokerError
+from offload.errors import BrokerError, CapacityError
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -109,20 +111,76 @@ class Broker:
 
         return Sweeper(self)
 
+    # -- admission -------------------------------------------------------------------------
+
+    def redis_usage(self) -> RedisUsage:
+        """How full Redis is against its high-water mark (:mod:`offload.broker.highwater`)."""
+        return JobRecords._run(read_usage, self.redis, self.settings)
+
+    def admit(self, jobs: int = 1, needed: int = 0) -> None:
+        """Refuse new work (:class:`CapacityError`) while Redis is above its high-water mark,
+        or when ``needed`` more bytes would take it there; workers, the sweeper and the
+        archiver never ask, so what runs is recorded."""
+        usage = self.redis_usage()
+        if usage.full or not usage.fits(needed):
+            raise CapacityError(usage.refusal(jobs, needed))
+
     # -- publishing ------------------------------------------------------------------------
 
     def submit(self, job_id: str, spec: JobSpec, resource_class: str) -> JobStatus:
         """Record a sealed job and queue it — or, with unfinished parents, leave it waiting
         (:mod:`offload.broker.pipeline`). A job that cannot be published leaves no record."""
+        self.admit(1, job_bytes(len(spec.encode())))
         if spec.parents():
-            return self.pipeline.submit(job_id, spec, resource_class)
-        self.records.create(job_id, spec, resource_class)
+            with self._refused_whole(1):
+                return self.pipeline.submit(job_id, spec, resource_class)
+        with self._refused_whole(1):
+            rec = self.records.create_many([(job_id, spec, resource_class, JobStatus.QUEUED)])[0]
         try:
-            self.publish(self.records.get(job_id))
+            self.publish(rec)
         except Exception as exc:
             self.records.delete(job_id)
+            if "maxmemory" in str(exc):
+                raise CapacityError(self.redis_usage().refusal(1, refused=str(exc))) from exc
             raise BrokerError(f"could not queue the job: {exc}") from exc
         return JobStatus.QUEUED
+
+    def submit_many(self, jobs: Sequence[tuple[str, JobSpec, str]]) -> None:
+        """Record many sealed jobs, then queue them (or link the ones with parents): all or
+        none. The records go first, in chunks; if Redis refuses any chunk (full, or gone),
+        every record written is deleted and nothing was published — none of the jobs exists.
+        Once all are recorded each is published; a publication that fails then (Redis gone
+        mid-way) leaves its job recorded ``queued`` without a message, and the sweeper
+        publishes it once the broker is back (a ``waiting`` one is linked by its check of
+        old waiting jobs): every job of the batch runs."""
+        self.admit(len(jobs), sum(job_bytes(len(spec.encode())) for _, spec, _ in jobs))
+        batch = [
+            (job_id, spec, cls, JobStatus.WAITING if spec.parents() else JobStatus.QUEUED)
+            for job_id, spec, cls in jobs
+        ]
+        with self._refused_whole(len(jobs)):
+            recs = self.records.create_many(batch)
+        try:
+            for rec in recs:
+                if rec.status is JobStatus.WAITING:
+                    self.pipeline.link(rec.id, rec.spec)
+                else:
+                    self.publish(rec)
+        except Exception as exc:  # kombu's errors too
+            raise BrokerError(
+                f"{exc}; the {len(recs)} jobs are recorded and each is queued once the broker "
+                "answers again (the sweeper publishes the rest)"
+            ) from exc
+
+    @contextlib.contextmanager
+    def _refused_whole(self, jobs: int) -> Iterator[None]:
+        """Redis refusing a write for want of memory is a :class:`CapacityError` too."""
+        try:
+            yield
+        except BrokerError as exc:
+            if "maxmemory" in str(exc) or "OOM" in str(exc):
+                raise CapacityError(self.redis_usage().refusal(jobs, refused=str(exc))) from exc
+            raise
 
     def publish(self, rec: JobRecord, task_id: str | None = None) -> str:
         """Send a queued job's message (routing decides the queue); the queue's name."""

@@ -10,9 +10,10 @@ recovery requeued it), the older attempt's writes are refused.
 
 from __future__ import annotations
 
+import collections
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -78,25 +79,54 @@ class JobRecords:
         status: JobStatus = JobStatus.QUEUED,
     ) -> None:
         """Write a new job's record in its first state (``queued``, or ``waiting``)."""
+        self.create_many([(job_id, spec, resource_class, status)])
+
+    def create_many(
+        self, jobs: Sequence[tuple[str, JobSpec, str, JobStatus]], chunk: int = 500
+    ) -> list[JobRecord]:
+        """Write new jobs' records, ``chunk`` jobs a round trip (each chunk one MULTI), and
+        return them as written. All or none: when Redis refuses a chunk (an outage, or full),
+        the records written before it are deleted and the error is raised — nothing of the
+        batch stays (a job without a record is never run: its message, if any, is dropped)."""
+        out: list[JobRecord] = []
+        written: list[str] = []
+        try:
+            for start in range(0, len(jobs), chunk):
+                pipe = self.r.pipeline(transaction=True)
+                part = jobs[start : start + chunk]
+                for job_id, spec, resource_class, status in part:
+                    out.append(self._queue_create(pipe, job_id, spec, resource_class, status))
+                self._run(pipe.execute)
+                written += [job_id for job_id, *_ in part]
+        except Exception:
+            self.delete_many(written, uncount=[rec.resource_class for rec in out[: len(written)]])
+            raise
+        return out
+
+    def _queue_create(
+        self,
+        pipe: Any,
+        job_id: str,
+        spec: JobSpec,
+        resource_class: str,
+        status: JobStatus,
+    ) -> JobRecord:
         if status not in PENDING:
             raise ValueError(f"a job starts waiting or queued, not {status}")
         now = str(time.time())
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(
-            keys.job(job_id),
-            mapping={
-                "id": job_id,
-                "spec": spec.encode(),
-                "view": json.dumps(spec.redacted()),
-                "name": spec.display_name(),
-                "image": spec.image,
-                "class": resource_class,
-                "status": status.value,
-                "created_at": now,
-                "updated_at": now,
-                "attempt": "0",
-            },
-        )
+        mapping = {
+            "id": job_id,
+            "spec": spec.encode(),
+            "view": json.dumps(spec.redacted()),
+            "name": spec.display_name(),
+            "image": spec.image,
+            "class": resource_class,
+            "status": status.value,
+            "created_at": now,
+            "updated_at": now,
+            "attempt": "0",
+        }
+        pipe.hset(keys.job(job_id), mapping=mapping)
         pipe.xadd(
             keys.events(job_id), {"status": status.value, "at": now, "node": "", "attempt": "0"}
         )
@@ -106,13 +136,29 @@ class JobRecords:
         else:
             pipe.zadd(keys.WAITING, {job_id: float(now)})
         pipe.hincrby(keys.STATS_SUBMITTED, resource_class, 1)  # metrics (broker/stats.py)
-        self._run(pipe.execute)
+        return parse_record(job_id, mapping)
 
     def delete(self, job_id: str) -> None:
         """Remove a record that never made it onto the queue."""
-        self._run(self.r.delete, *self._job_keys(job_id))
-        self._run(self.r.zrem, keys.JOBS_INDEX, job_id)
-        self._run(self.r.zrem, keys.QUEUED, job_id)
+        self.delete_many([job_id])
+
+    def delete_many(
+        self, job_ids: Sequence[str], chunk: int = 500, uncount: Sequence[str] = ()
+    ) -> None:
+        """Remove records that never made it onto the queue (DEL and ZREM free memory, so
+        Redis takes them even when it is full); ``uncount``: the classes whose submitted
+        counter they were counted in."""
+        for start in range(0, len(job_ids), chunk):
+            part = job_ids[start : start + chunk]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in part:
+                pipe.delete(*self._job_keys(job_id))
+            pipe.zrem(keys.JOBS_INDEX, *part)
+            pipe.zrem(keys.QUEUED, *part)
+            pipe.zrem(keys.WAITING, *part)
+            self._run(pipe.execute)
+        for cls, n in collections.Counter(uncount).items():
+            self._run(self.r.hincrby, keys.STATS_SUBMITTED, cls, -n)
 
     @staticmethod
     def _job_keys(job_id: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -84,6 +85,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             "spec": rec.view,
             "timings": rec.timings,
             "cache_hit": rec.cache_hit,
+            "redis": dataclasses.asdict(job.broker.redis_usage()),
             "waiting": job.broker.limits.why(rec) or job.why_waiting(),
             "route": route_line(rec),
             **deps,
@@ -128,6 +130,9 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             console.print(f"             {e.message}")  # a retry: when, with what resources
     for path, oid in rec.outputs.items():
         console.print(f"output {path} {oid}")
+    usage = job.broker.redis_usage()
+    if usage.full:  # why new work is refused now
+        console.print(f"[yellow]redis: {usage.describe()}[/]")
 
 
 def route_line(rec: JobRecord) -> str | None:

@@ -46,8 +46,10 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     Tab-separated when stdout is not a terminal.
     """
     now = time.time()
+    broker = Broker(settings_of(ctx))
     with translated():
-        found = Broker(settings_of(ctx)).nodes.nodes(now)
+        found = broker.nodes.nodes(now)
+    usage = broker.redis_usage()
     if as_json:
         click.echo(json.dumps([node_dict(n, now) for n in found], indent=2))
         return
@@ -60,6 +62,7 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         for row in rows:
             click.echo("\t".join(row))
         return
+    console.print(f"redis: {usage.describe()}")
     if not rows:
         console.print("no worker nodes registered")
         return

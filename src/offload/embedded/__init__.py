@@ -181,7 +181,13 @@ def start_redis(settings: Settings) -> Service:
         umask=0o077,  # its files 0600, folders 0700
     )
     _wait("redis-server", lambda: _redis_ok(settings), 15, settings.home / "logs/redis.log")
-    return Service("redis", "started", settings.redis_url)
+    from offload.spec import format_memory
+
+    limit = (
+        f"maxmemory {format_memory(settings.redis_max_memory)} (OFFLOAD_REDIS_MAX_MEMORY); "
+        f"submits refused above {settings.redis_high_water:.0%} of it"
+    )
+    return Service("redis", "started", f"{settings.redis_url}, {limit}")
 
 
 def start_worker(settings: Settings) -> Service:

@@ -109,6 +109,7 @@ class Client:
         if not each:
             raise SpecError("each", "expected at least one item to map over")
         base = JobOptions.of(options, **common)
+        self.broker.admit(len(each))  # refused whole before anything is checked or uploaded
         drafts = []
         for i, item in enumerate(each):
             try:
@@ -124,7 +125,12 @@ class Client:
                 specs.append(self._build(draft))
             except SpecError as exc:
                 raise within(f"each[{i}]", exc) from None
-        return [self._publish(spec, draft.queue) for spec, draft in zip(specs, drafts, strict=True)]
+        sealed = []
+        for spec, draft in zip(specs, drafts, strict=True):
+            job_id = uuid.uuid4().hex
+            sealed.append((job_id, seal_job(self.key, job_id, spec), draft.queue))
+        self.broker.submit_many(sealed)  # all or none (offload.broker.core.Broker.submit_many)
+        return [Job(self.broker, job_id) for job_id, _, _ in sealed]
 
     def wait(self, jobs: Sequence[Job], timeout: float | None = None) -> list[JobResult]:
         """Every job's result, in order (failures included, not raised)."""
