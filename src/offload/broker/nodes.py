@@ -59,6 +59,7 @@ class NodeInfo:
     draining: bool
     running: tuple[str, ...]
     state: str  # "up" | "draining" | "lost"
+    machine: str = ""  # whose room it shares (offload.broker.room); "" = its own name
 
     @property
     def busy(self) -> bool:
@@ -95,6 +96,7 @@ class NodeRegistry:
         cpus: float,
         memory: int,
         gpus: int,
+        machine: str = "",
     ) -> None:
         """Register (again) ``name``.
 
@@ -116,6 +118,7 @@ class NodeRegistry:
                 "cpus": cpus,
                 "memory": memory,
                 "gpus": gpus,
+                "machine": machine or name,
                 "started_at": now,
                 "heartbeat_at": now,
                 "draining": "0",
@@ -243,4 +246,5 @@ class NodeRegistry:
             draining=draining,
             running=running,
             state=state,
+            machine=h.get("machine") or h["name"],
         )

@@ -92,6 +92,7 @@ class Heartbeat:
             cpus=self.capacity.cpus,
             memory=self.capacity.memory,
             gpus=len(self.capacity.gpus),
+            machine=self.settings.machine,
         )
         self.marked_draining = False
 
