@@ -169,7 +169,10 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "log_max_bytes", "redis_max_memory", "locality_min_bytes", "node_memory_reserve",
+        "log_max_bytes",
+        "redis_max_memory",
+        "locality_min_bytes",
+        "node_memory_reserve",
         mode="before",
     )
     @classmethod
