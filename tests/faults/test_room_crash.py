@@ -4,6 +4,7 @@ it runs too — never at the same time as either of its attempts (the engine's o
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -67,7 +68,7 @@ def test_a_killed_pool_process_gives_its_room_back(
     assert runs.count([first.id, second.id]) == {first.id: 2, second.id: 1}
     spans = running_intervals(docker_client, runs.since, {first.id, second.id})
     # the killed attempt's container is removed before its room is given out: none overlap
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         assert end <= start, f"{a} and {b} ran at once: {spans}"
     wait_for(lambda: room.holders(machine) == {}, 10, "the room given back")
     assert leftovers(p, docker_client, [first.id, second.id]) == []

@@ -13,7 +13,7 @@ That alone moves no job: the jobs it ran come back when their leases expire
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import redis
 
@@ -61,8 +61,9 @@ class NodeInfo:
     running: tuple[str, ...]
     state: str  # "up" | "draining" | "lost"
     machine: str = ""  # whose room it shares (offload.broker.room); "" = its own name
-    used: Share = Share()  # what its running jobs hold of the room
-    machine_used: Share = Share()  # what every node of its machine holds (itself included)
+    used: Share = field(default_factory=Share)  # what its running jobs hold of the room
+    # what every node of its machine holds (itself included)
+    machine_used: Share = field(default_factory=Share)
 
     @property
     def allocatable(self) -> Share:

@@ -87,7 +87,8 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table(
         "name", "provider", "classes", "slots", "running", "jobs", "beat", "state",
-        "cpus", "memory", "gpus", "free", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+        "cpus", "memory", "gpus", "free",
+        box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
     )  # fmt: skip
     short = console.width < 120  # a narrow terminal shows id prefixes (tab/JSON: in full)
     for col in table.columns:
