@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def test_up_runs_a_job_and_down_stops_everything(
         job = run(env, "submit", "offload/base", "--wait", "--", "echo", "embedded ok")
         assert job.returncode == 0, job.stderr
         assert job.stdout == "embedded ok\n"
+
+        # the README's example: a cpu-large job on a machine whose embedded worker serves
+        # cpu-small runs on a node the autoscaler starts (the idle worker holds no room)
+        t0 = time.monotonic()
+        readme = ("--cpu", "2", "--memory", "4g", "--param", "n:=3", "--wait")
+        big = run(env, "submit", "offload/base", *readme, "--", "sh", "-c", "echo $OFFLOAD_PARAM_N")
+        took = time.monotonic() - t0
+        assert big.returncode == 0, big.stdout + big.stderr
+        assert big.stdout == "3\n" and took < 60, (big.stdout, took)
     finally:
         down = run(env, "down")
     assert down.returncode == 0, down.stderr

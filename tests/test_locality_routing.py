@@ -18,6 +18,7 @@ from offload.broker.depths import read_depths as read_work
 from offload.broker.nodes import NodeRegistry
 from offload.broker.publish import move_overdue, publish
 from offload.broker.records import JobRecords
+from offload.broker.room import Room, Share, entry
 from offload.broker.routing import NodeView, decide, read_nodes
 from offload.broker.sweeper import Sweeper
 from offload.cache.keys import ClusterKey
@@ -25,7 +26,7 @@ from offload.cache.localblobs import LocalBlobStore
 from offload.cache.objindex import ObjectIndex
 from offload.cache.sealed import SealedStore
 from offload.config import Settings
-from offload.spec import JobSpec
+from offload.spec import GiB, JobSpec
 from tests.conftest import new_db, ready_messages
 
 MiB = 1024 * 1024
@@ -66,6 +67,21 @@ def test_a_holder_that_cannot_take_it_now_leaves_the_job_to_the_next_or_the_clas
     assert second.node == "n2" and second.why == "holds 16 MiB of 256 MiB inputs"
 
 
+def test_a_holder_without_free_room_for_the_job_leaves_it_to_the_next_saying_so() -> None:
+    need = Share(2, 4 * GiB)
+    best = NodeView("n1", {A: 240 * MiB}, free=3, room=Share(1.5, 20 * GiB))
+    other = NodeView("n2", {B: 16 * MiB}, free=1, room=Share(2, 4 * GiB))
+    alone = decide("cpu-large", [A, B], [best], need)
+    assert alone.queue == "cpu-large"
+    assert alone.why == (
+        "node n1 holds 240 MiB of 240 MiB inputs (+1 of unknown size) but has no room for "
+        "2 CPU / 4GiB "
+        "(1.5 CPU / 20GiB free)"
+    )
+    assert decide("cpu-large", [A, B], [best, other], need).node == "n2"
+    assert decide("cpu-large", [A, B], [best], Share(1, GiB)).node == "n1"
+
+
 def test_no_holder_or_no_inputs_means_the_class_queue() -> None:
     nodes = [NodeView("n1", {}, free=2)]
     assert decide("cpu-small", [A], nodes).why == "no live node holds its inputs"
@@ -104,7 +120,13 @@ def now(r: redis.Redis) -> float:
 
 def register(r: redis.Redis, name: str, slots: int = 1, classes: str = "cpu-small") -> None:
     NodeRegistry(r, lost_after=30).register(
-        name, provider="manual", classes=classes.split(","), slots=slots, cpus=1, memory=1, gpus=0
+        name,
+        provider="manual",
+        classes=classes.split(","),
+        slots=slots,
+        cpus=1,
+        memory=4 * GiB,
+        gpus=0,
     )
 
 
@@ -183,6 +205,16 @@ def test_busy_draining_or_lost_nodes_are_read_as_such(settings: Settings, r: red
     assert views["gpu"].unfit == "does not serve its class"
     route = decide("cpu-small", [A], views.values())
     assert route.node is None
+    # a node whose machine's room its running job holds: read with the room left
+    register(r, "full", slots=2)
+    ObjectIndex(r, "full", min_bytes=MiB, max_objects=10).add(A, 8 * MiB)
+    r.hset(keys.node_owners("full"), "big-job", "7:1")
+    held = Share(1, 3 * GiB)
+    room = Room(r)
+    assert room.admit("full", "big-job", entry("full", 7, 1, held), held, Share(1, 4 * GiB),
+                      starvation=60, ttl=30).admitted  # fmt: skip
+    (full,) = [n for n in read_nodes(r, "cpu-small", [A], lost_after=30) if n.name == "full"]
+    assert full.room == Share(0, GiB) and full.unfit_for(Share(1, GiB)).startswith("has no room")
 
 
 # -- the object index kept by a node's store -------------------------------------------------------

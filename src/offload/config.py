@@ -72,7 +72,21 @@ class Settings(BaseSettings):
     default_timeout: float = Field(default=3600.0, gt=0)
     max_timeout: float = Field(default=24 * 3600.0, gt=0)
     node_name: str = Field(default_factory=socket.gethostname)
-    worker_slots: int | None = Field(default=None, ge=1)
+    # Admission (worker/admission.py): a node runs a job only while the CPUs, memory and GPUs
+    # of what its machine runs, plus the job, fit the machine's allocatable room: its CPUs
+    # (node_cpus, default all) and its memory (node_memory, default all) less
+    # node_memory_reserve for the worker and the engine. Nodes naming the same ``machine``
+    # (default: the host name; the embedded worker and local-provider nodes) share one room.
+    # worker_slots caps the jobs a node runs at once (default: 2 per CPU, 2..64).
+    worker_slots: int | None = Field(default=None, ge=1, le=1024)
+    machine: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    node_cpus: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    node_memory: int | None = Field(default=None, gt=0)
+    node_memory_reserve: int = Field(default=512 * MiB, ge=0)
+    # a job finding no room waits this long (polling), then goes back to its queue (no retry
+    # spent); one that waited longer than admission_starvation has the next room kept for it
+    admission_wait: float = Field(default=30.0, gt=0)
+    admission_starvation: float = Field(default=60.0, ge=0)
     worker_classes: tuple[str, ...] | None = None
     container_user: str = "65534:65534"
     pids_limit: int = Field(default=512, ge=16)
@@ -178,7 +192,20 @@ class Settings(BaseSettings):
             return parse_memory(value) if value.strip() else None
         return value
 
-    @field_validator("log_max_bytes", "redis_max_memory", "locality_min_bytes", mode="before")
+    @field_validator("node_memory", mode="before")
+    @classmethod
+    def _node_memory(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_memory(value) if value.strip() else None
+        return value
+
+    @field_validator(
+        "log_max_bytes",
+        "redis_max_memory",
+        "locality_min_bytes",
+        "node_memory_reserve",
+        mode="before",
+    )
     @classmethod
     def _size(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -164,6 +164,9 @@ def leftovers(p: Platform, client: docker.DockerClient, job_ids: Iterable[str]) 
     for name in r.smembers(keys.NODES):
         if r.scard(keys.node_running(name)):
             found.append(f"running set of {name}: {r.smembers(keys.node_running(name))}")
+    held = p.client.broker.room.holders(p.settings.machine)
+    if held:
+        found.append(f"room of {p.settings.machine} held: {held}")
     return found
 
 

@@ -12,13 +12,17 @@ Each node is ``python -m offload worker`` in a session of its own, named
     <home>/run/nodes/<name>.json  pid, class, slots, start time, draining — so an autoscaler
                                   that restarts finds its nodes again
 
-**The machine is one budget.** The provider never gives out more CPU or memory than the
-machine has (:class:`MachineBudget`, psutil's by default): a node of ``slots`` slots claims
-``slots`` times its class's ``max_cpu`` and ``max_memory``, and the nodes already on this machine
-count — this provider's own, and the registered nodes it can tell are here (the embedded
-worker of ``offload up``: provider ``manual``/``embedded``, named as this host). A node that
-would not fit is not started; :meth:`LocalProvider.headroom` tells the policy how many fit,
-so the class's status says ``at machine capacity: …`` and its jobs wait.
+**The machine is one budget.** Every node on this machine (the embedded worker of
+``offload up`` and this provider's nodes: they name the same ``machine``) admits jobs from
+one room (:mod:`offload.broker.room`), so together they never give out more CPU, memory or
+GPUs than the machine has (:class:`MachineBudget`: psutil's, less the memory reserve),
+however many nodes run. Whether one more node is worth starting is judged on what the nodes
+actually use: the room their running jobs hold, and for each node of this provider at least
+one job of its class as big as the class allows here (:meth:`LocalProvider.unit`), so one
+idle node is not started again and again. An idle embedded worker holds nothing: on an idle
+2-CPU machine a ``cpu-large`` node starts for a 2-CPU job. A node that would not fit is not
+started; :meth:`LocalProvider.headroom` tells the policy how many fit, so the class's status
+says ``at machine capacity: …`` with the figures and its jobs wait.
 
 Draining sends SIGTERM to the node's main process: Celery's warm shutdown (stop consuming,
 finish the running jobs, exit). Nothing here ever sends SIGKILL.
@@ -31,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,18 +44,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
 
 from offload.autoscaler.nodeenv import new_node_name, node_cache, node_env
 from offload.autoscaler.provider import Headroom, NodeProvider, ProvidedNode
 from offload.broker.core import Broker
-from offload.broker.nodes import NodeRegistry
+from offload.broker.room import Room, Share
 from offload.config import Settings
-from offload.errors import ProviderError
+from offload.errors import BrokerError, ProviderError
 from offload.spec import GiB, ResourceClass
-
-# Providers of registered nodes that run on the machine where they were started by hand.
-HOST_PROVIDERS = frozenset({"manual", "embedded"})
+from offload.worker.capacity import allocatable, detect
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,10 @@ class MachineBudget:
     memory: int
 
     @classmethod
-    def detect(cls) -> MachineBudget:
-        return cls(float(psutil.cpu_count(logical=True) or 1), int(psutil.virtual_memory().total))
+    def detect(cls, settings: Settings) -> MachineBudget:
+        """This machine's allocatable room (what its nodes give jobs: less the reserve)."""
+        cap = allocatable(settings, detect())
+        return cls(cap.cpus, cap.memory)
 
 
 def _gib(n: float) -> str:
@@ -90,7 +92,7 @@ class LocalProvider(NodeProvider):
         self.slots = slots or settings.worker_slots
         self.python = python
         self.loglevel = loglevel
-        self.machine = machine or MachineBudget.detect()
+        self.machine = machine or MachineBudget.detect(settings)
         self._broker = broker
         self.state_dir = settings.home / "run" / "nodes"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -103,16 +105,15 @@ class LocalProvider(NodeProvider):
         None fits: :class:`ProviderError` saying what is in use.
         """
         cls = self.settings.resource_class(resource_class)  # unknown: ConfigError, no start
-        cpus, memory = self.in_use()
+        used = self.in_use()
         names: list[str] = []
         for _ in range(count):
-            slots = self._fit(cls, cpus, memory)
-            if not slots:
+            if not self._fits(cls, used):
                 break
-            names.append(self._start(resource_class, slots))
-            cpus, memory = cpus + slots * cls.max_cpu, memory + slots * cls.max_memory
+            names.append(self._start(resource_class, self.slots))
+            used = used + self.unit(cls)
         if count and not names:
-            raise ProviderError(self._capacity_reason(cpus, memory))
+            raise ProviderError(self._capacity_reason(used))
         return names
 
     def headroom(self, classes: Sequence[str]) -> dict[str, Headroom]:
@@ -121,12 +122,10 @@ class LocalProvider(NodeProvider):
         out = {}
         for name in classes:
             cls = self.settings.resource_class(name)
-            cpus, memory = used
-            n = 0
-            while slots := self._fit(cls, cpus, memory):
-                cpus, memory = cpus + slots * cls.max_cpu, memory + slots * cls.max_memory
-                n += 1
-            out[name] = Headroom(n, self._capacity_reason(*used))
+            n, more = 0, used
+            while self._fits(cls, more) and n < 1024:
+                more, n = more + self.unit(cls), n + 1
+            out[name] = Headroom(n, self._capacity_reason(used))
         return out
 
     def drain(self, node: str) -> None:
@@ -176,68 +175,54 @@ class LocalProvider(NodeProvider):
         state = self._read(node)
         return int(state["pid"]) if state is not None and self._alive(state) else None
 
-    def in_use(self) -> tuple[float, int]:
-        """CPUs and memory claimed on this machine: this provider's nodes (slots times their
-        class's maximum), and the registered nodes started here by hand (the embedded
-        worker), each at most what it reported having."""
-        cpus, memory = 0.0, 0
-        mine = set()
-        for node in self.nodes():
-            mine.add(node.name)
-            state = self._read(node.name) or {}
-            cls = self._class(node.resource_class)
-            if cls is not None:
-                slots = int(state.get("slots") or 1)
-                cpus, memory = cpus + slots * cls.max_cpu, memory + slots * cls.max_memory
-        here = {self.settings.node_name, socket.gethostname()}
+    def in_use(self) -> Share:
+        """What the machine's nodes use of it: the room their running jobs hold (every node
+        naming this machine: this provider's, and the embedded worker), and for each node of
+        this provider at least one job of its class (:meth:`unit`), so an idle node started
+        for work is not started twice. An idle embedded worker holds nothing."""
         try:
-            registered = self.registry.nodes()
-        except redis.RedisError as exc:
-            raise ProviderError(f"reading the node registry: {exc}") from exc
-        for info in registered:
-            if info.name in mine or info.lost:
+            per_node = self.room.used_by_node(self.settings.machine)
+        except BrokerError as exc:
+            raise ProviderError(f"reading the machine's room: {exc}") from exc
+        used = Share()
+        for share in per_node.values():
+            used = used + share
+        for node in self.nodes():
+            cls = self._class(node.resource_class)
+            if cls is None:
                 continue
-            if info.provider not in HOST_PROVIDERS or info.name not in here:
-                continue
-            served = [c for c in map(self._class, info.classes) if c is not None]
-            if not served:
-                continue
-            c = info.slots * max(x.max_cpu for x in served)
-            m = info.slots * max(x.max_memory for x in served)
-            cpus += min(c, info.cpus) if info.cpus > 0 else c
-            memory += min(m, info.memory) if info.memory > 0 else m
-        return cpus, memory
+            unit, holds = self.unit(cls), per_node.get(node.name, Share())
+            used = used + Share(
+                max(0.0, unit.cpus - holds.cpus), max(0, unit.memory - holds.memory)
+            )
+        return used
+
+    def unit(self, cls: ResourceClass) -> Share:
+        """One job of ``cls`` as big as the class allows on this machine."""
+        return Share(min(cls.max_cpu, self.machine.cpus), min(cls.max_memory, self.machine.memory))
 
     @property
-    def registry(self) -> NodeRegistry:
+    def room(self) -> Room:
         if self._broker is None:
             self._broker = Broker(self.settings)
-        return self._broker.nodes
+        return self._broker.room
 
     def _class(self, name: str) -> ResourceClass | None:
         return next((c for c in self.settings.classes if c.name == name), None)
 
-    def _fit(self, cls: ResourceClass, cpus: float, memory: int) -> int:
-        """Slots for a new node of ``cls`` beside ``cpus``/``memory`` in use; 0: none fits.
+    def _fits(self, cls: ResourceClass, used: Share) -> bool:
+        """Whether a new node of ``cls`` fits beside ``used``: a job of its class does."""
+        free = Share(self.machine.cpus, self.machine.memory) - used
+        return free.covers(self.unit(cls))
 
-        Configured slots fit whole or not at all; else as many as fit, at most one per
-        ``max_cpu`` of the machine.
-        """
-        free_cpus = self.machine.cpus - cpus + 1e-9
-        free_memory = self.machine.memory - memory
-        fit = min(int(free_cpus // cls.max_cpu), free_memory // cls.max_memory)
-        if self.slots:
-            return self.slots if fit >= self.slots else 0
-        return max(0, min(fit, max(1, int(self.machine.cpus // cls.max_cpu))))
-
-    def _capacity_reason(self, cpus: float, memory: int) -> str:
+    def _capacity_reason(self, used: Share) -> str:
         m = self.machine
         return (
-            f"at machine capacity: {cpus:g} CPUs / {_gib(memory)} GiB in use "
+            f"at machine capacity: {used.cpus:g} CPUs / {_gib(used.memory)} GiB in use "
             f"(this machine: {m.cpus:g} CPUs / {_gib(m.memory)} GiB)"
         )
 
-    def _start(self, resource_class: str, slots: int) -> str:
+    def _start(self, resource_class: str, slots: int | None) -> str:
         name = new_node_name(resource_class)
         self.node_dir(name).mkdir(parents=True, exist_ok=True)
         cache = node_cache(self.settings, self.node_dir(name))

@@ -9,6 +9,7 @@ and reaches Redis and Celery only through it::
     broker.limits         # concurrency limits and held classes
     broker.inflight       # identical jobs in flight run once
     broker.nodes          # the node registry: capacity, heartbeats, running sets
+    broker.room           # each machine's room: CPUs, memory, GPUs its attempts hold
     broker.schedules      # schedule definitions, fire-time claims, the scheduler's lock
     broker.sweeper        # expired leases, lost messages, due retries, waiting jobs
     broker.submit(...)    # record a sealed job and queue it (or leave it waiting)
@@ -28,6 +29,7 @@ Where things are:
 ``limits``                concurrency limits, held classes (permits, parking, waking)
 ``inflight``              the in-flight table of identical jobs
 ``nodes``                 the node registry
+``room``                  admission: a machine's room, taken and given back atomically
 ``recovery``, ``sweeper``  requeueing dead attempts; the periodic sweep
 ``app``, ``queues``       the Celery app; queue topology, priority lists, kombu's formats
 ``publish``, ``routing``  the one publish path; locality routing to node queues

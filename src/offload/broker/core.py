@@ -28,6 +28,7 @@ from offload.broker.inflight import InFlight
 from offload.broker.limits import held_classes
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecord, JobRecords
+from offload.broker.room import Room
 from offload.broker.scaling import ClassStatus, read_status, write_status
 from offload.broker.schedules import ScheduleStore
 from offload.broker.stats import ClusterStats, read_stats
@@ -100,6 +101,11 @@ class Broker:
     @cached_property
     def nodes(self) -> NodeRegistry:
         return NodeRegistry(self.redis, lost_after=self.settings.lost_after)
+
+    @cached_property
+    def room(self) -> Room:
+        """The machines' rooms: what running attempts hold of CPUs, memory and GPUs."""
+        return Room(self.redis)
 
     @cached_property
     def schedules(self) -> ScheduleStore:

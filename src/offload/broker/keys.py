@@ -72,7 +72,9 @@ The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbe
     offload:nodes                   SET    names of registered nodes; no TTL (one set),
                                            pruned by readers of names whose hash is gone
     offload:node:<name>             HASH   name, provider, classes (comma list), slots, cpus,
-                                           memory, gpus, started_at, heartbeat_at, draining;
+                                           memory (allocatable: less the reserve), gpus, machine
+                                           (whose room it shares), started_at, heartbeat_at,
+                                           draining;
                                            no TTL: removed at deregistration, or by the recovery
                                            of a lost node
     offload:node:<name>:running     SET    ids of the jobs this node runs now — written in the
@@ -91,6 +93,24 @@ The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbe
                                            deregistration. No TTL (bounded; removed with the node)
     offload:node:<name>:recovering  STRING lock (SET NX EX 60) held by whoever redelivers the jobs
                                            of this node once it is lost; expires by itself
+
+Admission (:mod:`offload.broker.room`; written by each attempt as it starts and ends)::
+
+    offload:room:<machine>          HASH   job id -> "<node> <pid> <attempt> <milli-CPUs> <memory>
+                                           <GPUs>": what each attempt running on the machine
+                                           holds of its room (nodes naming one ``machine`` share
+                                           it). Taken and given back by one Lua script each; an
+                                           entry whose attempt is no longer its node's owner of
+                                           the job (``:owners``, above) is dropped by the next
+                                           script that reads the hash. Bound: one entry per
+                                           running attempt on the machine; no TTL
+    offload:room:<machine>:waiting  HASH   job id -> "<first> <last> <milli-CPUs> <memory> <GPUs>"
+                                           (Redis time): jobs that found no room, since when, and
+                                           what they need; the oldest that waited longer than
+                                           ``admission_starvation`` has the room it needs kept
+                                           from smaller jobs. Members leave when admitted, or once
+                                           not seen for their TTL (dropped by the next admission).
+                                           Bound: the jobs delivered to the machine's nodes
 
 Ownership (:mod:`offload.broker.records`, :mod:`offload.broker.sweeper`)::
 
@@ -252,6 +272,14 @@ def node_owners(name: str) -> str:
 
 def node_objects(name: str) -> str:
     return f"{PREFIX}:node:{name}:objects"
+
+
+def room(machine: str) -> str:
+    return f"{PREFIX}:room:{machine}"
+
+
+def room_waiting(machine: str) -> str:
+    return f"{PREFIX}:room:{machine}:waiting"
 
 
 def node_queue(name: str) -> str:

@@ -13,11 +13,12 @@ That alone moves no job: the jobs it ran come back when their leases expire
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import redis
 
 from offload.broker import keys, scripts
+from offload.broker.room import Room, Share
 
 NODES = keys.NODES
 
@@ -59,6 +60,19 @@ class NodeInfo:
     draining: bool
     running: tuple[str, ...]
     state: str  # "up" | "draining" | "lost"
+    machine: str = ""  # whose room it shares (offload.broker.room); "" = its own name
+    used: Share = field(default_factory=Share)  # what its running jobs hold of the room
+    # what every node of its machine holds (itself included)
+    machine_used: Share = field(default_factory=Share)
+
+    @property
+    def allocatable(self) -> Share:
+        return Share(self.cpus, self.memory, self.gpus)
+
+    @property
+    def free(self) -> Share:
+        """Room a new job could take on it now (its machine's other nodes count)."""
+        return self.allocatable - self.machine_used
 
     @property
     def busy(self) -> bool:
@@ -95,6 +109,7 @@ class NodeRegistry:
         cpus: float,
         memory: int,
         gpus: int,
+        machine: str = "",
     ) -> None:
         """Register (again) ``name``.
 
@@ -116,6 +131,7 @@ class NodeRegistry:
                 "cpus": cpus,
                 "memory": memory,
                 "gpus": gpus,
+                "machine": machine or name,
                 "started_at": now,
                 "heartbeat_at": now,
                 "draining": "0",
@@ -213,6 +229,7 @@ class NodeRegistry:
         return self._parse(h, running, self.server_time() if now is None else now)
 
     def nodes(self, now: float | None = None) -> list[NodeInfo]:
+        """Every registered node, with what its jobs hold of its machine's room."""
         now = self.server_time() if now is None else now
         out = []
         for name in sorted(self.r.smembers(NODES)):
@@ -221,7 +238,16 @@ class NodeRegistry:
                 self.r.srem(NODES, name)
             else:
                 out.append(info)
-        return out
+        rooms = Room(self.r)
+        per_machine = {m: rooms.used_by_node(m) for m in {n.machine for n in out}}
+        return [
+            replace(
+                n,
+                used=per_machine[n.machine].get(n.name, Share()),
+                machine_used=sum(per_machine[n.machine].values(), Share()),
+            )
+            for n in out
+        ]
 
     def lost(self, now: float | None = None) -> list[NodeInfo]:
         return [n for n in self.nodes(now) if n.state == "lost"]
@@ -243,4 +269,5 @@ class NodeRegistry:
             draining=draining,
             running=running,
             state=state,
+            machine=h.get("machine") or h["name"],
         )

@@ -28,6 +28,7 @@ from offload.broker import keys, routing
 from offload.broker.app import EXCHANGE, route, settings_of
 from offload.broker.connection import redis_client
 from offload.broker.records import JobRecord, JobRecords
+from offload.broker.room import Share
 from offload.errors import JobNotFound
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ def choose(app: Celery, rec: JobRecord) -> routing.Route | None:
         return None
     lost_after = float(app.conf.get("offload_lost_after") or 15.0)
     nodes = routing.read_nodes(_redis(app), rec.resource_class, ids, lost_after=lost_after)
-    return routing.decide(rec.resource_class, ids, nodes)
+    res = rec.spec.resources
+    need = Share(res.cpu, res.memory, res.gpus)
+    return routing.decide(rec.resource_class, ids, nodes, need)
 
 
 def publish(

@@ -16,6 +16,7 @@ attempt took, or that ended, meanwhile.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import psutil
 from celery import Celery
@@ -134,7 +135,10 @@ class ProcessReaper:
     Celery requeues the message of a pool process that died, but another node receiving it
     sees this (alive) node still listing the job and would acknowledge it without running.
     So an attempt whose process is gone — seen dead twice, ``grace`` seconds apart, and still
-    the record's current attempt — is put back to ``queued`` and published again.
+    the record's current attempt — is put back to ``queued`` and published again. ``remove``
+    (the worker's: the job's containers on this engine) runs first, so the room the attempt
+    held (:mod:`offload.broker.room`, freed by that requeue) is never given out while its
+    container still runs.
     """
 
     def __init__(
@@ -144,9 +148,11 @@ class ProcessReaper:
         node: str,
         grace: float,
         max_losses: int | None = None,
+        remove: Callable[[str], object] | None = None,
     ) -> None:
         self.registry, self.records, self.node, self.grace = registry, records, node, grace
         self.max_losses = max_losses
+        self.remove = remove
         self.suspects: dict[tuple[str, Owner], float] = {}
 
     def reap(self, app: Celery, now: float) -> list[str]:
@@ -166,6 +172,8 @@ class ProcessReaper:
             if self.registry.owner(self.node, job_id) != owner:
                 continue  # a new attempt took it meanwhile
             message = f"attempt {owner.attempt} on node {self.node} lost its process"
+            if self.remove is not None:
+                self.remove(job_id)
             if requeue(
                 self.records,
                 app,

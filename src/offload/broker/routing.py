@@ -2,7 +2,9 @@
 
 A job goes to the queue of a node (``node.<name>``, :func:`offload.broker.keys.node_queue`)
 that is live (heartbeat within ``lost_after``), not draining, serves the job's class, has a
-free slot (slots - running jobs - messages already in its queue) and whose cache holds the
+free slot (slots - running jobs - messages already in its queue) and free room for the job
+(its allocatable CPUs, memory and GPUs less what its machine's running jobs hold,
+:mod:`offload.broker.room`), and whose cache holds the
 most of the job's input bytes (its object index, :mod:`offload.cache.objindex`); otherwise to
 its class queue. :func:`decide` is the pure rule; :func:`read_nodes` reads what it needs from
 Redis in two round trips; :func:`record` writes the decision into the job record (fields
@@ -26,6 +28,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.queues import PRIORITY_STEPS, message_job, queue_lists
+from offload.broker.room import Room, Share
 from offload.spec import OBJECT_ID_RE
 
 # KEYS: job record, routed index.  ARGV: 1 job id, 2 node ('' = class queue), 3 why.
@@ -53,6 +56,7 @@ class NodeView:
     serves: bool = True  # serves the job's class
     live: bool = True
     draining: bool = False
+    room: Share | None = None  # free room of its machine (None: not known, not limiting)
 
     @property
     def held(self) -> int:
@@ -70,6 +74,13 @@ class NodeView:
         if self.free <= 0:
             return "has no free slot"
         return ""
+
+    def unfit_for(self, need: Share | None) -> str:
+        """Why it cannot take a job needing ``need`` now ("" when it can)."""
+        why = self.unfit
+        if why or need is None or self.room is None or self.room.covers(need):
+            return why
+        return f"has no room for {need.describe()} ({self.room.describe()} free)"
 
 
 @dataclass(frozen=True)
@@ -113,8 +124,11 @@ def human(n: int) -> str:
     return f"{n} B"
 
 
-def decide(resource_class: str, ids: Sequence[str], nodes: Iterable[NodeView]) -> Route:
-    """The queue for a job of ``resource_class`` with inputs ``ids``, given every node."""
+def decide(
+    resource_class: str, ids: Sequence[str], nodes: Iterable[NodeView], need: Share | None = None
+) -> Route:
+    """The queue for a job of ``resource_class`` with inputs ``ids`` needing ``need``, given
+    every node."""
     nodes = list(nodes)
     if not ids:
         return Route(resource_class, "no inputs to place")
@@ -127,7 +141,7 @@ def decide(resource_class: str, ids: Sequence[str], nodes: Iterable[NodeView]) -
         of += f" (+{inputs.unknown} of unknown size)"
     holders = sorted((n for n in nodes if n.held > 0), key=lambda n: (-n.held, -n.free, n.name))
     for n in holders:
-        if not n.unfit:
+        if not n.unfit_for(need):
             return Route(
                 keys.node_queue(n.name),
                 f"holds {human(n.held)} of {of}",
@@ -137,7 +151,7 @@ def decide(resource_class: str, ids: Sequence[str], nodes: Iterable[NodeView]) -
             )
     if holders:
         best = holders[0]
-        why = f"node {best.name} holds {human(best.held)} of {of} but {best.unfit}"
+        why = f"node {best.name} holds {human(best.held)} of {of} but {best.unfit_for(need)}"
     else:
         why = "no live node holds its inputs"
     return Route(resource_class, why, total=inputs.total)
@@ -164,19 +178,38 @@ def read_nodes(
         return []
     pipe = r.pipeline(transaction=False)
     for name in names:
-        pipe.hmget(keys.node(name), "classes", "slots", "heartbeat_at", "draining")
+        pipe.hmget(
+            keys.node(name),
+            "classes",
+            "slots",
+            "heartbeat_at",
+            "draining",
+            "cpus",
+            "memory",
+            "gpus",
+            "machine",
+        )
         pipe.scard(keys.node_running(name))
         for lst in queue_lists(keys.node_queue(name)):
             pipe.llen(lst)
         pipe.zmscore(keys.node_objects(name), list(ids))
     replies = pipe.execute()
     per = 3 + len(PRIORITY_STEPS)
+    rooms = Room(r)
+    used: dict[str, Share] = {}
     out = []
     for i, name in enumerate(names):
         row = replies[i * per : (i + 1) * per]
-        (classes, slots, beat, draining), running = row[0], int(row[1])
+        (classes, slots, beat, draining, cpus, memory, gpus, machine), running = row[0], int(row[1])
         if beat is None:  # deregistered meanwhile
             continue
+        free_room = None
+        if cpus is not None and memory is not None:
+            where = _str(machine or name)
+            if where not in used:
+                used[where] = rooms.used(where)
+            alloc = Share(float(cpus), int(memory), int(gpus or 0))
+            free_room = alloc - used[where]
         waiting = sum(int(x) for x in row[2:-1])
         holds = {oid: int(s) for oid, s in zip(ids, row[-1] or [], strict=False) if s is not None}
         out.append(
@@ -187,6 +220,7 @@ def read_nodes(
                 serves=resource_class in _str(classes or "").split(","),
                 live=now - float(beat) <= lost_after,
                 draining=_str(draining or "0") == "1",
+                room=free_room,
             )
         )
     return out

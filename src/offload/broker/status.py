@@ -101,6 +101,7 @@ class Reason(StrEnum):
     OUTPUT_REJECTED = "output_rejected"  # a symlink, special file or escaping path in /offload/out
     GPU_UNAVAILABLE = "gpu_unavailable"  # GPUs asked for, no GPU runtime (or no free GPU)
     UNSCHEDULABLE = "unschedulable"  # the node cannot give what the job asks for
+    NO_ROOM = "no_room"  # its node's machine had no free room for it for a while; queued again
     START_FAILED = "start_failed"  # the engine refused to create or start the container
     CANCELLED = "cancelled"  # someone cancelled it
     WORKER_ERROR = "worker_error"  # an unexpected error in the worker (a bug: report it)

@@ -14,7 +14,9 @@ from rich.table import Table
 from offload.broker.connection import translated
 from offload.broker.core import Broker
 from offload.broker.nodes import NodeInfo
+from offload.broker.room import Share
 from offload.cli import cli, handle_errors, settings_of
+from offload.spec import format_memory
 
 console = Console(highlight=False)
 STATE_STYLE = {"up": "green", "draining": "yellow", "lost": "red"}
@@ -33,7 +35,25 @@ def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
         "heartbeat_age": round(max(0.0, now - n.heartbeat_at), 3),
         "started_at": n.started_at,
         "state": n.state,
+        "machine": n.machine,
+        "used": share_dict(n.used),
+        "free": share_dict(n.free),
     }
+
+
+def share_dict(s: Share) -> dict[str, float | int]:
+    return {"cpus": round(s.cpus, 3), "memory": s.memory, "gpus": s.gpus}
+
+
+def room_cells(n: NodeInfo) -> tuple[str, str, str, str]:
+    """CPUs, memory and GPUs its jobs hold of what it gives jobs, and its free room (what its
+    machine's nodes together leave)."""
+    return (
+        f"{n.used.cpus:g}/{n.cpus:g}",
+        f"{format_memory(n.used.memory)}/{format_memory(n.memory)}",
+        f"{n.used.gpus}/{n.gpus}",
+        n.free.describe(),
+    )
 
 
 @cli.command()
@@ -41,7 +61,8 @@ def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
 @click.pass_context
 @handle_errors
 def nodes(ctx: click.Context, as_json: bool) -> None:
-    """List worker nodes: classes, slots, running jobs, last heartbeat, up/draining/lost.
+    """List worker nodes: classes, slots, running jobs, last heartbeat, up/draining/lost,
+    and CPUs / memory / GPUs in use (of what the node gives jobs) and free.
 
     Tab-separated when stdout is not a terminal.
     """
@@ -55,7 +76,8 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         return
     rows = [
         (n.name, n.provider, ",".join(n.classes), str(n.slots), str(len(n.running)),
-         ",".join(n.running) or "-", f"{max(0.0, now - n.heartbeat_at):.1f}s", n.state)
+         ",".join(n.running) or "-", f"{max(0.0, now - n.heartbeat_at):.1f}s", n.state,
+         *room_cells(n))
         for n in found
     ]  # fmt: skip
     if not sys.stdout.isatty():
@@ -68,6 +90,7 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table(
         "name", "provider", "classes", "slots", "running", "jobs", "beat", "state",
+        "cpus", "memory", "gpus", "free",
         box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
     )  # fmt: skip
     short = console.width < 120  # a narrow terminal shows id prefixes (tab/JSON: in full)
@@ -78,6 +101,6 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         style = STATE_STYLE.get(n.state, "")
         table.add_row(
             *row[:2], "\n".join(n.classes), *row[3:5], "\n".join(ids), row[6],
-            f"[{style}]{n.state}[/]",
+            f"[{style}]{n.state}[/]", *row[8:],
         )  # fmt: skip
     console.print(table)

@@ -1,4 +1,5 @@
-"""What this node can run: CPUs and memory (psutil), GPUs (NVML via nvidia-smi), classes."""
+"""What this node can run: CPUs and memory (psutil) less a reserve, GPUs (NVML via
+nvidia-smi), classes, and how many jobs at once."""
 
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ class Capacity:
             return f"asks for {res.cpu:g} CPU, this node has {self.cpus:g}"
         if res.memory > self.memory:
             return (
-                f"asks for {format_memory(res.memory)} memory, "
-                f"this node has {format_memory(self.memory)}"
+                f"asks for {format_memory(res.memory)} memory, this node gives jobs "
+                f"{format_memory(self.memory)} (its memory less OFFLOAD_NODE_MEMORY_RESERVE)"
             )
         if res.gpus > len(self.gpus):
             return f"asks for {res.gpus} GPU(s), this node has {len(self.gpus)}"
@@ -119,6 +120,39 @@ def served_classes(settings: Settings, cap: Capacity) -> list[ResourceClass]:
     return chosen
 
 
+def allocatable(settings: Settings, machine: Capacity) -> Capacity:
+    """What this node gives jobs: its machine's CPUs (``OFFLOAD_NODE_CPUS``, at most the
+    machine's) and memory (``OFFLOAD_NODE_MEMORY``, likewise) less ``OFFLOAD_NODE_MEMORY_RESERVE``
+    for the worker and the engine. CPU time is shared, so a job may ask for every CPU."""
+    cpus, memory = machine.cpus, machine.memory
+    if settings.node_cpus is not None:
+        if settings.node_cpus > machine.cpus:
+            raise ConfigError(
+                f"OFFLOAD_NODE_CPUS={settings.node_cpus:g}: this machine has {machine.cpus:g}"
+            )
+        cpus = settings.node_cpus
+    if settings.node_memory is not None:
+        if settings.node_memory > machine.memory:
+            raise ConfigError(
+                f"OFFLOAD_NODE_MEMORY={format_memory(settings.node_memory)}: this machine has "
+                f"{format_memory(machine.memory)}"
+            )
+        memory = settings.node_memory
+    left = memory - settings.node_memory_reserve
+    if left < MIN_JOB_MEMORY:
+        raise ConfigError(
+            f"OFFLOAD_NODE_MEMORY_RESERVE={format_memory(settings.node_memory_reserve)} leaves "
+            f"no memory for jobs on this node of {format_memory(memory)}"
+        )
+    return Capacity(cpus=cpus, memory=left, gpus=machine.gpus)
+
+
+MIN_JOB_MEMORY = 6 * 1024 * 1024  # Docker's smallest memory limit
+MIN_SLOTS, MAX_SLOTS = 2, 64
+
+
 def slots(settings: Settings, cap: Capacity) -> int:
-    """Concurrent jobs on this node: configured, else one per CPU."""
-    return settings.worker_slots or max(1, int(cap.cpus))
+    """The most jobs this node runs at once (its pool processes): configured, else two per
+    CPU (2..64) — enough for jobs of half a CPU to fill the node. Admission by resources
+    (:mod:`offload.worker.admission`) decides what runs; this only caps the count."""
+    return settings.worker_slots or max(MIN_SLOTS, min(MAX_SLOTS, int(cap.cpus * 2)))

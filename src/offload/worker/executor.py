@@ -24,6 +24,7 @@ from offload.cache.actions import ActionCache, Memo, action_key
 from offload.errors import BrokerError, CacheError, ForgedJob, StoreUnavailable
 from offload.spec import JobSpec, format_memory
 from offload.worker import staging, trust
+from offload.worker.admission import take_room
 from offload.worker.endings import Recorder, retries_used
 from offload.worker.gpus import GpuLease, GpusBusy
 from offload.worker.lease import LeaseKeeper
@@ -86,8 +87,8 @@ class Attempt:
     def run(self) -> JobStatus:
         """Run the steps, then record how the attempt ended.
 
-        One way out: everything the attempt holds — its lease, its limit permits, its
-        workspace, its GPUs, its container — is taken on ``held`` as it is acquired and given
+        One way out: everything the attempt holds — its lease, its room, its limit permits,
+        its workspace, its GPUs, its container — is taken on ``held`` as it is acquired and given
         back, in reverse, however the steps end (an outcome, a cancel, a lost lease, a broker
         outage, a crash of a step, the process being stopped), before the end is recorded.
         The claim on identical jobs in flight goes last, once the end and memo are written.
@@ -107,6 +108,7 @@ class Attempt:
             self.verify()
             self.check_cancel()
             self.check_fits()
+            take_room(self.node, self.job_id, self.attempt, self.spec.resources, held, self.check)
             self.check_limits(held)
             self.stage(held)
             self.start(held)
@@ -168,6 +170,12 @@ class Attempt:
     def check_cancel(self) -> None:
         if self.node.records.cancel_requested(self.job_id):
             raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled")
+
+    def check(self) -> None:
+        """Stop a wait (for room): the job was cancelled, or given to another attempt."""
+        if self.keeper.lost.is_set():
+            raise Superseded()
+        self.check_cancel()
 
     def check_limits(self, held: contextlib.ExitStack) -> None:
         """A permit of every concurrency limit the job's labels fall under, or the job waits

@@ -65,19 +65,21 @@ class Heartbeat:
         self.thread: threading.Thread | None = None
         self.registry = broker.nodes
         self.records = broker.records
+        runtime = DockerRuntime(connect())
         self.reaper = ProcessReaper(
             self.registry,
             self.records,
             self.name,
             grace=max(2.0, self.interval),
             max_losses=settings.max_node_losses,
+            remove=runtime.remove_job_containers,  # before its room is given out again
         )
         self.journal = Journal(settings.journal_dir)
         self.leftovers = LocalReaper(
             self.name,
             self.registry.cluster_id(),
             self.records,
-            DockerRuntime(connect()),
+            runtime,
             settings.work_dir.parent,
         )
 
@@ -92,6 +94,7 @@ class Heartbeat:
             cpus=self.capacity.cpus,
             memory=self.capacity.memory,
             gpus=len(self.capacity.gpus),
+            machine=self.settings.machine,
         )
         self.marked_draining = False
 

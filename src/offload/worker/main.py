@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def plan(settings: Settings) -> tuple[cap_mod.Capacity, list[str], int]:
-    cap = cap_mod.detect()
+    cap = cap_mod.allocatable(settings, cap_mod.detect())
     classes = [c.name for c in cap_mod.served_classes(settings, cap)]
     return cap, classes, cap_mod.slots(settings, cap)
 
@@ -74,8 +74,10 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     connect().close()  # fail now, clearly, when there is no engine
     cap, classes, slots = plan(settings)
     log.warning(
-        "offload worker %s: %g CPU, %s, %d GPU; serving %s with %d slot(s)",
+        "offload worker %s (machine %s): %g CPU, %s for jobs, %d GPU; serving %s, "
+        "at most %d job(s) at once",
         settings.node_name,
+        settings.machine,
         cap.cpus,
         format_memory(cap.memory - cap.memory % (1024 * 1024)),
         len(cap.gpus),

@@ -10,6 +10,7 @@ from offload.broker.inflight import InFlight
 from offload.broker.limits import Limits
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
+from offload.broker.room import Room
 from offload.broker.status import JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo
 from offload.cache.keys import ClusterKey
@@ -19,6 +20,21 @@ from offload.worker.capacity import Capacity
 from offload.worker.gpus import GpuAllocator
 from offload.worker.journal import Journal
 from offload.worker.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """How long a job waits for room on its node, and when room is kept for it
+    (:mod:`offload.worker.admission`)."""
+
+    wait: float = 30.0  # polling for room; then back to the queue, no retry spent
+    starvation: float = 60.0  # waited longer: smaller jobs stop taking the room it needs
+    poll: float = 0.25
+
+    @property
+    def ttl(self) -> float:
+        """How long a waiting job's note lives unrefreshed: past a hand-back's round trip."""
+        return self.wait + 15.0
 
 
 @dataclass
@@ -45,6 +61,9 @@ class Node:
     key: ClusterKey | None = None  # checks jobs' signatures, opens their secrets (required)
     inflight: InFlight | None = None  # identical jobs in flight run once (with ``memo``)
     on_done: Callable[[str], object] = lambda job_id: None  # release/fail its dependents
+    room: Room | None = None  # admission by resources (None: every job fits)
+    machine: str = ""  # whose room this node shares ("" = its own name)
+    admission: AdmissionPolicy = AdmissionPolicy()
 
 
 class CacheHit(Exception):
@@ -65,7 +84,8 @@ class Superseded(Exception):
 
 
 class HandBack(Exception):
-    """This node cannot run the job now (no free GPU): back to the queue, no retry used."""
+    """This node cannot run the job now (no room, no free GPU): back to the queue, no retry
+    used."""
 
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)

@@ -28,6 +28,7 @@ from offload.worker.docker_runtime import DockerRuntime, connect
 from offload.worker.executor import Node, execute
 from offload.worker.gpus import GpuAllocator, lock_dir
 from offload.worker.journal import Journal
+from offload.worker.node import AdmissionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
         limits=broker.limits,
         key=load_key(settings.key_path),
         on_done=broker.pipeline.on_done,
+        room=broker.room,
+        machine=settings.machine,
+        admission=AdmissionPolicy(settings.admission_wait, settings.admission_starvation),
     )
 
 
