@@ -12,10 +12,12 @@ from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo
+from offload.cache.fetch import Fetcher
 from offload.cache.keys import ClusterKey
 from offload.cache.store import Store
 from offload.spec import JobSpec, ResourceClass
 from offload.worker.capacity import Capacity
+from offload.worker.deliver import Deliverer
 from offload.worker.gpus import GpuAllocator
 from offload.worker.journal import Journal
 from offload.worker.runtime import Runtime
@@ -45,6 +47,8 @@ class Node:
     key: ClusterKey | None = None  # checks jobs' signatures, opens their secrets (required)
     inflight: InFlight | None = None  # identical jobs in flight run once (with ``memo``)
     on_done: Callable[[str], object] = lambda job_id: None  # release/fail its dependents
+    fetcher: Fetcher | None = None  # input URIs fetched into the store (worker/fetching.py)
+    deliverer: Deliverer | None = None  # outputs delivered where spec.deliver says
 
 
 class CacheHit(Exception):
