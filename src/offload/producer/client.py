@@ -21,6 +21,8 @@ from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import CacheError, JobNotFound, SpecError
 from offload.producer.control import Control
+from offload.producer.download import Progress as DownloadProgress
+from offload.producer.download import Report, download
 from offload.producer.items import InputRef, check_ref, fill_inputs, output_ref, within
 from offload.producer.job import Job, JobResult
 from offload.producer.options import JobOptions
@@ -295,6 +297,23 @@ class Client:
             raise CacheError(f"{dest} exists; pass overwrite=True (--force) to replace it")
         self.store.export(oid, dest)
         return dest
+
+    def download_outputs(
+        self,
+        jobs: Job | str | Sequence[Job | str],
+        dest: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        workers: int = 16,
+        progress: DownloadProgress | None = None,
+    ) -> Report:
+        """Every output of ``jobs`` (a Job, what ``map`` returned, or job ids) into the folder
+        ``dest``, named by the template ``name`` (:mod:`offload.producer.download`); files
+        already there with the same content are skipped. Raises
+        :class:`~offload.producer.download.DownloadFailed` naming what it could not get."""
+        many = [jobs] if isinstance(jobs, Job | str) else list(jobs)
+        records = [self.broker.records.get(j.id if isinstance(j, Job) else j) for j in many]
+        return download(self.store, records, Path(dest), name, workers=workers, progress=progress)
 
 
 @dataclass(frozen=True)
