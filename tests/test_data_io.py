@@ -85,8 +85,11 @@ def test_url_inputs_are_fetched_by_the_node_and_s3_outputs_delivered(
 
     # a missing URL fails input_missing naming it (no credentials shown); a bad bucket for
     # delivery leaves the job succeeded, the failure shown
-    missing = p.client.submit("offload/base", ["true"], inputs={
-        "gone": http_files.url("/gone.bin").replace("http://", "http://ann:pw-123@")})
+    missing = p.client.submit(
+        "offload/base",
+        ["true"],
+        inputs={"gone": http_files.url("/gone.bin").replace("http://", "http://ann:pw-123@")},
+    )
     bad = p.client.submit("offload/base", ["sh", "-c", "echo x > /offload/out/x"],
                           deliver="s3://no-such-bucket-here/x/")  # fmt: skip
     failed = missing.result(timeout=60, raise_on_failure=False)
