@@ -39,7 +39,7 @@ for _name in [
 ]:
     del os.environ[_name]
 
-pytest_plugins = ["tests.s3server"]
+pytest_plugins = ["tests.s3server", "tests.httpserver"]
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_second_node_runs_on_the_first_nodes_output_without_a_local_copy(
         two.kill_worker()
 
 
-def test_s3_uri_inputs_are_imported_once_and_addressed_by_id(
+def test_s3_uri_inputs_are_fetched_once_by_a_node_and_addressed_by_id(
     s3_platform: Platform, s3_server: MotoServer
 ) -> None:
     p = s3_platform
@@ -111,15 +112,16 @@ def test_s3_uri_inputs_are_imported_once_and_addressed_by_id(
     )
     assert job.result(timeout=60).ok
     assert [line.text for line in job.logs()] == ["fig", "pear"]
-    oid = job.record().spec.inputs["words"]
+    oid = job.record().fetched["words"]
     assert oid == "sha256:" + hashlib.sha256(b"fig\npear\n").hexdigest()
-    imports = p.client.broker.redis.keys("offload:import:*")
-    assert len(imports) == 1 and p.client.broker.redis.get(imports[0]) == oid
+    fetched = p.client.broker.redis.keys("offload:fetched:*")
+    assert len(fetched) == 1 and json.loads(p.client.broker.redis.get(fetched[0]))["oid"] == oid
     again = p.client.submit(
         "offload/base",
         ["wc", "-l", "/offload/in/words"],
         inputs={"words": "s3://user-data/in/words.txt"},
     )
-    assert again.record().spec.inputs["words"] == oid
-    bad = p.cli("submit", "offload/base", "--input", "w=s3://user-data/missing")
-    assert bad.returncode == 2 and "inputs.w" in bad.stderr
+    assert again.result(timeout=60).ok and again.record().fetched["words"] == oid
+    bad = p.client.submit("offload/base", ["true"], inputs={"w": "s3://user-data/missing"})
+    failed = bad.result(timeout=60, raise_on_failure=False)
+    assert failed.reason == "input_missing" and "s3://user-data/missing" in (failed.message or "")

@@ -68,6 +68,19 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_ca_bundle: Path | None = None  # CA bundle (PEM) for S3 over HTTPS; None: system CAs
+    # Data in and out by location (cache/fetch.py, worker/deliver.py). The user's own S3
+    # (s3:// inputs a node fetches, deliveries): endpoint and region default to the s3_*
+    # ones; credentials come from boto3's chain (OFFLOAD_DELIVER_PROFILE: a named profile).
+    deliver_endpoint_url: str | None = None
+    deliver_region: str | None = None
+    deliver_ca_bundle: Path | None = None
+    deliver_profile: str | None = None
+    deliver_attempts: int = Field(default=3, ge=1, le=10)
+    # URL inputs: tries of a whole fetch, seconds per connect/read, backoff base, redirects
+    fetch_attempts: int = Field(default=4, ge=1, le=20)
+    fetch_timeout: float = Field(default=30.0, gt=0)
+    fetch_backoff: float = Field(default=0.5, ge=0)
+    fetch_redirects: int = Field(default=5, ge=0, le=20)
     classes: tuple[ResourceClass, ...] = DEFAULT_CLASSES
     default_timeout: float = Field(default=3600.0, gt=0)
     max_timeout: float = Field(default=24 * 3600.0, gt=0)
@@ -220,7 +233,7 @@ class Settings(BaseSettings):
             value = [v.strip() for v in value if v.strip()]
         return value
 
-    @field_validator("redis_ca", "redis_cert", "redis_key", "s3_ca_bundle")
+    @field_validator("redis_ca", "redis_cert", "redis_key", "s3_ca_bundle", "deliver_ca_bundle")
     @classmethod
     def _pem_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():

@@ -160,14 +160,19 @@ Schedules (:mod:`offload.producer.schedules`, fired by :mod:`offload.scheduler`)
     offload:scheduler:lock       STRING the token of the active scheduler (SET NX PX, renewed
                                         every tick; a standby takes over once it expires)
 
-The data tier's shared indexes (:mod:`offload.cache.actions`, :mod:`offload.cache.imports`)::
+The data tier's shared indexes (:mod:`offload.cache.actions`, :mod:`offload.cache.fetch`)::
 
     offload:memo:<key>           STRING the action cache: JSON {outputs, job_id} of the successful
                                         job whose image digest, command, params, env and inputs
                                         hash to <key>; expires after ``Settings.memo_ttl``
-    offload:import:<hash>        STRING the content id an ``s3://`` URI (at one ETag) was imported
-                                        as; expires after ``Settings.memo_ttl`` (an import is a
-                                        memo of the same kind; re-imported when gone)
+    offload:fetched:<hash>       STRING JSON {oid, etag, modified}: the content id an input URI
+                                        (``https://``, ``http://``, ``s3://``) was fetched as by
+                                        a node, with the validators it was fetched at; <hash> is
+                                        the sha256 of the URI (keyed with the cluster key when the
+                                        URI carries credentials). Written by the node after a
+                                        fetch, read by every node (no fetch while the validators
+                                        match) and by routing (locality). Expires after
+                                        ``Settings.memo_ttl``; fetched again when gone
     offload:inflight:<key>       STRING the id of the job now running the action of memo <key>
                                         (SET NX by its attempt at the memo check; an identical job
                                         finding it held by an active job waits for that one:
@@ -299,8 +304,8 @@ def memo(key: str) -> str:
     return f"{PREFIX}:memo:{key}"
 
 
-def s3_import(digest: str) -> str:
-    return f"{PREFIX}:import:{digest}"
+def fetched(digest: str) -> str:
+    return f"{PREFIX}:fetched:{digest}"
 
 
 def inflight(key: str) -> str:

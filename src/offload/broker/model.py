@@ -52,6 +52,9 @@ class JobRecord:
     routed_to: str = ""  # the node whose queue the last publication went to ("": its class's)
     route_why: str = ""  # why it went there, for people ("": not decided by routing)
     outputs_sig: str = ""  # the cluster key's signature of ``outputs`` (cache.jobseal)
+    fetched: dict[str, str] = field(default_factory=dict)  # input URI's name -> content id
+    delivered: dict[str, str] = field(default_factory=dict)  # output -> where it was delivered
+    deliver_error: str = ""  # what could not be delivered ("" when all were, or none asked)
 
     @property
     def name(self) -> str:
@@ -93,4 +96,7 @@ def parse_record(job_id: str, h: dict[str, str]) -> JobRecord:
         routed_to=h.get("routed_to") or "",
         route_why=h.get("route_why") or "",
         outputs_sig=h.get(OUTPUTS_SIG) or "",
+        fetched=json.loads(h.get("fetched") or "{}"),
+        delivered=json.loads(h.get("delivered") or "{}"),
+        deliver_error=h.get("deliver_error") or "",
     )

@@ -64,6 +64,7 @@ def choose(app: Celery, rec: JobRecord) -> routing.Route | None:
     if not app.conf.get("offload_locality", True):
         return None
     ids = routing.input_ids(rec.spec.inputs)
+    ids += routing.fetched_ids(_redis(app), rec.spec.inputs)  # URIs a node fetched before
     if not ids:
         return None
     lost_after = float(app.conf.get("offload_lost_after") or 15.0)

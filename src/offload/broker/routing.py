@@ -21,6 +21,7 @@ were. Nothing here imports Celery: the autoscaler reads node queues through it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from offload.broker import keys
 from offload.broker.queues import PRIORITY_STEPS, message_job, queue_lists
 from offload.broker.room import Room, Share
 from offload.spec import OBJECT_ID_RE
+from offload.spec.uris import is_uri, parse_uri, uri_digest
 
 # KEYS: job record, routed index.  ARGV: 1 job id, 2 node ('' = class queue), 3 why.
 # Only while the record exists; a node route enters the routed index at Redis time.
@@ -111,6 +113,30 @@ class Inputs:
 def input_ids(inputs: Mapping[str, str]) -> tuple[str, ...]:
     """The content ids among a spec's inputs (references not resolved yet are skipped)."""
     return tuple(dict.fromkeys(v for v in inputs.values() if OBJECT_ID_RE.match(v)))
+
+
+def fetched_ids(r: redis.Redis, inputs: Mapping[str, str]) -> tuple[str, ...]:
+    """The content ids the spec's input URIs are known to hold: a pin, else what a node
+    fetched the URI as (``offload:fetched:<hash>``); a URI never fetched counts nothing."""
+    out: list[str] = []
+    names: list[str] = []
+    for ref in inputs.values():
+        if not is_uri(ref):
+            continue
+        uri = parse_uri(ref)
+        if uri.pin:
+            out.append(uri.pin)
+        elif not uri.has_credentials:  # a credentialed URI's memo is keyed: not ours to read
+            names.append(keys.fetched(uri_digest(uri.url)))
+    if names:
+        for raw in r.mget(names):
+            try:
+                oid = json.loads(raw)["oid"] if raw else None
+            except (ValueError, KeyError, TypeError):
+                oid = None
+            if isinstance(oid, str) and OBJECT_ID_RE.match(oid):
+                out.append(oid)
+    return tuple(dict.fromkeys(out))
 
 
 def human(n: int) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import redis
 
 from offload.cache.blobs import BlobStore
-from offload.cache.keys import load_key
+from offload.cache.fetch import FetchConfig, Fetcher, UserS3
+from offload.cache.keys import ClusterKey, load_key
 from offload.cache.localblobs import LocalBlobStore
 from offload.cache.objindex import ObjectIndex
 from offload.cache.sealed import SealedStore
@@ -64,3 +65,32 @@ def open_store(settings: Settings, client: redis.Redis | None = None) -> SealedS
     indexed = _node_index[0] and settings.locality and client is not None
     index = object_index(settings, client) if indexed and client is not None else None
     return SealedStore(key, local_tier(settings), remote_tier(settings), index=index)
+
+
+def user_s3(settings: Settings) -> UserS3:
+    """The user's own S3 (``s3://`` inputs, deliveries): ``OFFLOAD_DELIVER_*``, endpoint and
+    region defaulting to the ``OFFLOAD_S3_*`` ones."""
+    ca = settings.deliver_ca_bundle or settings.s3_ca_bundle
+    return UserS3(
+        endpoint_url=settings.deliver_endpoint_url or settings.s3_endpoint_url,
+        region=settings.deliver_region or settings.s3_region,
+        ca_bundle=str(ca) if ca else None,
+        profile=settings.deliver_profile,
+        timeout=settings.fetch_timeout,
+    )
+
+
+def user_data(
+    settings: Settings, store: SealedStore, client: redis.Redis, key: ClusterKey
+) -> tuple[Fetcher, UserS3]:
+    """A node's fetcher of input URIs (remembered through ``client``) and its user S3."""
+    s3 = user_s3(settings)
+    config = FetchConfig(
+        ttl=settings.memo_ttl,
+        attempts=settings.fetch_attempts,
+        timeout=settings.fetch_timeout,
+        backoff=settings.fetch_backoff,
+        redirects=settings.fetch_redirects,
+        s3=s3,
+    )
+    return Fetcher(store, client, key, config), s3

@@ -7,6 +7,9 @@ or Flower) must not learn a secret. So, before a job's record is written:
 * **secrets are sealed**: the values of the params and env named in ``spec.secret`` go into
   one XChaCha20-Poly1305 box (key: the cluster key's *secrets* subkey; associated data: the
   job id, so a box only opens for its own job) and the spec keeps ``***`` in their place;
+* **credentials in input URIs are sealed** the same way: an input URI with userinfo or a
+  query string (a presigned URL) goes into the box whole, and the spec keeps its redacted
+  form (:func:`offload.spec.uris.redact`);
 * **the job is signed**: ``sig = BLAKE2b-256(canonical(job id, spec, box), key=jobs subkey)``
   over every field of the spec, the box included. ``canonical`` is sorted-key compact JSON.
 
@@ -41,6 +44,7 @@ from offload.cache.actions import Memo
 from offload.cache.keys import ClusterKey
 from offload.errors import ForgedJob
 from offload.spec import JobSpec, Seal
+from offload.spec.uris import has_credentials, is_redacted, is_uri, redact
 
 HIDDEN = "***"  # what the record holds in place of a secret value
 _PERSON_SIG = b"offload:jobsig1"
@@ -109,8 +113,11 @@ def seal_job(key: ClusterKey, job_id: str, spec: JobSpec) -> JobSpec:
         "params": {k: v for k, v in spec.params.items() if k in spec.secret},
         "env": {k: v for k, v in spec.env.items() if k in spec.secret},
     }
+    uris = {k: v for k, v in spec.inputs.items() if is_uri(v) and has_credentials(v)}
+    if uris:
+        hidden["inputs"] = uris
     box = ""
-    if spec.secret:
+    if spec.secret or uris:
         nonce = nacl.utils.random(_NONCE)
         sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
             _canonical(hidden), _AD + job_id.encode("ascii"), nonce, key.secrets_key
@@ -120,6 +127,7 @@ def seal_job(key: ClusterKey, job_id: str, spec: JobSpec) -> JobSpec:
         update={
             "params": {k: HIDDEN if k in spec.secret else v for k, v in spec.params.items()},
             "env": {k: HIDDEN if k in spec.secret else v for k, v in spec.env.items()},
+            "inputs": {k: redact(v) if k in uris else v for k, v in spec.inputs.items()},
             "seal": Seal(box=box, refs=spec.seal.refs if spec.seal else {}),
         }
     )
@@ -137,7 +145,7 @@ def open_job(key: ClusterKey, job_id: str, spec: JobSpec) -> JobSpec:
             f"job {job_id}'s signature does not match its spec: the record was altered, "
             "copied from another job, or signed with another cluster key"
         )
-    if not spec.secret:
+    if not spec.secret and not seal.box:
         return spec
     try:
         raw = base64.b64decode(seal.box, validate=True)
@@ -152,10 +160,15 @@ def open_job(key: ClusterKey, job_id: str, spec: JobSpec) -> JobSpec:
         spec.env
     ):
         raise ForgedJob(f"job {job_id}'s sealed secrets are not the ones its spec names")
+    uris = hidden.get("inputs", {})
+    redacted = {k for k, v in spec.inputs.items() if is_uri(v) and is_redacted(v)}
+    if set(uris) != redacted or any(redact(uris[k]) != spec.inputs[k] for k in uris):
+        raise ForgedJob(f"job {job_id}'s sealed input URIs are not the ones its spec names")
     return spec.model_copy(
         update={
             "params": {**spec.params, **hidden["params"]},
             "env": {**spec.env, **hidden["env"]},
+            "inputs": {**spec.inputs, **uris},
         }
     )
 

@@ -61,7 +61,9 @@ def pairs(option: str, values: tuple[str, ...]) -> list[tuple[str, str]]:
 JOB_OUTPUT_RE = re.compile(r"^([0-9a-f]{32}):(.*)\Z", re.DOTALL)
 INPUT_HELP = (
     "An input, mounted at /offload/in/NAME: NAME=PATH (a local file, uploaded), "
-    "NAME=sha256:<id> (a stored object), NAME=s3://bucket/key, or NAME=JOB_ID:OUTPUT — "
+    "NAME=sha256:<id> (a stored object), NAME=https://host/path, NAME=http://…, "
+    "NAME=s3://bucket/key (fetched by the node that runs the job; pin the content with "
+    "#sha256=<hex>), or NAME=JOB_ID:OUTPUT — "
     "another job's output OUTPUT (its path under /offload/out), where JOB_ID is the 32 "
     "hex digits `offload submit` printed; the job then waits until that job succeeds. "
     "A value that starts with 32 hex digits and ':' is always read as JOB_ID:OUTPUT: "
@@ -185,6 +187,14 @@ _JOB_OPTIONS = [
         help="Run even if an identical job succeeded before or runs now.",
     ),
     click.option("--label", "labels", multiple=True, metavar="K=V"),
+    click.option(
+        "--deliver",
+        default=None,
+        metavar="TEMPLATE",
+        help="After a success, write each output there (plaintext), e.g. "
+        "s3://bucket/thumbs/{job_id}/ or s3://bucket/{input.photo.stem}-{output}; fields "
+        "{job_id} {index} {name} {output} {input.NAME[.stem|.suffix]}.",
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])

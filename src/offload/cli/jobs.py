@@ -17,7 +17,9 @@ from offload.broker.status import JobStatus, Reason
 from offload.cli import cli, handle_errors
 from offload.cli.common import client_of
 from offload.cli.controlcmd import why_lines
+from offload.cli.getcmd import bulk_download
 from offload.cli.graphview import graph, graph_lines
+from offload.errors import SpecError
 from offload.producer.client import Client
 from offload.producer.job import Job, JobResult
 
@@ -82,6 +84,9 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             "reason": rec.reason,
             "message": rec.message,
             "outputs": rec.outputs,
+            "fetched": rec.fetched,
+            "delivered": rec.delivered,
+            "deliver_error": rec.deliver_error or None,
             "spec": rec.view,
             "timings": rec.timings,
             "cache_hit": rec.cache_hit,
@@ -128,8 +133,13 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         console.print(f"  +{e.at - t0:7.3f}s  {e.status}{extra}  {e.node}")
         if e.message and e.status is JobStatus.QUEUED and e.attempt:
             console.print(f"             {e.message}")  # a retry: when, with what resources
+    for name, oid in rec.fetched.items():
+        console.print(f"input {name} fetched as {oid}")
     for path, oid in rec.outputs.items():
-        console.print(f"output {path} {oid}")
+        where = rec.delivered.get(path)
+        console.print(f"output {path} {oid}" + (f" -> {where}" if where else ""))
+    if rec.deliver_error:
+        console.print(f"[red]delivery failed[/]: {rec.deliver_error}")
     usage = job.broker.redis_usage()
     if usage.full:  # why new work is refused now
         console.print(f"[yellow]redis: {usage.describe()}[/]")
@@ -226,15 +236,41 @@ def _say_cancelled(job_id: str, state: JobStatus) -> None:
 
 
 @cli.command()
-@click.argument("object_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.argument("ids", nargs=-1, required=True, metavar="OBJECT_ID | JOB_ID...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--to", "to", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Every output of the JOB_IDs into this folder (in parallel, resumable).",
+)  # fmt: skip
+@click.option(
+    "--name", "template", default=None, metavar="TEMPLATE",
+    help="Where each output goes under --to: {job_id} {index} {name} {output} (default "
+    "{output} for one job, {index}/{output} for a map's jobs, else {job_id}/{output}).",
+)  # fmt: skip
+@click.option("-j", "--parallel", type=int, default=16, show_default=True)
 @click.pass_context
 @handle_errors
-def get(ctx: click.Context, object_id: str, output: Path, force: bool) -> None:
-    """Fetch, verify and decrypt OBJECT_ID (an output's sha256 id) into a file."""
-    client_of(ctx).download(object_id, output, overwrite=force)
-    click.echo(str(output))
+def get(
+    ctx: click.Context,
+    ids: tuple[str, ...],
+    output: Path | None,
+    force: bool,
+    to: Path | None,
+    template: str | None,
+    parallel: int,
+) -> None:
+    """Fetch, verify and decrypt OBJECT_ID (an output's sha256 id) into a file (-o), or every
+    output of one or more jobs (JOB_ID...) into a folder (--to)."""
+    if ids[0].startswith("sha256:"):
+        if len(ids) != 1 or output is None or to is not None:
+            raise SpecError("OBJECT_ID", "give one object id and -o FILE (or job ids and --to)")
+        client_of(ctx).download(ids[0], output, overwrite=force)
+        click.echo(str(output))
+        return
+    if to is None or output is not None:
+        raise SpecError("--to", "job ids take --to DIR (-o FILE is for one object id)")
+    bulk_download(client_of(ctx), list(ids), to, template, parallel)
 
 
 @cli.command()

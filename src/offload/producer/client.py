@@ -15,14 +15,15 @@ from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
 from offload.broker.records import JobRecord
 from offload.cache.factory import open_store
-from offload.cache.imports import import_s3
 from offload.cache.jobseal import seal_job
 from offload.cache.keys import ClusterKey, load_key
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import CacheError, JobNotFound, SpecError
 from offload.producer.control import Control
-from offload.producer.items import InputRef, check_ref, output_ref, within
+from offload.producer.download import Progress as DownloadProgress
+from offload.producer.download import Report, download
+from offload.producer.items import InputRef, check_ref, fill_inputs, output_ref, within
 from offload.producer.job import Job, JobResult
 from offload.producer.options import JobOptions
 from offload.spec import (
@@ -32,6 +33,7 @@ from offload.spec import (
     RetryPolicy,
     resolve_class,
 )
+from offload.spec.uris import is_uri
 
 PLACEHOLDER_ID = "sha256:" + "0" * 64
 
@@ -168,6 +170,10 @@ class Client:
             priority=o.priority,
         )
         refs = dict(o.inputs)
+        if o.deliver is not None:
+            fields["deliver"] = (
+                fill_inputs(o.deliver, refs) if isinstance(o.deliver, str) else o.deliver
+            )
         draft = JobSpec.create(**fields, inputs={name: PLACEHOLDER_ID for name in refs})
         self._check_timeout(draft.timeout)
         self._check_network(draft.network)
@@ -217,15 +223,8 @@ class Client:
                 self._check_present(name, ref)
                 ids[name] = ref
                 continue
-            if isinstance(ref, str) and ref.startswith("s3://"):
-                ids[name] = import_s3(
-                    ref,
-                    self.store,
-                    self.broker.redis,
-                    field=f"inputs.{name}",
-                    ttl=self.settings.memo_ttl,
-                    endpoint_url=self.settings.s3_endpoint_url,
-                )
+            if isinstance(ref, str) and is_uri(ref):
+                ids[name] = ref  # fetched by the node that runs the job, not here
                 continue
             assert not isinstance(ref, OutputRef)  # handled above
             path = Path(ref)
@@ -304,6 +303,23 @@ class Client:
             raise CacheError(f"{dest} exists; pass overwrite=True (--force) to replace it")
         self.store.export(oid, dest)
         return dest
+
+    def download_outputs(
+        self,
+        jobs: Job | str | Sequence[Job | str],
+        dest: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        workers: int = 16,
+        progress: DownloadProgress | None = None,
+    ) -> Report:
+        """Every output of ``jobs`` (a Job, what ``map`` returned, or job ids) into the folder
+        ``dest``, named by the template ``name`` (:mod:`offload.producer.download`); files
+        already there with the same content are skipped. Raises
+        :class:`~offload.producer.download.DownloadFailed` naming what it could not get."""
+        many = [jobs] if isinstance(jobs, Job | str) else list(jobs)
+        records = [self.broker.records.get(j.id if isinstance(j, Job) else j) for j in many]
+        return download(self.store, records, Path(dest), name, workers=workers, progress=progress)
 
 
 @dataclass(frozen=True)

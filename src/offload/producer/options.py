@@ -45,6 +45,7 @@ class JobOptions:
     name: str | None = None
     after: Sequence[str] = ()  # job ids (or Job handles) that must succeed first
     task: tuple[int, int] | None = None  # (index, count) of a fan-out; set by ``map``
+    deliver: str | None = None  # where outputs go after a success (offload.spec.deliver)
 
     MERGED: ClassVar[tuple[str, ...]] = ("inputs", "params", "secrets", "env", "labels")
 

@@ -28,6 +28,7 @@ from offload.spec.classes import (
     Resources,
     resolve_class,
 )
+from offload.spec.deliver import check_template
 from offload.spec.names import (
     ENV_RE,
     IMAGE_RE,
@@ -51,6 +52,7 @@ from offload.spec.sizes import (
     parse_memory,
     parse_size,
 )
+from offload.spec.uris import InputURI, is_uri, parse_uri, redact
 
 MAX_RETRIES = 10
 # The command, parameters and environment together: they travel in every job record and the
@@ -89,9 +91,12 @@ class Seal(BaseModel):
 class JobSpec(BaseModel):
     """Everything that defines one job.
 
-    Inputs are content ids, or references to another job's output (``output:<job>/<name>``)
-    that the platform resolves to content ids before the job runs; ``after`` names jobs that
-    must succeed first without passing data.
+    Inputs are content ids, URIs the node that runs the job fetches (``https://``,
+    ``http://``, ``s3://``, optionally pinned ``#sha256=<hex>``: :mod:`offload.spec.uris`), or
+    references to another job's output (``output:<job>/<name>``) that the platform resolves
+    to content ids before the job runs; ``after`` names jobs that must succeed first without
+    passing data. ``deliver`` says where the node writes the outputs after a success
+    (:mod:`offload.spec.deliver`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -115,6 +120,7 @@ class JobSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     task: tuple[int, int] | None = None  # (index, count) of a fan-out made by Client.map
     after: tuple[str, ...] = ()  # ids of jobs that must succeed first (no data passed)
+    deliver: str | None = Field(default=None, min_length=1, max_length=2048)
     seal: Seal | None = None  # sealed secrets and signature, set by the producer
 
     @field_validator("network")
@@ -200,6 +206,12 @@ class JobSpec(BaseModel):
                 )
             if OBJECT_ID_RE.match(ref):
                 continue
+            if is_uri(ref):
+                try:
+                    parse_uri(ref)
+                except ValueError as exc:
+                    raise FieldProblem((name,), str(exc)) from None
+                continue
             try:
                 if parse_output_ref(ref) is not None:
                     continue
@@ -207,8 +219,8 @@ class JobSpec(BaseModel):
                 raise FieldProblem((name,), str(exc)) from None
             raise FieldProblem(
                 (name,),
-                "expected a content id 'sha256:<64 hex digits>' or another job's output "
-                f"'output:<job id>/<name>', got {ref!r}",
+                "expected a content id 'sha256:<64 hex digits>', a URI (https://, http://, "
+                f"s3://) or another job's output 'output:<job id>/<name>', got {ref!r}",
             )
         return value
 
@@ -230,6 +242,10 @@ class JobSpec(BaseModel):
             if parsed is not None:
                 out[name] = parsed
         return out
+
+    def uris(self) -> dict[str, InputURI]:
+        """The inputs given by location (fetched by the node that runs the job), by name."""
+        return {name: parse_uri(ref) for name, ref in self.inputs.items() if is_uri(ref)}
 
     def parents(self) -> tuple[str, ...]:
         """Every job this one waits for: those its inputs name, then ``after``, once each."""
@@ -293,6 +309,15 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _deliver(self) -> JobSpec:
+        if self.deliver is not None:
+            try:
+                check_template(self.deliver, has_index=self.task is not None)
+            except ValueError as exc:
+                raise FieldProblem(("deliver",), str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
     def _secret_names(self) -> JobSpec:
         unknown = sorted(self.secret - set(self.params) - set(self.env))
         if unknown:
@@ -329,6 +354,7 @@ class JobSpec(BaseModel):
         data["params"] = {k: ("***" if k in self.secret else v) for k, v in self.params.items()}
         data["env"] = {k: ("***" if k in self.secret else v) for k, v in self.env.items()}
         data["secret"] = sorted(self.secret)
+        data["inputs"] = {k: redact(v) if is_uri(v) else v for k, v in self.inputs.items()}
         data.pop("seal", None)
         return data
 

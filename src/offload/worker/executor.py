@@ -23,9 +23,10 @@ from offload.cache import jobseal
 from offload.cache.actions import ActionCache, Memo, action_key
 from offload.errors import BrokerError, CacheError, ForgedJob, StoreUnavailable
 from offload.spec import JobSpec, format_memory
-from offload.worker import staging, trust
+from offload.worker import deliver, staging, trust
 from offload.worker.admission import take_room
 from offload.worker.endings import Recorder, retries_used
+from offload.worker.fetching import resolve_uris
 from offload.worker.gpus import GpuLease, GpusBusy
 from offload.worker.lease import LeaseKeeper
 from offload.worker.logsink import LogForwarder
@@ -67,6 +68,8 @@ class Attempt:
         self.forwarder: LogForwarder | None = None
         self.t_start = 0.0
         self.gpu_lease: GpuLease | None = None
+        self.fetched: dict[str, str] = {}  # input URI -> content id, by input name
+        self.delivery = deliver.Delivery()
         self.keeper = LeaseKeeper(node.records, job_id, attempt)
         self.rec = Recorder(
             node.records,
@@ -114,6 +117,8 @@ class Attempt:
             self.start(held)
             outputs = self.finish(self.wait())
         except CacheHit as hit:
+            source = deliver.store_source(self.node.store, self.node.work_dir)
+            self.deliver(hit.memo.outputs, source)
             return functools.partial(
                 self.rec.record,
                 JobStatus.SUCCEEDED,
@@ -121,6 +126,8 @@ class Attempt:
                 exit_code=0,
                 cache_hit=hit.memo.job_id,
                 timings=self.timings,
+                fetched=self.fetched,
+                **self.delivery.fields(),
             )
         except Outcome as o:
             return functools.partial(
@@ -145,7 +152,11 @@ class Attempt:
 
     def succeed(self, outputs: dict[str, str]) -> JobStatus:
         status = self.rec.record(
-            JobStatus.SUCCEEDED, outputs=outputs, exit_code=0, timings=self.timings
+            JobStatus.SUCCEEDED,
+            outputs=outputs,
+            exit_code=0,
+            timings=self.timings,
+            **self.delivery.fields(),
         )
         if status is JobStatus.SUCCEEDED and self.node.memo is not None and self.memo_key:
             try:
@@ -205,6 +216,7 @@ class Attempt:
             digest = self.node.runtime.ensure_image(self.spec.image)
         except ImageMissing as exc:
             raise Outcome(JobStatus.FAILED, Reason.IMAGE_NOT_FOUND, str(exc)) from None
+        self.spec, self.fetched = resolve_uris(self.node, self.spec)  # dedup on content
         self.check_memo(digest)
         uid = int(self.node.user.split(":")[0]) if self.node.user[:1].isdigit() else None
         try:
@@ -332,6 +344,7 @@ class Attempt:
                 container=self.container,
                 started_at=time.time(),
                 gpus=",".join(gpus),
+                fetched=self.fetched,
             )
             if not moved:  # fenced: the job was given to another attempt meanwhile
                 raise Superseded()
@@ -395,8 +408,18 @@ class Attempt:
             outputs = staging.collect(self.workspace, self.node.store)
         except staging.OutputRejected as exc:
             raise Outcome(JobStatus.FAILED, Reason.OUTPUT_REJECTED, str(exc), 0) from None
+        self.deliver(outputs, deliver.workspace_source(self.workspace.outputs))
         self.timings["uploading"] = time.monotonic() - t0
         return outputs
+
+    def deliver(self, outputs: dict[str, str], source: deliver.Source) -> None:
+        """Outputs to ``spec.deliver`` (a failure is recorded on the job, never fails it)."""
+        if self.spec.deliver is not None:
+            t0 = time.monotonic()
+            self.delivery = deliver.run(
+                self.node.deliverer, self.job_id, self.spec, outputs, source
+            )
+            self.timings["delivering"] = time.monotonic() - t0
 
     # -- endings ---------------------------------------------------------------------------
 

@@ -13,10 +13,12 @@ from offload.broker.records import JobRecords
 from offload.broker.room import Room
 from offload.broker.status import JobStatus, Reason
 from offload.cache.actions import ActionCache, Memo
+from offload.cache.fetch import Fetcher
 from offload.cache.keys import ClusterKey
 from offload.cache.store import Store
 from offload.spec import JobSpec, ResourceClass
 from offload.worker.capacity import Capacity
+from offload.worker.deliver import Deliverer
 from offload.worker.gpus import GpuAllocator
 from offload.worker.journal import Journal
 from offload.worker.runtime import Runtime
@@ -64,6 +66,8 @@ class Node:
     room: Room | None = None  # admission by resources (None: every job fits)
     machine: str = ""  # whose room this node shares ("" = its own name)
     admission: AdmissionPolicy = AdmissionPolicy()
+    fetcher: Fetcher | None = None  # input URIs fetched into the store (worker/fetching.py)
+    deliverer: Deliverer | None = None  # outputs delivered where spec.deliver says
 
 
 class CacheHit(Exception):

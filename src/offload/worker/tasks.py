@@ -19,11 +19,12 @@ from offload.broker.app import TASK_NAME, TaskFailed
 from offload.broker.core import Broker
 from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
-from offload.cache.factory import open_store
+from offload.cache.factory import open_store, user_data
 from offload.cache.keys import load_key
 from offload.errors import BrokerError
 from offload.spec import JobSpec
 from offload.worker.capacity import Capacity
+from offload.worker.deliver import Deliverer
 from offload.worker.docker_runtime import DockerRuntime, connect
 from offload.worker.executor import Node, execute
 from offload.worker.gpus import GpuAllocator, lock_dir
@@ -42,11 +43,14 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
 
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = open_store(settings, broker.redis)
+    key = load_key(settings.key_path)
+    fetcher, s3 = user_data(settings, store, broker.redis, key)
     return Node(
         name=settings.node_name,
         capacity=capacity,
         records=records,
-        store=open_store(settings, broker.redis),
+        store=store,
         runtime=DockerRuntime(
             connect(), pull_timeout=settings.pull_timeout, networks=settings.job_networks
         ),
@@ -63,11 +67,13 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
         cluster=broker.nodes.cluster_id(),
         classes=settings.classes,
         limits=broker.limits,
-        key=load_key(settings.key_path),
+        key=key,
         on_done=broker.pipeline.on_done,
         room=broker.room,
         machine=settings.machine,
         admission=AdmissionPolicy(settings.admission_wait, settings.admission_starvation),
+        fetcher=fetcher,
+        deliverer=Deliverer(s3, attempts=settings.deliver_attempts),
     )
 
 
