@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -217,12 +219,15 @@ class Fetcher:
                 raise FetchFailed(f"HTTP {resp.status} {resp.reason or ''} from {shown}".strip())
             etag = resp.headers.get("ETag", "")
             modified = resp.headers.get("Last-Modified", "")
+            body = _Body(resp)
             try:
-                oid = self.store.put_stream(_Body(resp))  # type: ignore[arg-type]
+                oid = self.store.put_stream(body)  # type: ignore[arg-type]
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
                     raise
                 raise _Broken(redact_text(str(exc)) or type(exc).__name__) from None
+            finally:
+                body.close()
             return Remembered(oid, etag, modified)
         finally:
             resp.release_conn()
@@ -259,13 +264,59 @@ class _Broken(Exception):
 
 
 class _Body:
-    """A response body as the stream :meth:`Store.put_stream` reads."""
+    """A response body as the stream :meth:`Store.put_stream` reads, read ahead by a thread
+    of its own: the socket is read while the last chunk is hashed, sealed and written (both
+    release the GIL), at most ``ahead`` chunks of ``chunk`` bytes in memory."""
 
-    def __init__(self, resp: Any) -> None:
+    def __init__(self, resp: Any, chunk: int = 1 << 20, ahead: int = 8) -> None:
         self.resp = resp
+        self.decode = bool(resp.headers.get("Content-Encoding"))  # else bytes as sent
+        self.chunk = chunk
+        self.chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=ahead)
+        self.buffer = b""
+        self.done = False
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._read_ahead, name="fetch-read", daemon=True)
+        self.thread.start()
+
+    def _read_ahead(self) -> None:
+        try:
+            while not self.stop.is_set():
+                data = bytes(self.resp.read(self.chunk, decode_content=self.decode))
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self.stop.is_set():
+            try:
+                self.chunks.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def read(self, n: int = -1) -> bytes:
-        return bytes(self.resp.read(None if n < 0 else n))
+        while not self.done and (n < 0 or len(self.buffer) < n):
+            item = self.chunks.get()
+            if isinstance(item, BaseException):
+                self.close()
+                raise item
+            if not item:
+                self.done = True
+                break
+            self.buffer += item
+        if n < 0:
+            out, self.buffer = self.buffer, b""
+        else:
+            out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def close(self) -> None:
+        """Stop reading ahead (the body was abandoned, or broke)."""
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def _auth(url: str) -> tuple[str, dict[str, str]]:
