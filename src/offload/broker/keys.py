@@ -72,9 +72,10 @@ The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbe
     offload:nodes                   SET    names of registered nodes; no TTL (one set),
                                            pruned by readers of names whose hash is gone
     offload:node:<name>             HASH   name, provider, classes (comma list), slots, cpus,
-                                           memory, gpus, started_at, heartbeat_at, draining;
-                                           no TTL: removed at deregistration, or by the recovery
-                                           of a lost node
+                                           memory, gpus, started_at, heartbeat_at, draining,
+                                           engine_down_at (Redis time its Docker engine stopped
+                                           answering; "0" while it answers); no TTL: removed
+                                           at deregistration, or by the recovery of a lost node
     offload:node:<name>:running     SET    ids of the jobs this node runs now — written in the
                                            same atomic call as the job's transitions
                                            (:mod:`offload.broker.records`); removed with the node

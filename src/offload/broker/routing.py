@@ -164,7 +164,9 @@ def read_nodes(
         return []
     pipe = r.pipeline(transaction=False)
     for name in names:
-        pipe.hmget(keys.node(name), "classes", "slots", "heartbeat_at", "draining")
+        pipe.hmget(
+            keys.node(name), "classes", "slots", "heartbeat_at", "draining", "engine_down_at"
+        )
         pipe.scard(keys.node_running(name))
         for lst in queue_lists(keys.node_queue(name)):
             pipe.llen(lst)
@@ -174,7 +176,7 @@ def read_nodes(
     out = []
     for i, name in enumerate(names):
         row = replies[i * per : (i + 1) * per]
-        (classes, slots, beat, draining), running = row[0], int(row[1])
+        (classes, slots, beat, draining, engine_down), running = row[0], int(row[1])
         if beat is None:  # deregistered meanwhile
             continue
         waiting = sum(int(x) for x in row[2:-1])
@@ -185,7 +187,8 @@ def read_nodes(
                 holds=holds,
                 free=int(slots or 1) - running - waiting,
                 serves=resource_class in _str(classes or "").split(","),
-                live=now - float(beat) <= lost_after,
+                # a node whose engine does not answer takes no work: not live for routing
+                live=now - float(beat) <= lost_after and not float(engine_down or 0),
                 draining=_str(draining or "0") == "1",
             )
         )

@@ -17,7 +17,7 @@ from offload.broker.nodes import NodeInfo
 from offload.cli import cli, handle_errors, settings_of
 
 console = Console(highlight=False)
-STATE_STYLE = {"up": "green", "draining": "yellow", "lost": "red"}
+STATE_STYLE = {"up": "green", "draining": "yellow", "engine down": "red", "lost": "red"}
 
 
 def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
@@ -33,6 +33,7 @@ def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
         "heartbeat_age": round(max(0.0, now - n.heartbeat_at), 3),
         "started_at": n.started_at,
         "state": n.state,
+        "engine_down_at": n.engine_down_at or None,
     }
 
 
@@ -41,7 +42,8 @@ def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
 @click.pass_context
 @handle_errors
 def nodes(ctx: click.Context, as_json: bool) -> None:
-    """List worker nodes: classes, slots, running jobs, last heartbeat, up/draining/lost.
+    """List worker nodes: classes, slots, running jobs, last heartbeat, and state: up,
+    draining, engine down (its Docker engine does not answer: it takes no work) or lost.
 
     Tab-separated when stdout is not a terminal.
     """
