@@ -48,7 +48,7 @@ def start_uploader(settings: Settings, interval: float = 5.0) -> None:
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     """Run until stopped (SIGTERM: finish running jobs, then exit)."""
-    connect().close()  # fail now, clearly, when there is no engine
+    connect(settings.engine_timeout).close()  # fail now, clearly, when there is no engine
     cap, classes, slots = plan(settings)
     log.warning(
         "offload worker %s: %g CPU, %s, %d GPU; serving %s with %d slot(s)",
@@ -83,7 +83,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
         queues.append(declare_node_queue(app, settings.node_name))
     register(broker, cap)
     start_uploader(settings)
-    install_heartbeat(settings, classes=classes, slots=slots, capacity=cap)
+    install_heartbeat(settings, classes=classes, slots=slots, capacity=cap, queues=queues)
     app.worker_main(
         [
             "worker",

@@ -45,6 +45,7 @@ class Node:
     key: ClusterKey | None = None  # checks jobs' signatures, opens their secrets (required)
     inflight: InFlight | None = None  # identical jobs in flight run once (with ``memo``)
     on_done: Callable[[str], object] = lambda job_id: None  # release/fail its dependents
+    max_losses: int = 3  # engine losses (engine_lost requeues) before the job ends failed
 
 
 class CacheHit(Exception):
@@ -65,7 +66,8 @@ class Superseded(Exception):
 
 
 class HandBack(Exception):
-    """This node cannot run the job now (no free GPU): back to the queue, no retry used."""
+    """This node cannot run the job now (no free GPU, its engine lost the container): back to
+    the queue, no retry used."""
 
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
