@@ -37,7 +37,7 @@ from offload.autoscaler.policy import (
 )
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.broker.core import Broker
-from offload.broker.nodes import NodeInfo
+from offload.broker.nodes import ENGINE_DOWN, NodeInfo
 from offload.broker.scaling import ClassStatus
 from offload.config import Settings
 from offload.errors import ConfigError, OffloadError
@@ -68,8 +68,9 @@ def join_nodes(
     for info in registered:
         p = mine.pop(info.name, None)
         st = _state(info.state)
-        if info.engine_down_at and st != "lost":
-            st = "lost" if now - info.engine_down_at > lost_after else "up"
+        if info.state == ENGINE_DOWN:
+            down_for = now - info.engine_down_at
+            st = "lost" if down_for > lost_after else ("draining" if info.draining else "up")
         if p is None:
             out += [
                 NodeView(info.name, c, info.slots, len(info.running), st, info.started_at, False)
