@@ -6,7 +6,7 @@
        │          ▲  │        │  │        │  │         │  │
        │          │  │        │  └────────┼──┴─────────┼──┴──▶ failed | timed_out | cancelled
        │          │  └──▶ cancelled       │            │
-       │          └───────────────────────┴────────────┘  (retry, node lost, handed back)
+       │          └───────────────────────┴────────────┘  (retry, node or engine lost, handed back)
        └──▶ failed (upstream_failed) | cancelled
 
 Every write of a job's status goes through :meth:`offload.broker.records.JobRecords.transition`
