@@ -245,6 +245,8 @@ class DockerRuntime(Runtime):
                     with self.health.call():
                         state: dict[str, Any] = self.api.inspect_container(container)["State"]
                     break
+                except requests.HTTPError:  # an answer (no such container…): not an outage
+                    raise
                 except (requests.RequestException, EngineUnavailable) as exc:
                     # the engine went away while the container ran: wait for it to answer,
                     # then wait on the container again (with live-restore it still runs)

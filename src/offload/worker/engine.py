@@ -106,6 +106,9 @@ class EngineHealth:
             raise EngineUnavailable("the Docker engine does not answer")
         try:
             yield
+        except requests.HTTPError:  # an answer (docker's APIError is one): the engine is up
+            self.ok()
+            raise
         except requests.RequestException as exc:  # refused, reset, or timed out
             raise self.failed(exc) from exc
         self.ok()
