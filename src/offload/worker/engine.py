@@ -14,7 +14,8 @@ SIGSTOP). None of that is the job's fault, and none of it may hold a worker fore
   no ``kill`` event; one the engine stopped at its shutdown has one (the engine sends the
   stop signal, then SIGKILL), sent by nobody in this worker. :func:`stopped_by_engine` reads
   the container's ``kill`` events between its start and its end from the engine's own event
-  log (one bounded call, only for a non-zero exit this worker did not cause). A container
+  log (one bounded call, only for a non-zero exit this worker did not cause; it reads up to a
+  second past the exit, so such an ending is recorded about a second later). A container
   whose wait was cut because the engine went away, on an engine without live-restore, was
   stopped by it too; so is one that exited as its engine stopped answering.
 * **The node watches its engine.** :class:`EngineWatch` (a thread of the worker's main
@@ -138,12 +139,14 @@ def stopped_by_engine(
         sec, ns = engine_time(state["FinishedAt"])
         params = {
             "since": str(since),
-            "until": f"{sec}.{ns:09d}",
+            # the engine logs a kill after sending it: the event may follow the exit a little,
+            # so the log is read up to a second past it (the engine answers at that second)
+            "until": f"{sec + 1}.{ns:09d}",
             "filters": json.dumps({"container": [container], "event": ["kill"]}),
         }
         with health.call():
             reply = health.api.get(
-                health.api._url("/events"), params=params, timeout=health.timeout
+                health.api._url("/events"), params=params, timeout=max(health.timeout, 2.0) + 1
             )
             reply.raise_for_status()
             events = [json.loads(line) for line in reply.text.splitlines() if line.strip()]
