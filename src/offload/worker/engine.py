@@ -64,6 +64,7 @@ class EngineHealth:
     def __init__(self, api: Any, timeout: float) -> None:
         self.api, self.timeout = api, timeout
         self.fresh = fresh_client(api)
+        self.pinger: Any = None  # a client of its own for pings, kept without idle connections
         self.down_since: float | None = None  # monotonic time of the first failure
         self.last_ok = 0.0
 
@@ -86,11 +87,15 @@ class EngineHealth:
         """Whether the engine answers a new connection within ``timeout`` (the engine
         timeout by default)."""
         try:
-            client = self.fresh(timeout or self.timeout)
-            try:
-                client.ping()
-            finally:
-                client.close()
+            if self.pinger is None:
+                self.pinger = self.fresh(self.timeout)
+            # the connection is closed after each ping: the next one opens a new one
+            reply = self.pinger.get(
+                self.pinger._url("/_ping"),
+                headers={"Connection": "close"},
+                timeout=timeout or self.timeout,
+            )
+            reply.raise_for_status()
         except (requests.RequestException, DockerException, OSError) as exc:
             self.failed(exc)
             return False
