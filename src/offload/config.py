@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=5.0, gt=0)
     lost_message_grace: float = Field(default=30.0, gt=0)
     max_node_losses: int = Field(default=3, ge=1)  # attempts dying with their worker → failed
+    # Every Docker engine call of a worker is bounded by this (seconds), pings too: an engine
+    # that does not answer within it is "engine down" (worker/engine.py). At most 10, so a
+    # job's timeout is kept within T + 15 s even when its engine hangs.
+    engine_timeout: float = Field(default=10.0, gt=0, le=10)
     # The cluster's default retry policy (JSON, fields of offload.spec.RetryPolicy), which a
     # job's own `retry` overrides field by field.
     retry_policy: dict[str, Any] = Field(default_factory=dict)

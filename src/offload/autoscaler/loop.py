@@ -37,7 +37,7 @@ from offload.autoscaler.policy import (
 )
 from offload.autoscaler.provider import NodeProvider, ProvidedNode
 from offload.broker.core import Broker
-from offload.broker.nodes import NodeInfo
+from offload.broker.nodes import ENGINE_DOWN, NodeInfo
 from offload.broker.scaling import ClassStatus
 from offload.config import Settings
 from offload.errors import ConfigError, OffloadError
@@ -53,18 +53,24 @@ def join_nodes(
     classes: Sequence[str],
     now: float,
     start_timeout: float,
+    lost_after: float = float("inf"),
 ) -> list[NodeView]:
     """The registry's nodes joined with the provider's, as the policy sees them.
 
     A provider node not registered yet is ``starting`` (``lost`` after ``start_timeout``); a
     registered node the provider does not know (started by hand, or by ``offload up``) counts
-    as capacity for every class it serves, and is never drained (``managed=False``).
+    as capacity for every class it serves, and is never drained (``managed=False``). A node
+    whose engine does not answer counts as ``up`` for ``lost_after`` seconds (a restarting
+    engine comes back), then as ``lost``: a node replaces it, as one replaces a lost node.
     """
     mine = {p.name: p for p in provided if p.state != "gone"}
     out: list[NodeView] = []
     for info in registered:
         p = mine.pop(info.name, None)
         st = _state(info.state)
+        if info.state == ENGINE_DOWN:
+            down_for = now - info.engine_down_at
+            st = "lost" if down_for > lost_after else ("draining" if info.draining else "up")
         if p is None:
             out += [
                 NodeView(info.name, c, info.slots, len(info.running), st, info.started_at, False)
@@ -140,7 +146,14 @@ class Autoscaler:
         """Work per class, node views, and the names of the registered nodes."""
         work = self.broker.depths(self.classes)
         registered = self.registry.nodes(now)
-        views = join_nodes(registered, self.provider.nodes(), self.classes, now, self.start_timeout)
+        views = join_nodes(
+            registered,
+            self.provider.nodes(),
+            self.classes,
+            now,
+            self.start_timeout,
+            self.registry.lost_after,
+        )
         return work, views, {n.name for n in registered}
 
     def tick(self, now: float | None = None) -> Decision:

@@ -74,7 +74,8 @@ The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbe
     offload:node:<name>             HASH   name, provider, classes (comma list), slots, cpus,
                                            memory (allocatable: less the reserve), gpus, machine
                                            (whose room it shares), started_at, heartbeat_at,
-                                           draining;
+                                           draining, engine_down_at (Redis time its Docker
+                                           engine stopped answering; "0" while it answers);
                                            no TTL: removed at deregistration, or by the recovery
                                            of a lost node
     offload:node:<name>:running     SET    ids of the jobs this node runs now — written in the

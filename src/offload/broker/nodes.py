@@ -8,6 +8,11 @@ the job records cannot disagree.
 A node whose heartbeat (Redis server time) is older than ``lost_after`` seconds is *lost*.
 That alone moves no job: the jobs it ran come back when their leases expire
 (:mod:`offload.broker.sweeper`), which also forgets the node once it holds none.
+
+A node whose Docker engine does not answer says so (``engine_down_at``, written by its
+heartbeat thread, :mod:`offload.worker.engine`): its state is ``engine down`` and it takes no
+work until the engine answers again; the autoscaler treats one down longer than ``lost_after``
+as lost (:func:`offload.autoscaler.loop.join_nodes`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'heartbeat_at', tonumber(t[1]) + tonumber(t[2]) / 1000000)
 return 1
 """
+
+# Mark the engine down (keeping the first time it was seen down) or up, only while registered.
+_ENGINE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'engine_down_at', '0')
+elseif (tonumber(redis.call('HGET', KEYS[1], 'engine_down_at') or '0') or 0) == 0 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'engine_down_at', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+end
+return 1
+"""
+
+ENGINE_DOWN = "engine down"  # a node's state while its engine does not answer
 
 # Forget a job's running-on-node entry only while it is still the one seen (pid:attempt).
 _DROP_STALE = """
@@ -59,7 +78,8 @@ class NodeInfo:
     heartbeat_at: float
     draining: bool
     running: tuple[str, ...]
-    state: str  # "up" | "draining" | "lost"
+    state: str  # "up" | "draining" | "engine down" | "lost"
+    engine_down_at: float = 0.0  # when its engine stopped answering (0: it answers)
     machine: str = ""  # whose room it shares (offload.broker.room); "" = its own name
     used: Share = field(default_factory=Share)  # what its running jobs hold of the room
     # what every node of its machine holds (itself included)
@@ -98,6 +118,7 @@ class NodeRegistry:
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._release = client.register_script(scripts.RELEASE_LOCK)
         self._drop_stale = client.register_script(_DROP_STALE)
+        self._engine = client.register_script(_ENGINE)
 
     def register(
         self,
@@ -135,6 +156,7 @@ class NodeRegistry:
                 "started_at": now,
                 "heartbeat_at": now,
                 "draining": "0",
+                "engine_down_at": "0",
             },
         )
         pipe.execute()
@@ -155,6 +177,10 @@ class NodeRegistry:
 
     def set_draining(self, name: str, draining: bool = True) -> None:
         self.r.hset(keys.node(name), "draining", "1" if draining else "0")
+
+    def set_engine(self, name: str, up: bool) -> bool:
+        """Say whether the node's engine answers; False when the node is not registered."""
+        return bool(self._engine(keys=[keys.node(name)], args=["1" if up else "0"]))
 
     def is_draining(self, name: str) -> bool:
         return bool(self.r.hget(keys.node(name), "draining") == "1")
@@ -255,7 +281,13 @@ class NodeRegistry:
     def _parse(self, h: dict[str, str], running: tuple[str, ...], now: float) -> NodeInfo:
         heartbeat = float(h.get("heartbeat_at") or 0)
         draining = h.get("draining") == "1"
-        state = "lost" if now - heartbeat > self.lost_after else ("draining" if draining else "up")
+        engine_down_at = float(h.get("engine_down_at") or 0)
+        if now - heartbeat > self.lost_after:
+            state = "lost"
+        elif engine_down_at:
+            state = ENGINE_DOWN
+        else:
+            state = "draining" if draining else "up"
         return NodeInfo(
             name=h["name"],
             provider=h.get("provider", ""),
@@ -270,4 +302,5 @@ class NodeRegistry:
             running=running,
             state=state,
             machine=h.get("machine") or h["name"],
+            engine_down_at=engine_down_at,
         )

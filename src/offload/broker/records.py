@@ -338,6 +338,13 @@ class JobRecords:
             message=f.get("message") or None,
         )
 
+    def requeues(self, job_id: str, reason: Reason) -> int:
+        """How many times the job went back to ``queued`` for ``reason`` (``node_lost``,
+        ``engine_lost``: losses, bounded by ``max_node_losses``)."""
+        return sum(
+            1 for e in self.timeline(job_id) if e.status is JobStatus.QUEUED and e.reason is reason
+        )
+
     def list(self, limit: int = 50) -> list[JobRecord]:
         ids = self._run(self.r.zrevrange, keys.JOBS_INDEX, 0, max(limit, 1) * 2)
         out: list[JobRecord] = []

@@ -42,11 +42,7 @@ def pid_alive(pid: int) -> bool:
 
 def node_losses(records: JobRecords, job_id: str) -> int:
     """How many attempts of the job died with their worker so far."""
-    return sum(
-        1
-        for e in records.timeline(job_id)
-        if e.status is JobStatus.QUEUED and e.reason is Reason.NODE_LOST
-    )
+    return records.requeues(job_id, Reason.NODE_LOST)
 
 
 def requeue(

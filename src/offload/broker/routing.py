@@ -214,6 +214,7 @@ def read_nodes(
             "memory",
             "gpus",
             "machine",
+            "engine_down_at",
         )
         pipe.scard(keys.node_running(name))
         for lst in queue_lists(keys.node_queue(name)):
@@ -226,7 +227,8 @@ def read_nodes(
     out = []
     for i, name in enumerate(names):
         row = replies[i * per : (i + 1) * per]
-        (classes, slots, beat, draining, cpus, memory, gpus, machine), running = row[0], int(row[1])
+        (classes, slots, beat, draining, cpus, memory, gpus, machine, engine_down) = row[0]
+        running = int(row[1])
         if beat is None:  # deregistered meanwhile
             continue
         free_room = None
@@ -244,7 +246,8 @@ def read_nodes(
                 holds=holds,
                 free=int(slots or 1) - running - waiting,
                 serves=resource_class in _str(classes or "").split(","),
-                live=now - float(beat) <= lost_after,
+                # a node whose engine does not answer takes no work: not live for routing
+                live=now - float(beat) <= lost_after and not float(engine_down or 0),
                 draining=_str(draining or "0") == "1",
                 room=free_room,
             )

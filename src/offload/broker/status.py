@@ -6,7 +6,7 @@
        │          ▲  │        │  │        │  │         │  │
        │          │  │        │  └────────┼──┴─────────┼──┴──▶ failed | timed_out | cancelled
        │          │  └──▶ cancelled       │            │
-       │          └───────────────────────┴────────────┘  (retry, node lost, handed back)
+       │          └───────────────────────┴────────────┘  (retry, node or engine lost, handed back)
        └──▶ failed (upstream_failed) | cancelled
 
 Every write of a job's status goes through :meth:`offload.broker.records.JobRecords.transition`
@@ -106,6 +106,10 @@ class Reason(StrEnum):
     CANCELLED = "cancelled"  # someone cancelled it
     WORKER_ERROR = "worker_error"  # an unexpected error in the worker (a bug: report it)
     NODE_LOST = "node_lost"  # its node or worker process died; the job was queued again
+    # its node's container engine stopped, restarted or hung under it (the container was
+    # stopped by the engine, not by its own program), or could not start it: queued again,
+    # spending no retry; after OFFLOAD_MAX_NODE_LOSSES such losses the job ends failed
+    ENGINE_LOST = "engine_lost"
     HANDED_BACK = "handed_back"  # its worker was stopped (offload down --force); queued again
     UPSTREAM_FAILED = "upstream_failed"  # a parent job failed, timed out or was cancelled
     # its record is unsigned, altered, or replayed under another id: refused, never run (a

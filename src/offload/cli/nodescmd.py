@@ -19,7 +19,7 @@ from offload.cli import cli, handle_errors, settings_of
 from offload.spec import format_memory
 
 console = Console(highlight=False)
-STATE_STYLE = {"up": "green", "draining": "yellow", "lost": "red"}
+STATE_STYLE = {"up": "green", "draining": "yellow", "engine down": "red", "lost": "red"}
 
 
 def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
@@ -38,6 +38,7 @@ def node_dict(n: NodeInfo, now: float) -> dict[str, object]:
         "machine": n.machine,
         "used": share_dict(n.used),
         "free": share_dict(n.free),
+        "engine_down_at": n.engine_down_at or None,
     }
 
 
@@ -61,8 +62,9 @@ def room_cells(n: NodeInfo) -> tuple[str, str, str, str]:
 @click.pass_context
 @handle_errors
 def nodes(ctx: click.Context, as_json: bool) -> None:
-    """List worker nodes: classes, slots, running jobs, last heartbeat, up/draining/lost,
-    and CPUs / memory / GPUs in use (of what the node gives jobs) and free.
+    """List worker nodes: classes, slots, running jobs, last heartbeat, CPUs / memory / GPUs
+    in use (of what the node gives jobs) and free, and state: up, draining, engine down (its
+    Docker engine does not answer: it takes no work) or lost.
 
     Tab-separated when stdout is not a terminal.
     """

@@ -3,6 +3,12 @@
 Uses the low-level API so a job costs about the engine calls ``docker run`` makes: inspect
 the image, create, attach (docker-py inspects the container there), start, wait, inspect,
 remove. The client is kept per worker process, without per-request proxy lookups.
+
+Every call is bounded by the client's timeout (``OFFLOAD_ENGINE_TIMEOUT``) and raises
+:class:`~offload.worker.runtime.EngineUnavailable` when the engine does not answer
+(:mod:`offload.worker.engine`). A container's waiter outlives its engine: when the engine goes
+away mid-run it waits for the engine to answer again, then waits on the container again (with
+live-restore it still runs: logs re-attached, the job finishes normally, once).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest, LogConfig
 
 from offload.errors import RuntimeUnavailable
+from offload.worker.engine import PING_TIMEOUT, EngineHealth, stopped_by_engine
 from offload.worker.runtime import (
     ContainerRequest,
+    EngineUnavailable,
     Exit,
     ImageMissing,
     LogSink,
@@ -39,10 +47,13 @@ LABEL_CLUSTER = "offload.cluster"
 LABEL_GPUS = "offload.gpus"  # comma list of the UUIDs of the GPUs the container was given
 
 
-def connect(timeout: float = 60) -> docker.DockerClient:
+def connect(timeout: float = 10, *, ping: bool = True) -> docker.DockerClient:
+    """A client whose every call is bounded by ``timeout`` seconds; checked with a ping
+    unless ``ping`` is False (a caller that watches the engine itself)."""
     try:
-        client = docker.from_env(timeout=int(timeout))
-        client.api.ping()
+        client = docker.from_env(timeout=max(1, round(timeout)))
+        if ping:
+            client.api.ping()
     except (DockerException, requests.RequestException) as exc:
         raise RuntimeUnavailable(
             f"cannot reach the Docker engine ({exc}); is dockerd running? `make setup` starts one"
@@ -58,6 +69,11 @@ class _Run:
         self.status: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.logs: threading.Thread | None = None
+        self.sink: LogSink | None = None
+        self.interrupted = False  # the engine went away while it ran
+        self.killed = False  # this worker killed it (timeout, cancel, lost lease)
+        self.abandoned = threading.Event()  # removed: its waiter gives up on the engine
+        self.engine_lost = ""
 
 
 class DockerRuntime(Runtime):
@@ -74,19 +90,26 @@ class DockerRuntime(Runtime):
         self.api.trust_env = False  # no proxy lookup per engine call (0.15 ms each, measured)
         self.pull_timeout = pull_timeout
         self._runs: dict[str, _Run] = {}
+        self.health = EngineHealth(self.api, float(self.api.timeout))
+        self.live_restore: bool | None = None  # the engine's setting, read at the first start
+
+    def responsive(self) -> bool:
+        return self.health.responsive()
 
     # -- images ----------------------------------------------------------------------------
 
     def ensure_image(self, image: str) -> str:
         try:
-            return str(self.api.inspect_image(image)["Id"])
+            with self.health.call():
+                return str(self.api.inspect_image(image)["Id"])
         except ImageNotFound:
             pass
         except APIError as exc:
             if exc.status_code != 404:
                 raise
         self._pull(image)
-        return str(self.api.inspect_image(image)["Id"])
+        with self.health.call():
+            return str(self.api.inspect_image(image)["Id"])
 
     def _pull(self, image: str) -> None:
         result: list[BaseException | None] = [None]
@@ -146,17 +169,19 @@ class DockerRuntime(Runtime):
             host_config["device_requests"] = [gpu_request(req.gpus)]
             labels[LABEL_GPUS] = ",".join(req.gpus)
         try:
-            created = self.api.create_container(
-                req.image,
-                command=list(req.command) if req.command is not None else None,
-                environment=req.env,
-                user=req.user,
-                labels=labels,
-                host_config=self.api.create_host_config(**host_config),
-                network_disabled=not req.network,
-                name=f"offload-{req.job_id}-{req.attempt}",
-            )
+            with self.health.call():
+                created = self.api.create_container(
+                    req.image,
+                    command=list(req.command) if req.command is not None else None,
+                    environment=req.env,
+                    user=req.user,
+                    labels=labels,
+                    host_config=self.api.create_host_config(**host_config),
+                    network_disabled=not req.network,
+                    name=f"offload-{req.job_id}-{req.attempt}",
+                )
         except APIError as exc:
+            self._refused_or_gone(exc)
             raise StartFailed(
                 f"the engine refused to create the container: {exc.explanation}"
             ) from exc
@@ -164,16 +189,25 @@ class DockerRuntime(Runtime):
 
     def start(self, container: str, sink: LogSink) -> None:
         run = _Run()
+        run.sink = sink
         self._runs[container] = run
-        stream = self.api.attach(
-            container, stdout=True, stderr=True, stream=True, logs=True, demux=True
-        )
+        with self.health.call():
+            if self.live_restore is None:
+                self.live_restore = bool(self.api.info().get("LiveRestoreEnabled"))
+            stream = self.api.attach(
+                container, stdout=True, stderr=True, stream=True, logs=True, demux=True
+            )
         try:
-            self.api.start(container)
+            with self.health.call():
+                self.api.start(container)
+        except EngineUnavailable:
+            _close(stream)
+            raise
         except APIError as exc:
+            _close(stream)
+            self._refused_or_gone(exc)
             explanation = str(exc.explanation or exc)
             gpu = "device driver" in explanation or "gpu" in explanation.lower()
-            _close(stream)
             raise StartFailed(
                 f"no GPU runtime on this node: {explanation}" if gpu else explanation, gpu=gpu
             ) from exc
@@ -184,6 +218,12 @@ class DockerRuntime(Runtime):
         threading.Thread(
             target=self._wait, args=(container, run), daemon=True, name=f"wait {container[:12]}"
         ).start()
+
+    def _refused_or_gone(self, exc: APIError) -> None:
+        """A server error from an engine that stops answering right after (it was shutting
+        down) is the engine's loss, not a refusal of the job."""
+        if exc.is_server_error() and not self.health.ping(PING_TIMEOUT):
+            raise EngineUnavailable(f"the Docker engine went away: {exc.explanation}") from exc
 
     @staticmethod
     def _pump_logs(stream: Any, sink: LogSink) -> None:
@@ -198,37 +238,94 @@ class DockerRuntime(Runtime):
 
     def _wait(self, container: str, run: _Run) -> None:
         try:
-            self.api.wait(container, timeout=None)
-            run.status = self.api.inspect_container(container)["State"]
+            while True:
+                try:
+                    # no timeout: a job may run for hours; a hung engine holds only this thread
+                    self.api.wait(container, timeout=None)
+                    with self.health.call():
+                        state: dict[str, Any] = self.api.inspect_container(container)["State"]
+                    break
+                except requests.HTTPError:  # an answer (no such container…): not an outage
+                    raise
+                except (requests.RequestException, EngineUnavailable) as exc:
+                    # the engine went away while the container ran: wait for it to answer,
+                    # then wait on the container again (with live-restore it still runs)
+                    run.interrupted = True
+                    self.health.failed(exc)
+                    if not self._reconnect(container, run):
+                        return
+            run.status = state
+            if state.get("ExitCode") and not state.get("OOMKilled") and not run.killed:
+                run.engine_lost = stopped_by_engine(
+                    self.health,
+                    container,
+                    state,
+                    interrupted=run.interrupted,
+                    live_restore=bool(self.live_restore),
+                )
         except BaseException as exc:
             run.error = exc
         finally:
             run.exited.set()
+
+    def _reconnect(self, container: str, run: _Run) -> bool:
+        """Wait for the engine to answer again (False: the run was removed meanwhile), then
+        re-attach the container's log stream (output from now on: what it printed while the
+        engine was away is in ``docker logs``)."""
+        while not self.health.ping():
+            if run.abandoned.wait(1.0):
+                return False
+        if run.sink is not None and not run.killed:
+            try:
+                with self.health.call():
+                    stream = self.api.attach(
+                        container, stdout=True, stderr=True, stream=True, logs=False, demux=True
+                    )
+                run.logs = threading.Thread(
+                    target=self._pump_logs, args=(stream, run.sink), daemon=True
+                )
+                run.logs.start()
+            except (EngineUnavailable, APIError) as exc:
+                log.debug("re-attaching %s: %s", container[:12], exc)
+        return True
 
     def wait(self, container: str, timeout: float) -> Exit | None:
         run = self._runs[container]
         if not run.exited.wait(timeout):
             return None
         if run.error is not None:
+            if isinstance(run.error, NotFound):  # it went with its engine's state
+                return Exit(-1, False, "its container vanished while its engine was away")
             raise run.error
         state = run.status or {}
-        return Exit(code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
+        return Exit(
+            code=int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled")),
+            engine_lost=run.engine_lost,
+        )
 
     def finish_logs(self, container: str, timeout: float) -> None:
         run = self._runs.get(container)
         if run is not None and run.logs is not None:
-            run.logs.join(timeout)
+            run.logs.join(0 if self.health.down else timeout)  # a hung engine holds the stream
 
     def kill(self, container: str) -> None:
+        run = self._runs.get(container)
+        if run is not None:
+            run.killed = True
         try:
-            self.api.kill(container)
+            with self.health.call():
+                self.api.kill(container)
         except (NotFound, APIError) as exc:
             log.debug("kill %s: %s", container[:12], exc)
 
     def remove(self, container: str) -> None:
-        self._runs.pop(container, None)
+        run = self._runs.pop(container, None)
+        if run is not None:
+            run.abandoned.set()
         try:
-            self.api.remove_container(container, force=True, v=True)
+            with self.health.call():
+                self.api.remove_container(container, force=True, v=True)
         except NotFound:
             pass
         except APIError as exc:
@@ -236,7 +333,8 @@ class DockerRuntime(Runtime):
                 raise
 
     def gpus_in_use(self) -> set[str]:
-        running = self.api.containers(filters={"label": [f"{LABEL_MANAGED}=1", LABEL_GPUS]})
+        with self.health.call():
+            running = self.api.containers(filters={"label": [f"{LABEL_MANAGED}=1", LABEL_GPUS]})
         return {
             uuid
             for c in running
@@ -248,7 +346,8 @@ class DockerRuntime(Runtime):
         if not cluster:
             return []
         wanted = [f"{LABEL_MANAGED}=1", f"{LABEL_CLUSTER}={cluster}"]
-        found = self.api.containers(all=True, filters={"label": wanted})
+        with self.health.call():
+            found = self.api.containers(all=True, filters={"label": wanted})
         out = []
         for c in found:
             labels = c.get("Labels") or {}
@@ -261,7 +360,8 @@ class DockerRuntime(Runtime):
         return out
 
     def remove_job_containers(self, job_id: str) -> list[str]:
-        found = self.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
+        with self.health.call():
+            found = self.api.containers(all=True, filters={"label": f"{LABEL_JOB}={job_id}"})
         removed = []
         for c in found:
             self.remove(c["Id"])

@@ -26,7 +26,8 @@ from offload.worker.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
 
-# Failures that spend a retry; a lost node or a node without a free GPU spends none.
+# Failures that spend a retry; a lost node, a lost engine or a node without a free GPU spends
+# none.
 RETRYABLE = frozenset(Reason(r) for r in RETRYABLE_REASONS)
 
 
@@ -51,12 +52,14 @@ class Recorder:
         retries_before: int,
         classes: Sequence[ResourceClass] = (),
         key: ClusterKey | None = None,
+        max_losses: int | None = None,
     ) -> None:
         self.records, self.journal, self.publish = records, journal, publish
         self.job_id, self.attempt, self.spec = job_id, attempt, spec
         self.retries_before = retries_before
         self.classes = classes
         self.key = key  # signs outputs (its children's inputs) and an escalated spec
+        self.max_losses = max_losses  # engine_lost hand-backs before the job ends failed
         self.journaled = False
         self.last_lines: Callable[[], list[tuple[str, str]]] = list
         self.timings: dict[str, float] = {}
@@ -180,7 +183,17 @@ class Recorder:
 
     def requeue(self, reason: Reason, message: str, exit_code: int | None = None) -> JobStatus:
         """Back to ``queued`` and published again (when journaled, the sweeper republishes
-        it once the broker is back: a queued job with no message)."""
+        it once the broker is back: a queued job with no message). The ``max_losses``-th
+        ``engine_lost`` ends the job ``failed`` instead, as ``node_lost`` does: a job whose
+        every engine goes away stops there."""
+        if reason is Reason.ENGINE_LOST and self.max_losses is not None:
+            try:
+                losses = self.records.requeues(self.job_id, reason) + 1
+            except BrokerError:
+                losses = 0  # the sweeper republishes it; counted at its next loss
+            if losses >= self.max_losses:
+                why = f"{message}; {losses} attempts lost their engine, giving up"
+                return self.record(JobStatus.FAILED, reason=reason, message=why)
         status = self.record(JobStatus.QUEUED, reason=reason, message=message, exit_code=exit_code)
         if status is JobStatus.QUEUED and self.metrics is not None:
             self.metrics.requeued(reason.value)

@@ -23,7 +23,7 @@ from offload.cache import jobseal
 from offload.cache.actions import ActionCache, Memo, action_key
 from offload.errors import BrokerError, CacheError, ForgedJob, StoreUnavailable
 from offload.spec import JobSpec, format_memory
-from offload.worker import deliver, staging, trust
+from offload.worker import deliver, engine, staging, trust
 from offload.worker.admission import take_room
 from offload.worker.endings import Recorder, retries_used
 from offload.worker.fetching import resolve_uris
@@ -31,7 +31,13 @@ from offload.worker.gpus import GpuLease, GpusBusy
 from offload.worker.lease import LeaseKeeper
 from offload.worker.logsink import LogForwarder
 from offload.worker.node import CacheHit, HandBack, Node, Outcome, Parked, Superseded
-from offload.worker.runtime import ContainerRequest, Exit, ImageMissing, StartFailed
+from offload.worker.runtime import (
+    ContainerRequest,
+    EngineUnavailable,
+    Exit,
+    ImageMissing,
+    StartFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +54,10 @@ def execute(node: Node, job_id: str) -> JobStatus | None:
         log.info("job %s is %s; acknowledging this delivery without running", job_id, prev)
         return None
     if attempt > 1:  # an earlier attempt's container may remain on this engine
-        removed = node.runtime.remove_job_containers(job_id)
-        if removed:
-            log.warning("job %s: removed earlier attempts' containers %s", job_id, removed)
+        with contextlib.suppress(EngineUnavailable):  # the attempt hands the job back
+            removed = node.runtime.remove_job_containers(job_id)
+            if removed:
+                log.warning("job %s: removed earlier attempts' containers %s", job_id, removed)
     # The node's running set and the lease follow the record: begin_attempt put the job
     # there, the attempt's last transition takes it out (same atomic calls).
     record = node.records.get(job_id)
@@ -81,6 +88,7 @@ class Attempt:
             retries_used(node.records, job_id),
             node.classes,
             node.key,
+            node.max_losses,
         )
 
     @property
@@ -135,6 +143,9 @@ class Attempt:
             )
         except HandBack as hb:
             return functools.partial(self.rec.requeue, hb.reason, hb.message)
+        except EngineUnavailable as exc:  # the platform's fault: no retry spent
+            why = f"node {self.node.name}: {exc}; queued again"
+            return functools.partial(self.rec.requeue, Reason.ENGINE_LOST, why)
         except Parked:
             return lambda: JobStatus.WAITING
         except Superseded:
@@ -364,20 +375,19 @@ class Attempt:
             exit_ = runtime.wait(self.container, min(POLL, max(0.0, deadline - time.monotonic())))
             if exit_ is not None:
                 break
-            if time.monotonic() >= deadline:
-                runtime.kill(self.container)
-                runtime.wait(self.container, 30)
+            if time.monotonic() >= deadline:  # a deadline, even when the engine hangs
+                killed = engine.kill(runtime, self.container)
                 raise Outcome(
                     JobStatus.TIMED_OUT,
                     Reason.TIMEOUT,
-                    f"ran longer than its timeout of {self.spec.timeout:g}s and was killed",
+                    f"ran longer than its timeout of {self.spec.timeout:g}s and was killed"
+                    + ("" if killed else " (its engine did not answer: removed once it does)"),
                 )
             if self.keeper.lost.is_set():  # the sweeper gave the job to another attempt
-                runtime.kill(self.container)
+                engine.kill(runtime, self.container, 0)
                 raise Superseded()
             if self.cancel_requested():
-                runtime.kill(self.container)
-                runtime.wait(self.container, 30)
+                engine.kill(runtime, self.container)
                 raise Outcome(JobStatus.CANCELLED, Reason.CANCELLED, "cancelled while running")
         self.timings["running"] = time.monotonic() - self.t_start
         return exit_
@@ -385,6 +395,9 @@ class Attempt:
     def finish(self, exit_: Exit) -> dict[str, str]:
         assert self.workspace is not None
         mem = self.spec.resources.memory
+        if exit_.engine_lost:  # stopped by its engine, not by its program: not the job's fault
+            why = f"node {self.node.name}: exited with code {exit_.code}, {exit_.engine_lost}"
+            raise HandBack(Reason.ENGINE_LOST, f"{why}; queued again")
         if exit_.oom_killed:
             raise Outcome(
                 JobStatus.FAILED,
@@ -441,5 +454,8 @@ class Attempt:
         self.drain_logs()
         try:
             self.node.runtime.remove(self.container)
+        except EngineUnavailable as exc:
+            log.warning("job %s: container %s stays until its engine answers (%s)",
+                        self.job_id, self.container[:12], exc)  # fmt: skip
         except Exception:
             log.exception("job %s: could not remove container %s", self.job_id, self.container)

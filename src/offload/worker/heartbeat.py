@@ -9,6 +9,10 @@ Runs as one daemon thread in the worker's main process, started once the pool ha
   ``draining`` flag was set by someone else (the autoscaler);
 * redelivers the jobs of its own pool processes that died (:class:`ProcessReaper`);
 * records the outcomes journaled while Redis was away (:mod:`offload.worker.journal`);
+* follows its Docker engine (:class:`~offload.worker.engine.EngineWatch`, a thread of its own
+  pinging it): while the engine does not answer, the node stops consuming its queues (Celery's
+  ``cancel_consumer``, to this worker alone) and says ``engine down`` in the registry; once it
+  answers, the node consumes again and removes what dead attempts left;
 * every ``sweep_interval`` seconds, sweeps: requeues jobs whose lease expired, republishes
   lost messages (:class:`~offload.broker.sweeper.Sweeper`, one sweeper in the cluster at a
   time), and removes what this node's dead attempts left (:class:`LocalReaper`).
@@ -39,6 +43,7 @@ from offload.config import Settings
 from offload.errors import BrokerError
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import DockerRuntime, connect
+from offload.worker.engine import EngineWatch
 from offload.worker.journal import Journal
 from offload.worker.reaper import LocalReaper
 from offload.worker.tasks import on_worker_ready, on_worker_shutdown, on_worker_shutting_down
@@ -48,7 +53,13 @@ log = logging.getLogger(__name__)
 
 class Heartbeat:
     def __init__(
-        self, broker: Broker, *, classes: list[str], slots: int, capacity: Capacity
+        self,
+        broker: Broker,
+        *,
+        classes: list[str],
+        slots: int,
+        capacity: Capacity,
+        queues: list[str] | None = None,
     ) -> None:
         settings = broker.settings
         self.broker = broker
@@ -75,6 +86,7 @@ class Heartbeat:
             remove=runtime.remove_job_containers,  # before its room is given out again
         )
         self.journal = Journal(settings.journal_dir)
+        runtime = DockerRuntime(connect(settings.engine_timeout, ping=False))
         self.leftovers = LocalReaper(
             self.name,
             self.registry.cluster_id(),
@@ -82,6 +94,9 @@ class Heartbeat:
             runtime,
             settings.work_dir.parent,
         )
+        self.queues = list(queues if queues is not None else classes)  # what the worker consumes
+        self.engine = EngineWatch(runtime.health, self.interval, self.wake.set)
+        self.engine_said: bool | None = None  # what the registry and consumers were told
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -97,6 +112,7 @@ class Heartbeat:
             machine=self.settings.machine,
         )
         self.marked_draining = False
+        self.engine_said = None if self.engine_said is False else True
 
     def start(self) -> None:
         self.register()
@@ -105,6 +121,7 @@ class Heartbeat:
             self.leftovers.reap()
         except Exception:
             log.exception("node %s: cleaning up after a previous run", self.name)
+        self.engine.start()
         log.warning("node %s registered (provider %s)", self.name, self.settings.provider)
         self.thread = threading.Thread(target=self.loop, name="node-heartbeat", daemon=True)
         self.thread.start()
@@ -120,6 +137,7 @@ class Heartbeat:
             if self.stopped.is_set():
                 return
             self.stopped.set()
+            self.engine.stop()
             self.wake.set()
             try:
                 self.registry.deregister(self.name)
@@ -161,12 +179,33 @@ class Heartbeat:
                 log.warning("node %s asked to drain: finishing its jobs, then exiting", self.name)
                 self.shutting_down = self.marked_draining = True
                 os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+            self.follow_engine()
         self.reaper.reap(self.app, now)
         self.journal.replay(self.records)
         if now - self.last_sweep >= self.settings.sweep_interval:
             self.last_sweep = now
             self.sweeper.sweep()
-            self.leftovers.reap()
+            if self.engine.up:
+                self.leftovers.reap()
+
+    def follow_engine(self) -> None:
+        """Tell the registry and this worker's consumers whether the engine answers, on a
+        change (again after a failed try): while it is down the node takes no work."""
+        up = self.engine.up
+        if up == self.engine_said:
+            return
+        self.registry.set_engine(self.name, up)
+        hostname = f"offload@{self.name}"
+        if up and not self.shutting_down:
+            for queue in self.queues:
+                self.app.control.add_consumer(queue, destination=[hostname])
+        elif not up:
+            for queue in self.queues:
+                self.app.control.cancel_consumer(queue, destination=[hostname])
+        log.warning("node %s: %s", self.name, "engine up: consuming again" if up else "engine down")
+        self.engine_said = up
+        if up:
+            self.leftovers.reap()  # what the attempts it lost left: containers, folders
 
     @property
     def sweeper(self) -> Sweeper:
@@ -177,13 +216,22 @@ class Heartbeat:
         return self.broker.app  # this thread's broker: its own app and connections
 
 
-def install(settings: Settings, *, classes: list[str], slots: int, capacity: Capacity) -> None:
+def install(
+    settings: Settings,
+    *,
+    classes: list[str],
+    slots: int,
+    capacity: Capacity,
+    queues: list[str] | None = None,
+) -> None:
     """Register the node once the worker is ready, heartbeat, deregister on a clean exit."""
     state: dict[str, Heartbeat] = {}
 
     def on_ready() -> None:  # after the pool forked: no thread crosses a fork
         # the heartbeat thread's own broker: its connections are not shared with the pool's
-        hb = Heartbeat(Broker(settings), classes=classes, slots=slots, capacity=capacity)
+        hb = Heartbeat(
+            Broker(settings), classes=classes, slots=slots, capacity=capacity, queues=queues
+        )
         state["hb"] = hb
         hb.start()
 

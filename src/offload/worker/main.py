@@ -71,7 +71,7 @@ def start_metrics(settings: Settings, slots: int, cap: cap_mod.Capacity) -> None
 
 def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     """Run until stopped (SIGTERM: finish running jobs, then exit)."""
-    connect().close()  # fail now, clearly, when there is no engine
+    connect(settings.engine_timeout).close()  # fail now, clearly, when there is no engine
     cap, classes, slots = plan(settings)
     log.warning(
         "offload worker %s (machine %s): %g CPU, %s for jobs, %d GPU; serving %s, "
@@ -109,7 +109,7 @@ def run_worker(settings: Settings, *, loglevel: str = "INFO") -> None:
     register(broker, cap)
     start_metrics(settings, slots, cap)
     start_uploader(settings)
-    install_heartbeat(settings, classes=classes, slots=slots, capacity=cap)
+    install_heartbeat(settings, classes=classes, slots=slots, capacity=cap, queues=queues)
     app.worker_main(
         [
             "worker",

@@ -68,6 +68,7 @@ class Node:
     admission: AdmissionPolicy = AdmissionPolicy()
     fetcher: Fetcher | None = None  # input URIs fetched into the store (worker/fetching.py)
     deliverer: Deliverer | None = None  # outputs delivered where spec.deliver says
+    max_losses: int = 3  # engine losses (engine_lost requeues) before the job ends failed
 
 
 class CacheHit(Exception):
@@ -88,8 +89,8 @@ class Superseded(Exception):
 
 
 class HandBack(Exception):
-    """This node cannot run the job now (no room, no free GPU): back to the queue, no retry
-    used."""
+    """This node cannot run the job now (no room, no free GPU, its engine lost the
+    container): back to the queue, no retry used."""
 
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)

@@ -1,7 +1,8 @@
 """The container runtime seam: what a worker needs from a container engine, and its errors.
 
 Implementations raise only the exceptions defined here (the executor turns them into job
-outcomes); :mod:`offload.worker.docker_runtime` is the Docker one.
+outcomes), :class:`EngineUnavailable` from any method when the engine does not answer within
+its timeout: no call blocks forever. :mod:`offload.worker.docker_runtime` is the Docker one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class StartFailed(RuntimeFailure):
     def __init__(self, message: str, *, gpu: bool = False) -> None:
         super().__init__(message)
         self.gpu = gpu
+
+
+class EngineUnavailable(RuntimeFailure):
+    """The engine did not answer (stopped, restarting, or hung past the engine timeout): the
+    platform's fault, never the job's — the attempt goes back to the queue (``engine_lost``)."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,18 @@ class ContainerRequest:
 class Exit:
     code: int
     oom_killed: bool
+    engine_lost: str = ""
+    """Non-empty when the engine, not the container's own program, ended it (an engine
+    shutdown stopped it): why, in words. The attempt is the platform's loss, not the job's."""
 
 
 class Runtime(ABC):
     """Creates, runs and removes job containers. One instance per worker process."""
+
+    @abstractmethod
+    def responsive(self) -> bool:
+        """Whether the engine answers now (a ping on a new connection, bounded by the engine
+        timeout)."""
 
     @abstractmethod
     def ensure_image(self, image: str) -> str:

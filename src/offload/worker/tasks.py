@@ -52,7 +52,9 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
         records=records,
         store=store,
         runtime=DockerRuntime(
-            connect(), pull_timeout=settings.pull_timeout, networks=settings.job_networks
+            connect(settings.engine_timeout),
+            pull_timeout=settings.pull_timeout,
+            networks=settings.job_networks,
         ),
         work_dir=work,
         user=settings.container_user,
@@ -74,6 +76,7 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
         admission=AdmissionPolicy(settings.admission_wait, settings.admission_starvation),
         fetcher=fetcher,
         deliverer=Deliverer(s3, attempts=settings.deliver_attempts),
+        max_losses=settings.max_node_losses,
     )
 
 
@@ -94,6 +97,13 @@ def register(broker: Broker, capacity: Capacity) -> None:
                 log.exception("cannot set up this worker process; job %s goes back", job_id)
                 time.sleep(1)
                 raise Reject(f"worker process set-up failed: {exc}", requeue=True) from exc
+        if not nodes[pid].runtime.responsive():
+            # No engine: hand the message back before taking an attempt; the heartbeat stops
+            # this node consuming meanwhile (worker/engine.py), so another node, or this one
+            # once its engine answers, runs it.
+            log.warning("job %s: the Docker engine does not answer; handed back", job_id)
+            time.sleep(1)
+            raise Reject("the Docker engine does not answer", requeue=True)
         try:
             status = execute(nodes[pid], job_id)
         except BrokerError as exc:  # Redis went away mid-job: the record is unreachable
