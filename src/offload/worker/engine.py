@@ -139,6 +139,11 @@ def stopped_by_engine(
     without this worker killing it; empty when its program ended by itself."""
     if interrupted and not live_restore:
         return "its engine stopped while it ran (no live-restore: the engine stopped it)"
+    if int(state.get("ExitCode") or 0) <= 128:
+        # not a death by signal (the sandbox's init exits 128 + the signal that ended the
+        # job's program): the program ended by itself, and its end is recorded at once,
+        # without the second a look at the engine's kill events takes
+        return ""
     try:
         since, _ = engine_time(state["StartedAt"])
         sec, ns = engine_time(state["FinishedAt"])

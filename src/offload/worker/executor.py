@@ -17,17 +17,15 @@ import os
 import time
 from collections.abc import Callable
 
-from offload.broker.inflight import InFlight, wait_for
 from offload.broker.status import JobStatus, Reason
-from offload.cache import jobseal
-from offload.cache.actions import ActionCache, Memo, action_key
-from offload.errors import BrokerError, CacheError, ForgedJob, StoreUnavailable
+from offload.errors import BrokerError, CacheError, ForgedJob
 from offload.spec import JobSpec, format_memory
 from offload.worker import deliver, engine, staging, trust
 from offload.worker.admission import take_room
 from offload.worker.endings import Recorder, retries_used
 from offload.worker.fetching import resolve_uris
 from offload.worker.gpus import GpuLease, GpusBusy
+from offload.worker.identical import Identical
 from offload.worker.lease import LeaseKeeper
 from offload.worker.logsink import LogForwarder
 from offload.worker.node import CacheHit, HandBack, Node, Outcome, Parked, Superseded
@@ -70,8 +68,7 @@ class Attempt:
         self.container: str | None = None
         self.workspace: staging.Workspace | None = None
         self.timings: dict[str, float] = {}
-        self.memo_key: str | None = None
-        self.in_flight: InFlight | None = None  # set once this attempt claimed its action
+        self.identical = Identical(node, job_id, attempt)  # memo and in-flight claim
         self.forwarder: LogForwarder | None = None
         self.t_start = 0.0
         self.gpu_lease: GpuLease | None = None
@@ -105,7 +102,7 @@ class Attempt:
         The claim on identical jobs in flight goes last, once the end and memo are written.
         """
         with contextlib.ExitStack() as claim:
-            claim.callback(self.release_in_flight)
+            claim.callback(self.identical.release)
             with contextlib.ExitStack() as held:
                 held.enter_context(self.keeper)
                 end = self.steps(held)
@@ -169,13 +166,8 @@ class Attempt:
             timings=self.timings,
             **self.delivery.fields(),
         )
-        if status is JobStatus.SUCCEEDED and self.node.memo is not None and self.memo_key:
-            try:
-                assert self.node.key is not None  # verify() ran
-                sig = jobseal.sign_memo(self.node.key, self.memo_key, outputs, self.job_id)
-                self.node.memo.put(self.memo_key, outputs, self.job_id, sig)
-            except BrokerError as exc:  # an outage: the job is done, only its memo is lost
-                log.warning("job %s: memo not written (%s)", self.job_id, exc)
+        if status is JobStatus.SUCCEEDED:
+            self.identical.remember(outputs)
         return status
 
     # -- steps -----------------------------------------------------------------------------
@@ -228,7 +220,7 @@ class Attempt:
         except ImageMissing as exc:
             raise Outcome(JobStatus.FAILED, Reason.IMAGE_NOT_FOUND, str(exc)) from None
         self.spec, self.fetched = resolve_uris(self.node, self.spec)  # dedup on content
-        self.check_memo(digest)
+        self.identical.check(self.spec, digest)  # CacheHit, or Parked behind an identical job
         uid = int(self.node.user.split(":")[0]) if self.node.user[:1].isdigit() else None
         try:
             self.workspace = staging.prepare(
@@ -242,71 +234,6 @@ class Attempt:
                 JobStatus.FAILED, Reason.INPUT_MISSING, f"input unreadable: {exc}"
             ) from None
         self.timings["staging"] = time.monotonic() - t0
-
-    def check_memo(self, digest: str) -> None:
-        memo = self.node.memo
-        if memo is None or not self.spec.cache:
-            return
-        assert self.node.key is not None  # verify() ran
-        self.memo_key = jobseal.memo_key(self.node.key, action_key(self.spec, digest))
-        hit = memo.get(self.memo_key)
-        if hit is not None and not jobseal.memo_valid(self.node.key, hit):
-            log.error("job %s: memo entry not signed by a key holder; ignored", self.job_id)
-            hit = None  # this run's success writes a signed entry over it
-        if hit is None:
-            self.check_in_flight(memo, digest)
-            return
-        try:
-            present = all(self.node.store.has(oid) for oid in hit.outputs.values())
-        except StoreUnavailable as exc:
-            # Cannot tell whether the outputs are still fetchable: run the job, and leave
-            # the entry as it is (not dropped, not overwritten by this run).
-            log.warning(
-                "job %s: memo unusable while the store is unreachable: %s", self.job_id, exc
-            )
-            self.memo_key = None
-            return
-        if present:
-            raise CacheHit(hit)
-        memo.drop(self.memo_key)  # its outputs are gone: run the job again
-        self.check_in_flight(memo, digest)
-
-    def check_in_flight(self, memo: ActionCache, digest: str) -> None:
-        """No memo: claim the action for this job (:mod:`offload.broker.inflight`). When an
-        identical job runs it now, this attempt gives its slot back and the job waits for it;
-        queued again when it ends, the job takes its outputs from the memo or runs itself."""
-        assert self.memo_key is not None
-        inflight = self.node.inflight
-        if inflight is None:  # a node without the table runs every job itself
-            return
-        ttl = self.spec.timeout + self.node.records.lease_ttl + 60
-        holder = inflight.claim(self.memo_key, self.job_id, ttl)
-        if holder is None:
-            self.in_flight = inflight
-            return
-        if holder.status is JobStatus.SUCCEEDED:  # it ended a moment ago, memo not written yet
-            outputs = trust.outputs_of(self.node, holder.job_id, digest, self.memo_key)
-            try:
-                if outputs is not None and all(
-                    self.node.store.has(oid) for oid in outputs.values()
-                ):
-                    raise CacheHit(Memo(self.memo_key, outputs, holder.job_id))
-            except StoreUnavailable:
-                pass
-            return  # run it ourselves
-        log.info("job %s: identical job %s runs now; waiting for it", self.job_id, holder.job_id)
-        if wait_for(self.node.records, self.job_id, self.attempt, holder.job_id):
-            self.node.requeue(self.job_id, self.spec, self.attempt)  # it ended meanwhile
-        raise Parked()
-
-    def release_in_flight(self) -> None:
-        """Let go of this job's claim on its action, however the attempt ended."""
-        if self.in_flight is None or self.memo_key is None:
-            return
-        try:
-            self.in_flight.release(self.memo_key, self.job_id, self.attempt)
-        except BrokerError as exc:  # it expires by itself
-            log.warning("job %s: in-flight marker not released (%s)", self.job_id, exc)
 
     def start(self, held: contextlib.ExitStack) -> None:
         assert self.workspace is not None
