@@ -75,8 +75,8 @@ def test_two_jobs_that_do_not_fit_together_never_run_at_once(node: Platform) -> 
     wait_for(lambda: any(handed_back_for_room(j) for j in jobs), 60, "a job handed back")
     (waiter,) = [j for j in jobs if handed_back_for_room(j)]
     why = no_room(waiter)[0]
-    assert "no room on machine" in why and "for 2 CPU / 5GiB: 1 job(s) hold 2 CPU / 5GiB" in why
-    assert "of 2 CPU / 7680MiB, 0 CPU / 2560MiB free; queued again" in why, why
+    assert "no room on machine" in why and "for 2 CPU / 5 GiB: 1 job(s) hold 2 CPU / 5 GiB" in why
+    assert "of 2 CPU / 7.5 GiB, 0 CPU / 2.5 GiB free; queued again" in why, why
     (a, b) = sorted(interval(node, j) for j in jobs)
     assert a[1] <= b[0], f"two jobs of 5 GiB ran at once on 7.5 GiB: {a} {b}"
 
@@ -121,7 +121,7 @@ def test_a_gpu_jobs_cpus_count_too(node: Platform, tmp_path: Path) -> None:
     gpu_job = c.submit("offload/base", ["true"], gpus=1, cpu=1, memory="1g", cache=False)
     wait_for(lambda: handed_back_for_room(gpu_job), 30, "the GPU job waiting for CPUs")
     why = no_room(gpu_job)[0]
-    assert "for 1 CPU / 1GiB / 1 GPU: 1 job(s) hold 2 CPU / 1GiB of 2 CPU / 7680MiB / 4 GPU" in why
+    assert "for 1 CPU / 1 GiB / 1 GPU: 1 job(s) hold 2 CPU / 1 GiB of 2 CPU / 7.5 GiB / 4 GPU" in why
     _, end = interval(node, cpu_job)
     # this engine has no NVIDIA runtime: the GPU job fails to start, after the CPU job ended
     result = gpu_job.result(timeout=60, raise_on_failure=False)

@@ -75,8 +75,8 @@ def test_a_holder_without_free_room_for_the_job_leaves_it_to_the_next_saying_so(
     assert alone.queue == "cpu-large"
     assert alone.why == (
         "node n1 holds 240 MiB of 240 MiB inputs (+1 of unknown size) but has no room for "
-        "2 CPU / 4GiB "
-        "(1.5 CPU / 20GiB free)"
+        "2 CPU / 4 GiB "
+        "(1.5 CPU / 20 GiB free)"
     )
     assert decide("cpu-large", [A, B], [best, other], need).node == "n2"
     assert decide("cpu-large", [A, B], [best], Share(1, GiB)).node == "n1"

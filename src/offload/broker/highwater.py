@@ -24,7 +24,7 @@ import redis
 
 from offload.broker import keys
 from offload.config import Settings
-from offload.spec import format_memory
+from offload.spec.sizes import format_size
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,10 @@ class RedisUsage:
         if self.used < 0:
             return "usage unknown (this Redis user may not run INFO)"
         if not self.max:
-            return f"{format_memory(self.used)} used, no memory limit (maxmemory 0)"
+            return f"{format_size(self.used)} used, no memory limit (maxmemory 0)"
         state = "FULL: submits refused" if self.full else "submits accepted"
         return (
-            f"{format_memory(self.used)} of {format_memory(self.max)} "
+            f"{format_size(self.used)} of {format_size(self.max)} "
             f"({self.fraction:.0%}), high-water mark {self.high_water:.0%}: {state}"
         )
 
@@ -70,8 +70,8 @@ class RedisUsage:
         room, what to change."""
         what = "the job" if jobs == 1 else f"all {jobs} jobs"
         full = (
-            f"Redis is {self.fraction:.0%} full ({format_memory(self.used)} of "
-            f"{format_memory(self.max)})"
+            f"Redis is {self.fraction:.0%} full ({format_size(self.used)} of "
+            f"{format_size(self.max)})"
         )
         if refused:
             head = f"Redis refused the write ({refused})"
@@ -79,7 +79,7 @@ class RedisUsage:
             head = f"{full}, above its high-water mark of {self.high_water:.0%}"
         else:
             head = (
-                f"{full}: {what} (about {format_memory(needed)}) would take it above its "
+                f"{full}: {what} (about {format_size(needed)}) would take it above its "
                 f"high-water mark of {self.high_water:.0%}"
             )
         head += " (OFFLOAD_REDIS_HIGH_WATER)" if not refused else ""

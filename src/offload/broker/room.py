@@ -33,7 +33,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.connection import broker_error
-from offload.spec import format_memory
+from offload.spec.sizes import format_size
 
 # KEYS: 1 room, 2 waiting.  ARGV: 1 owners key pattern (%s = node), then for 'admit':
 # 2 job id, 3 entry "<node> <pid> <attempt> <mcpu> <memory> <gpus>", 4-6 allocatable mcpu,
@@ -143,7 +143,7 @@ class Share:
 
     def describe(self) -> str:
         gpus = f" / {self.gpus} GPU" if self.gpus else ""
-        return f"{self.cpus:g} CPU / {format_memory(max(0, self.memory))}{gpus}"
+        return f"{self.cpus:g} CPU / {format_size(max(0, self.memory))}{gpus}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from offload.broker.core import Broker
 from offload.broker.nodes import NodeInfo
 from offload.broker.room import Share
 from offload.cli import cli, handle_errors, settings_of
-from offload.spec import format_memory
+from offload.spec.sizes import format_size
 
 console = Console(highlight=False)
 STATE_STYLE = {"up": "green", "draining": "yellow", "engine down": "red", "lost": "red"}
@@ -51,7 +51,7 @@ def room_cells(n: NodeInfo) -> tuple[str, str, str, str]:
     machine's nodes together leave)."""
     return (
         f"{n.used.cpus:g}/{n.cpus:g}",
-        f"{format_memory(n.used.memory)}/{format_memory(n.memory)}",
+        f"{format_size(n.used.memory)}/{format_size(n.memory)}",
         f"{n.used.gpus}/{n.gpus}",
         n.free.describe(),
     )

@@ -13,6 +13,7 @@ import psutil
 from offload.config import Settings
 from offload.errors import ConfigError
 from offload.spec import ResourceClass, Resources, format_memory
+from offload.spec.sizes import format_size
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class Capacity:
         if res.memory > self.memory:
             return (
                 f"asks for {format_memory(res.memory)} memory, this node gives jobs "
-                f"{format_memory(self.memory)} (its memory less OFFLOAD_NODE_MEMORY_RESERVE)"
+                f"{format_size(self.memory)} (its memory less OFFLOAD_NODE_MEMORY_RESERVE)"
             )
         if res.gpus > len(self.gpus):
             return f"asks for {res.gpus} GPU(s), this node has {len(self.gpus)}"
@@ -135,14 +136,14 @@ def allocatable(settings: Settings, machine: Capacity) -> Capacity:
         if settings.node_memory > machine.memory:
             raise ConfigError(
                 f"OFFLOAD_NODE_MEMORY={format_memory(settings.node_memory)}: this machine has "
-                f"{format_memory(machine.memory)}"
+                f"{format_size(machine.memory)}"
             )
         memory = settings.node_memory
     left = memory - settings.node_memory_reserve
     if left < MIN_JOB_MEMORY:
         raise ConfigError(
             f"OFFLOAD_NODE_MEMORY_RESERVE={format_memory(settings.node_memory_reserve)} leaves "
-            f"no memory for jobs on this node of {format_memory(memory)}"
+            f"no memory for jobs on this node of {format_size(memory)}"
         )
     return Capacity(cpus=cpus, memory=left, gpus=machine.gpus)
 
