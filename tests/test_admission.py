@@ -84,7 +84,8 @@ def test_two_jobs_that_do_not_fit_together_never_run_at_once(node: Platform) -> 
 def test_four_half_cpu_jobs_run_at_once_on_a_two_cpu_node(node: Platform) -> None:
     node.start_worker()  # the default cap: 2 jobs per CPU, 4 pool processes
     c = node.client
-    jobs = [timed(c, 5, cpu=0.5, memory="256m", name=f"half {n}") for n in range(4)]
+    # 8 s each: the last to start must start before the first ends, on a loaded machine too
+    jobs = [timed(c, 8, cpu=0.5, memory="256m", name=f"half {n}") for n in range(4)]
     spans = [interval(node, j) for j in jobs]
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"not all at once: {spans}"
     info = node.client.broker.nodes.get(node.settings.node_name)
