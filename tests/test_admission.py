@@ -121,7 +121,9 @@ def test_a_gpu_jobs_cpus_count_too(node: Platform, tmp_path: Path) -> None:
     gpu_job = c.submit("offload/base", ["true"], gpus=1, cpu=1, memory="1g", cache=False)
     wait_for(lambda: handed_back_for_room(gpu_job), 30, "the GPU job waiting for CPUs")
     why = no_room(gpu_job)[0]
-    assert "for 1 CPU / 1 GiB / 1 GPU: 1 job(s) hold 2 CPU / 1 GiB of 2 CPU / 7.5 GiB / 4 GPU" in why
+    assert (
+        "for 1 CPU / 1 GiB / 1 GPU: 1 job(s) hold 2 CPU / 1 GiB of 2 CPU / 7.5 GiB / 4 GPU" in why
+    )
     _, end = interval(node, cpu_job)
     # this engine has no NVIDIA runtime: the GPU job fails to start, after the CPU job ended
     result = gpu_job.result(timeout=60, raise_on_failure=False)

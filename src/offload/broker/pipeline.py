@@ -84,7 +84,20 @@ class Pipeline:
         return self.link(job_id, spec)
 
     def link(self, job_id: str, spec: JobSpec) -> JobStatus:
-        parents = spec.parents()
+        parents = []
+        for parent in spec.parents():  # an archived parent has ended: settled here
+            if self.records._run(self.r.exists, keys.job(parent)):
+                parents.append(parent)
+                continue
+            try:
+                status = self.records.status(parent)
+            except JobNotFound:
+                parents.append(parent)  # the script says it does not exist
+                continue
+            self.records._run(self.r.sadd, keys.parents(job_id), parent)
+            if status is not JobStatus.SUCCEEDED:
+                self.fail(job_id, self._why(parent, status.value))
+                return self.records.status(job_id)
         got = self.records._run(
             self._depend,
             keys=[keys.waiting_on(job_id), keys.parents(job_id)],
@@ -97,6 +110,8 @@ class Pipeline:
                 *parents,
             ],
         )
+        if int(got[0]) == -1 and self.records._run(self.records.archive.entry, str(got[1])):
+            return self.link(job_id, spec)  # archived meanwhile
         if int(got[0]) == -1:
             self.fail(job_id, f"parent job {got[1]} does not exist (any more)")
         elif int(got[0]) == -2:

@@ -14,6 +14,7 @@ from typing import Any
 from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
 from offload.broker.records import JobRecord
+from offload.cache.archive import SealedArchive
 from offload.cache.factory import open_store
 from offload.cache.jobseal import seal_job
 from offload.cache.keys import ClusterKey, load_key
@@ -55,6 +56,8 @@ class Client:
         self.settings = settings
         self.broker = broker if broker is not None else Broker(settings)
         self._store = store
+        if not self.broker.has_archive:  # archived jobs are read through this client's store
+            self.broker.attach_archive(SealedArchive(lambda: self.store))
         self.progress = progress  # told (path, bytes done, total) while files are uploaded
 
     @cached_property
