@@ -107,7 +107,7 @@ class Broker:
     def pipeline(self) -> Pipeline:
         from offload.broker.pipeline import Pipeline
 
-        return Pipeline(self.records, self.app)
+        return Pipeline(self.records, lambda: self.app)  # Celery only once it publishes
 
     @cached_property
     def limits(self) -> Limits:

@@ -32,16 +32,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-
-from celery import Celery
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from offload.broker import keys
 from offload.broker.inflight import TWIN
-from offload.broker.publish import publish
 from offload.broker.records import JobRecords
 from offload.broker.status import TERMINAL, JobStatus, Reason, wire
 from offload.errors import JobNotFound
 from offload.spec import JobSpec
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,24 @@ return {redis.call('SCARD', KEYS[1])}
 
 
 class Pipeline:
-    def __init__(self, records: JobRecords, app: Celery) -> None:
-        self.records, self.app = records, app
+    def __init__(self, records: JobRecords, app: Celery | Callable[[], Celery]) -> None:
+        """``app``: the Celery app, or what builds it when first published through (reading
+        parents and children imports no Celery: ``offload status`` starts quickly)."""
+        self.records = records
+        self._app = app
         self.r = records.r
         self._depend = self.r.register_script(_DEPEND)
+
+    @property
+    def app(self) -> Celery:
+        if not hasattr(self._app, "send_task"):
+            self._app = self._app()
+        return self._app
+
+    def _publish(self, job_id: str, tag: str) -> None:
+        from offload.broker.publish import publish
+
+        publish(self.app, self.records.get(job_id), f"{job_id}.{tag}{uuid.uuid4().hex[:6]}")
 
     # -- submit ----------------------------------------------------------------------------
 
@@ -185,7 +201,7 @@ class Pipeline:
             job_id, JobStatus.QUEUED, spec=spec.encode(), view=json.dumps(spec.redacted())
         ):
             return False
-        publish(self.app, self.records.get(job_id), f"{job_id}.w{uuid.uuid4().hex[:6]}")
+        self._publish(job_id, "w")
         log.info("job %s released: its parents succeeded", job_id)
         return True
 
@@ -210,7 +226,7 @@ class Pipeline:
         """Queue a parked job again (its limit freed, its class released, …)."""
         if not self.records.transition(job_id, JobStatus.QUEUED, wait="", message=""):
             return False
-        publish(self.app, self.records.get(job_id), f"{job_id}.u{uuid.uuid4().hex[:6]}")
+        self._publish(job_id, "u")
         return True
 
     def _twin_of(self, job_id: str) -> str | None:

@@ -17,7 +17,6 @@ from offload.broker.listing import JobQuery, Page, list_jobs
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus
 from offload.cache.archive import SealedArchive
-from offload.cache.factory import open_store
 from offload.cache.jobseal import seal_job
 from offload.cache.keys import ClusterKey, load_key
 from offload.cache.store import Progress, Store
@@ -70,6 +69,8 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from offload.cache.factory import open_store  # boto3: only once a store is used
+
             self._store = open_store(self.settings)
         return self._store
 
