@@ -12,6 +12,7 @@ import pytest
 from offload.broker import keys
 from offload.broker.archive import ArchiveReport
 from offload.broker.core import Broker
+from offload.broker.listing import JobQuery, list_jobs
 from offload.broker.status import JobStatus, Reason
 from offload.cache.archive import SealedArchive
 from offload.cache.factory import open_store
@@ -100,7 +101,8 @@ def test_finished_jobs_leave_redis_and_read_back_the_same(broker: Broker) -> Non
     job = Job.from_id(done, fresh)
     assert job.result(timeout=1).outputs == {"out.txt": "sha256:" + "a" * 64}
     assert [line.text for line in job.logs()] == [f"line of {done}"]
-    assert {rec.id for rec in fresh.records.list(10)} == {done, failed, ids(1, 9)[0]}
+    listed = list_jobs(fresh.records, JobQuery(limit=10)).jobs
+    assert {rec.id for rec in listed} == {done, failed, ids(1, 9)[0]}
     with pytest.raises(JobNotFound):
         fresh.records.get(ids(1, 7)[0])
 
@@ -115,6 +117,16 @@ def test_a_child_of_an_archived_parent_is_released_or_failed(broker: Broker) -> 
     assert broker.pipeline.submit(ids(1, 200)[0], ok_child, "cpu-small") is JobStatus.QUEUED
     assert broker.pipeline.submit(ids(1, 201)[0], bad_child, "cpu-small") is JobStatus.FAILED
     assert broker.records.get(ids(1, 201)[0]).reason is Reason.UPSTREAM_FAILED
+    assert broker.pipeline.parents(ids(1, 200)[0]) == [good]
+
+    # a child linked before its parent was archived: the views read the segment's sets
+    kid, parent = ids(1, 202)[0], ids(1, 203)[0]
+    finish(broker, parent)
+    child = JobSpec(image="offload/base", inputs={"x": str(OutputRef(parent, "out.txt"))})
+    assert broker.pipeline.submit(kid, child, "cpu-small") is JobStatus.QUEUED
+    assert archive(broker).archived == 2  # the parent, and the child that failed above
+    assert not broker.redis.exists(keys.children(parent))
+    assert broker.pipeline.children(parent) == [kid] and broker.pipeline.parents(kid) == [parent]
 
 
 def test_redis_keeps_at_most_300_bytes_per_archived_job(broker: Broker) -> None:

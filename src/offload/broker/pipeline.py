@@ -242,18 +242,26 @@ class Pipeline:
 
     # -- views and control -------------------------------------------------------------------
 
+    def _linked(self, job_id: str, children: bool) -> list[str]:
+        """A job's parents (or children) set; an archived job's as its segment keeps it."""
+        key = keys.children(job_id) if children else keys.parents(job_id)
+        members = sorted(str(m) for m in self.r.smembers(key))
+        if not members and not self.r.exists(keys.job(job_id)):
+            entry = self.records._run(self.records.archive.entry, job_id)
+            if entry is not None:
+                return list(entry.children if children else entry.parents)
+        return members
+
     def parents(self, job_id: str) -> list[str]:
-        return sorted(str(p) for p in self.r.smembers(keys.parents(job_id)))
+        return self._linked(job_id, children=False)
 
     def children(self, job_id: str) -> list[str]:
         """The jobs that depend on this one (identical jobs waiting for it: :meth:`twins`)."""
-        members = sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
-        return [c for c in members if self._twin_of(c) != job_id]
+        return [c for c in self._linked(job_id, children=True) if self._twin_of(c) != job_id]
 
     def twins(self, job_id: str) -> list[str]:
         """Identical jobs waiting for this one to take its outputs."""
-        members = sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
-        return [c for c in members if self._twin_of(c) == job_id]
+        return [c for c in self._linked(job_id, children=True) if self._twin_of(c) == job_id]
 
     def waiting_for(self, job_id: str) -> list[str]:
         return sorted(str(p) for p in self.r.smembers(keys.waiting_on(job_id)))

@@ -365,18 +365,6 @@ class JobRecords:
             1 for e in self.timeline(job_id) if e.status is JobStatus.QUEUED and e.reason is reason
         )
 
-    def list(self, limit: int = 50) -> list[JobRecord]:
-        ids = self._run(self.r.zrevrange, keys.JOBS_INDEX, 0, max(limit, 1) * 2)
-        out: list[JobRecord] = []
-        for job_id in ids:
-            try:
-                out.append(self.get(job_id))
-            except JobNotFound:
-                self._run(self.r.zrem, keys.JOBS_INDEX, job_id)
-            if len(out) >= limit:
-                break
-        return out
-
     def wait(self, job_id: str, timeout: float | None) -> JobRecord:
         """Block until the job is terminal (woken by its timeline stream), or JobTimeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
