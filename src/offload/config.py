@@ -109,7 +109,11 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(default=DEFAULT_LOG_MAX_BYTES, ge=1024)
     # the embedded redis-server's maxmemory (policy noeviction: full means writes refused)
     redis_max_memory: int = Field(default=1 * GiB, ge=16 * MiB)
-    record_ttl: int = Field(default=7 * 24 * 3600, ge=60)
+    # how long history is kept (in the archive; Redis's own copy is a safety net), then pruned
+    record_ttl: int = Field(default=30 * 24 * 3600, ge=60)
+    # seconds after its end a job leaves Redis for the archive (broker/archive.py)
+    archive_after: float = Field(default=300.0, ge=0)
+    archive_batch: int = Field(default=500, ge=1, le=10_000)  # jobs per segment, at most
     memo_ttl: int = Field(default=30 * 24 * 3600, ge=60)
     pull_timeout: float = Field(default=60.0, gt=0)
     autoscale_min: int = Field(default=0, ge=0)

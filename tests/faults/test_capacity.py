@@ -159,3 +159,41 @@ def test_a_map_that_redis_refuses_mid_way_leaves_nothing(
     assert left == []  # no record, timeline or log of a refused job is left
     c.map("offload/base", ["true"], each=[{}] * 10, cpu=2)  # and what fits is taken
     assert records(c) == before + 10
+
+
+def test_once_the_archiver_moves_finished_jobs_out_submits_are_accepted_again(
+    small_redis: str, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Full of jobs that then end (here: cancelled, as the queued ones of a class no node
+    serves can only end): nobody raises any limit, yet the worker's sweeper archives them
+    out of Redis and the platform admits work again by itself."""
+    p = make_platform(
+        small_redis,
+        tmp_path / "home",
+        OFFLOAD_REDIS_HIGH_WATER="0.8",
+        OFFLOAD_ARCHIVE_AFTER="1",
+        OFFLOAD_ARCHIVE_BATCH="2000",
+        OFFLOAD_SWEEP_INTERVAL="0.5",
+    )
+    p.start_worker()
+    try:
+        c = p.client
+        queued = fill(c)
+        assert queued > 0 and c.broker.redis_usage().full
+        with pytest.raises(CapacityError):
+            c.submit("offload/base", ["true"])
+        before = records(c)
+        ids = [str(j) for j in c.broker.redis.zrange(keys.QUEUED, 0, -1)]
+        assert len(ids) == queued
+        for job_id in ids:  # they end; still in Redis, so still full
+            assert c.broker.cancel(job_id) is JobStatus.CANCELLED
+
+        wait_for(lambda: not c.broker.redis_usage().full, 60, "the archiver to make room")
+        assert c.broker.redis.hlen(keys.ARCHIVE_WHERE) == queued  # moved, not dropped
+        again = c.submit("offload/base", ["sh", "-c", "echo again"], cache=False)
+        assert again.result(timeout=60).ok
+        assert records(c) == before + 1  # every job is still listed; nothing was lost
+        assert {c.job(j).status() for j in ids} == {JobStatus.CANCELLED}  # read from archive
+        assert not any(c.broker.redis.exists(keys.job(j)) for j in ids)
+    finally:
+        p.stop_worker()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from offload.broker.archive import ArchiveStore
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
 from offload.broker.highwater import RedisUsage, job_bytes, read_usage
@@ -49,13 +50,31 @@ class Broker:
     """Redis, the Celery app, and every part of the broker built on them, for one process."""
 
     def __init__(
-        self, settings: Settings, *, client: redis.Redis | None = None, app: Celery | None = None
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        app: Celery | None = None,
+        archive: ArchiveStore | None = None,
     ) -> None:
         """``client`` and ``app`` are for a process that has them already (a worker's pool
-        process publishes through the worker's app); by default both are built on first use."""
+        process publishes through the worker's app); by default both are built on first use.
+        ``archive``: where archived jobs are read from and (by the sweeper) written to
+        (:mod:`offload.broker.archive`); also attachable later (:meth:`attach_archive`)."""
         self.settings = settings
         self._client = client
         self._app = app
+        self._archive = archive
+
+    def attach_archive(self, store: ArchiveStore) -> None:
+        """Give this broker its archive store (composition roots: the client, the worker)."""
+        self._archive = store
+        if "records" in self.__dict__:
+            self.records.archive.store = store
+
+    @property
+    def has_archive(self) -> bool:
+        return self._archive is not None
 
     def __repr__(self) -> str:
         return f"Broker({self.settings.redis_url!r})"
@@ -80,13 +99,15 @@ class Broker:
 
     @cached_property
     def records(self) -> JobRecords:
-        return JobRecords.from_settings(self.redis, self.settings)
+        records = JobRecords.from_settings(self.redis, self.settings)
+        records.archive.store = self._archive
+        return records
 
     @cached_property
     def pipeline(self) -> Pipeline:
         from offload.broker.pipeline import Pipeline
 
-        return Pipeline(self.records, self.app)
+        return Pipeline(self.records, lambda: self.app)  # Celery only once it publishes
 
     @cached_property
     def limits(self) -> Limits:

@@ -6,8 +6,8 @@ workers' too, and the platform stops. So new work is admitted only below a high-
 ``OFFLOAD_REDIS_HIGH_WATER`` (default 0.8) of the limit: above it a submit, a map or a
 schedule's run is refused whole (:class:`~offload.errors.CapacityError`), while workers, the
 sweeper and the archiver never ask and keep the room above the mark to record what runs.
-Admission resumes by itself once usage falls below the mark (finished records expiring or
-archived, jobs running to their end).
+Admission resumes by itself once usage falls below the mark (finished jobs archived out of
+Redis ``OFFLOAD_ARCHIVE_AFTER`` seconds after their end: :mod:`offload.broker.archive`).
 
 A batch is admitted only if its estimated size (:func:`job_bytes`: the record, its view, its
 timeline and its message) keeps Redis below the mark, so one big map cannot push it past the
@@ -36,6 +36,7 @@ class RedisUsage:
     queued: int = 0
     waiting: int = 0
     record_ttl: int = 0
+    archive_after: float = 0.0
 
     @property
     def mark(self) -> int:
@@ -87,10 +88,11 @@ class RedisUsage:
         return (
             f"{head}; nothing was queued ({what} refused). The room is taken by "
             f"{self.records} job records: {self.queued} queued, {self.waiting} waiting, "
-            f"{finished} running or finished (finished ones are kept "
-            f"OFFLOAD_RECORD_TTL={self.record_ttl}s). Submits are accepted again by themselves "
-            "once usage falls below the mark; to make room raise OFFLOAD_REDIS_MAX_MEMORY "
-            "(`offload up`'s Redis) or the server's maxmemory, or lower OFFLOAD_RECORD_TTL"
+            f"{finished} running or finished (finished ones leave Redis for the archive "
+            f"OFFLOAD_ARCHIVE_AFTER={self.archive_after:g}s after their end). Submits are "
+            "accepted again by themselves once usage falls below the mark; to make room raise "
+            "OFFLOAD_REDIS_MAX_MEMORY (`offload up`'s Redis) or the server's maxmemory, or "
+            "lower OFFLOAD_ARCHIVE_AFTER"
         )
 
 
@@ -108,20 +110,28 @@ def read_usage(r: redis.Redis, settings: Settings) -> RedisUsage:
     except redis.exceptions.NoPermissionError:
         return RedisUsage(-1, 0, settings.redis_high_water)
     used, most = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-    room = RedisUsage(used, most, settings.redis_high_water, record_ttl=settings.record_ttl)
+    room = RedisUsage(
+        used,
+        most,
+        settings.redis_high_water,
+        record_ttl=settings.record_ttl,
+        archive_after=settings.archive_after,
+    )
     if not most:
         return room
     pipe = r.pipeline(transaction=False)
     pipe.zcard(keys.JOBS_INDEX)
     pipe.zcard(keys.QUEUED)
     pipe.zcard(keys.WAITING)
-    records, queued, waiting = pipe.execute()
+    pipe.hlen(keys.ARCHIVE_WHERE)
+    records, queued, waiting, archived = pipe.execute()
     return RedisUsage(
         used,
         most,
         settings.redis_high_water,
-        int(records),
+        int(records) - int(archived),  # an archived job keeps only its index entries
         int(queued),
         int(waiting),
         settings.record_ttl,
+        settings.archive_after,
     )

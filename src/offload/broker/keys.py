@@ -46,9 +46,11 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         s=out|err, l=<line>  — a line of output
                                         a=<attempt>          — an attempt begins
                                         eof=<status>         — the job reached a terminal status
-    offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`);
-                                        no TTL (one index), pruned lazily by readers of ids
-                                        whose record expired
+    offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`),
+                                        archived ones too; no TTL (one index): members leave
+                                        with their archive segment (pruned after
+                                        ``record_ttl``), or lazily by readers of ids whose
+                                        record expired
 
 Dependencies (:mod:`offload.broker.pipeline`; written at submit, read until the job ends)::
 
@@ -63,9 +65,29 @@ Dependencies (:mod:`offload.broker.pipeline`; written at submit, read until the 
                                         sweeper checks the old ones (a release a crash missed).
                                         Members leave with the move out of ``waiting``
 
-Terminal jobs' keys (record, events, logs, parents, waiting, children) expire after
-``Settings.record_ttl`` seconds. A non-terminal job's
-keys have no TTL: the job is still owed an outcome.
+Terminal jobs' keys (record, events, logs, parents, waiting, children) leave Redis for the
+archive ``Settings.archive_after`` seconds after the end (below); as a safety net for a
+cluster whose archiver never runs they also expire after ``Settings.record_ttl`` seconds. A
+non-terminal job's keys have no TTL: the job is still owed an outcome.
+
+The archive (:mod:`offload.broker.archive`; written by the sweeper, read by everyone)::
+
+    offload:ended                ZSET   job id -> when it ended (Redis time); added by the
+                                        transition script at the move to a terminal status,
+                                        removed when the job is archived (or found expired).
+                                        Bound: the jobs ended in the last ``archive_after``
+                                        seconds plus the archiver's backlog; no TTL
+    offload:archive:where        HASH   archived job id -> its segment number: how an id finds
+                                        its segment. Bound: one field per archived job (about
+                                        100 bytes), removed when its segment is pruned after
+                                        ``record_ttl``; no TTL
+    offload:archive:segments     HASH   segment number -> the content id of its sealed blob;
+                                        removed when pruned. Bound: jobs / ``archive_batch``
+    offload:archive:times        ZSET   segment number -> when it was archived (Redis time; what
+                                        pruning after ``record_ttl`` goes by); same bound
+    offload:archive:seq          STRING the last segment number given (INCR); no TTL (one key)
+
+An archived job keeps its member of ``offload:jobs`` too (``ls`` pages through it).
 
 The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbeat)::
 
@@ -238,6 +260,11 @@ SCHEDULER_LOCK = f"{PREFIX}:scheduler:lock"
 STATS_SUBMITTED = f"{PREFIX}:stats:submitted"
 STATS_FINISHED = f"{PREFIX}:stats:finished"
 STATS_SCHEDULES = f"{PREFIX}:stats:schedules"
+ENDED = f"{PREFIX}:ended"
+ARCHIVE_WHERE = f"{PREFIX}:archive:where"
+ARCHIVE_SEGMENTS = f"{PREFIX}:archive:segments"
+ARCHIVE_TIMES = f"{PREFIX}:archive:times"
+ARCHIVE_SEQ = f"{PREFIX}:archive:seq"
 
 
 def job(job_id: str) -> str:

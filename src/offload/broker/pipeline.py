@@ -32,16 +32,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-
-from celery import Celery
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from offload.broker import keys
 from offload.broker.inflight import TWIN
-from offload.broker.publish import publish
 from offload.broker.records import JobRecords
 from offload.broker.status import TERMINAL, JobStatus, Reason, wire
 from offload.errors import JobNotFound
 from offload.spec import JobSpec
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,24 @@ return {redis.call('SCARD', KEYS[1])}
 
 
 class Pipeline:
-    def __init__(self, records: JobRecords, app: Celery) -> None:
-        self.records, self.app = records, app
+    def __init__(self, records: JobRecords, app: Celery | Callable[[], Celery]) -> None:
+        """``app``: the Celery app, or what builds it when first published through (reading
+        parents and children imports no Celery: ``offload status`` starts quickly)."""
+        self.records = records
+        self._app = app
         self.r = records.r
         self._depend = self.r.register_script(_DEPEND)
+
+    @property
+    def app(self) -> Celery:
+        if not hasattr(self._app, "send_task"):
+            self._app = self._app()
+        return self._app
+
+    def _publish(self, job_id: str, tag: str) -> None:
+        from offload.broker.publish import publish
+
+        publish(self.app, self.records.get(job_id), f"{job_id}.{tag}{uuid.uuid4().hex[:6]}")
 
     # -- submit ----------------------------------------------------------------------------
 
@@ -84,7 +100,20 @@ class Pipeline:
         return self.link(job_id, spec)
 
     def link(self, job_id: str, spec: JobSpec) -> JobStatus:
-        parents = spec.parents()
+        parents = []
+        for parent in spec.parents():  # an archived parent has ended: settled here
+            if self.records._run(self.r.exists, keys.job(parent)):
+                parents.append(parent)
+                continue
+            try:
+                status = self.records.status(parent)
+            except JobNotFound:
+                parents.append(parent)  # the script says it does not exist
+                continue
+            self.records._run(self.r.sadd, keys.parents(job_id), parent)
+            if status is not JobStatus.SUCCEEDED:
+                self.fail(job_id, self._why(parent, status.value))
+                return self.records.status(job_id)
         got = self.records._run(
             self._depend,
             keys=[keys.waiting_on(job_id), keys.parents(job_id)],
@@ -97,6 +126,8 @@ class Pipeline:
                 *parents,
             ],
         )
+        if int(got[0]) == -1 and self.records._run(self.records.archive.entry, str(got[1])):
+            return self.link(job_id, spec)  # archived meanwhile
         if int(got[0]) == -1:
             self.fail(job_id, f"parent job {got[1]} does not exist (any more)")
         elif int(got[0]) == -2:
@@ -170,7 +201,7 @@ class Pipeline:
             job_id, JobStatus.QUEUED, spec=spec.encode(), view=json.dumps(spec.redacted())
         ):
             return False
-        publish(self.app, self.records.get(job_id), f"{job_id}.w{uuid.uuid4().hex[:6]}")
+        self._publish(job_id, "w")
         log.info("job %s released: its parents succeeded", job_id)
         return True
 
@@ -195,7 +226,7 @@ class Pipeline:
         """Queue a parked job again (its limit freed, its class released, …)."""
         if not self.records.transition(job_id, JobStatus.QUEUED, wait="", message=""):
             return False
-        publish(self.app, self.records.get(job_id), f"{job_id}.u{uuid.uuid4().hex[:6]}")
+        self._publish(job_id, "u")
         return True
 
     def _twin_of(self, job_id: str) -> str | None:
@@ -211,18 +242,26 @@ class Pipeline:
 
     # -- views and control -------------------------------------------------------------------
 
+    def _linked(self, job_id: str, children: bool) -> list[str]:
+        """A job's parents (or children) set; an archived job's as its segment keeps it."""
+        key = keys.children(job_id) if children else keys.parents(job_id)
+        members = sorted(str(m) for m in self.r.smembers(key))
+        if not members and not self.r.exists(keys.job(job_id)):
+            entry = self.records._run(self.records.archive.entry, job_id)
+            if entry is not None:
+                return list(entry.children if children else entry.parents)
+        return members
+
     def parents(self, job_id: str) -> list[str]:
-        return sorted(str(p) for p in self.r.smembers(keys.parents(job_id)))
+        return self._linked(job_id, children=False)
 
     def children(self, job_id: str) -> list[str]:
         """The jobs that depend on this one (identical jobs waiting for it: :meth:`twins`)."""
-        members = sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
-        return [c for c in members if self._twin_of(c) != job_id]
+        return [c for c in self._linked(job_id, children=True) if self._twin_of(c) != job_id]
 
     def twins(self, job_id: str) -> list[str]:
         """Identical jobs waiting for this one to take its outputs."""
-        members = sorted(str(c) for c in self.r.smembers(keys.children(job_id)))
-        return [c for c in members if self._twin_of(c) == job_id]
+        return [c for c in self._linked(job_id, children=True) if self._twin_of(c) == job_id]
 
     def waiting_for(self, job_id: str) -> list[str]:
         return sorted(str(p) for p in self.r.smembers(keys.waiting_on(job_id)))

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from offload.broker import keys, scripts
+from offload.broker.archive import Archive, Entry
 from offload.broker.connection import broker_error
 from offload.broker.logs import LogStreams
 from offload.broker.model import Event, JobRecord, parse_record
@@ -58,16 +59,20 @@ class JobRecords:
         self._renew = client.register_script(scripts.RENEW)
         self._cancel = client.register_script(scripts.CANCEL)
         self._delay = client.register_script(scripts.DELAY)
+        self.archive = Archive(client, after=300.0, ttl=float(record_ttl))
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobRecords:
-        return cls(
+        records = cls(
             client,
             record_ttl=settings.record_ttl,
             log_max_entries=settings.log_max_entries,
             lease_ttl=settings.lease_ttl,
             log_max_bytes=settings.log_max_bytes,
         )
+        records.archive.after = settings.archive_after
+        records.archive.batch = settings.archive_batch
+        return records
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -218,6 +223,7 @@ class JobRecords:
                 keys.children(job_id),
                 keys.RETRIES,
                 keys.STATS_FINISHED,
+                keys.ENDED,
             ],
             args=args,
         )
@@ -305,17 +311,27 @@ class JobRecords:
     def get(self, job_id: str) -> JobRecord:
         h = self._run(self.r.hgetall, keys.job(job_id))
         if not h:
-            raise JobNotFound(job_id)
+            return parse_record(job_id, self.archived(job_id).record)
         return parse_record(job_id, h)
+
+    def archived(self, job_id: str) -> Entry:
+        """The job as the archive holds it (:mod:`offload.broker.archive`); JobNotFound."""
+        entry = self._run(self.archive.entry, job_id)
+        if entry is None:
+            raise JobNotFound(job_id)
+        return entry
 
     def status(self, job_id: str) -> JobStatus:
         value = self._run(self.r.hget, keys.job(job_id), "status")
         if value is None:
-            raise JobNotFound(job_id)
+            return JobStatus(self.archived(job_id).record["status"])
         return JobStatus(value)
 
     def timeline(self, job_id: str) -> list[Event]:
         entries = self._run(self.r.xrange, keys.events(job_id))
+        if not entries:
+            entry = self._run(self.archive.entry, job_id)
+            entries = entry.events if entry is not None else []
         return [self._event(f) for _, f in entries]
 
     def latest(self, job_id: str, count: int = 8) -> tuple[str, list[Event]]:
@@ -325,6 +341,10 @@ class JobRecords:
         pipe.hget(keys.job(job_id), "class")
         pipe.xrevrange(keys.events(job_id), count=count)
         cls, entries = self._run(pipe.execute)
+        if cls is None:
+            entry = self._run(self.archive.entry, job_id)
+            if entry is not None:
+                cls, entries = entry.record.get("class", ""), entry.events[::-1][:count]
         return str(cls or ""), [self._event(f) for _, f in entries]
 
     @staticmethod
@@ -344,18 +364,6 @@ class JobRecords:
         return sum(
             1 for e in self.timeline(job_id) if e.status is JobStatus.QUEUED and e.reason is reason
         )
-
-    def list(self, limit: int = 50) -> list[JobRecord]:
-        ids = self._run(self.r.zrevrange, keys.JOBS_INDEX, 0, max(limit, 1) * 2)
-        out: list[JobRecord] = []
-        for job_id in ids:
-            try:
-                out.append(self.get(job_id))
-            except JobNotFound:
-                self._run(self.r.zrem, keys.JOBS_INDEX, job_id)
-            if len(out) >= limit:
-                break
-        return out
 
     def wait(self, job_id: str, timeout: float | None) -> JobRecord:
         """Block until the job is terminal (woken by its timeline stream), or JobTimeout."""
@@ -382,6 +390,14 @@ class JobRecords:
 
     def log_entries(self, job_id: str, *, follow: bool) -> Iterator[dict[str, str]]:
         """Yield log entries in order; with ``follow`` block until the job's end marker."""
+        if not self._run(self.r.exists, keys.job(job_id)):
+            entry = self._run(self.archive.entry, job_id)
+            if entry is not None:
+                for _, fields in entry.logs:
+                    if "eof" in fields:
+                        return
+                    yield fields
+                return
         last = "0-0"
         while True:
             if follow:

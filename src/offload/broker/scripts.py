@@ -17,7 +17,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
 # KEYS: job, events, logs, leases, queued, waiting index, parents, waiting-on, children, retries,
-#       finished counters (metrics)
+#       finished counters (metrics), ended index (the archiver's)
 # ARGV: 1 to, 2 now, 3 allowed-from set, 4 ttl (>0: terminal), 5 log maxlen,
 #       6 fencing attempt ('' = any), 7 active set, 8 running-key template,
 #       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, then field/value
@@ -67,6 +67,7 @@ if ttl > 0 then
   for _, i in ipairs({1, 2, 3, 7, 8, 9}) do redis.call('EXPIRE', KEYS[i], ttl) end
   local cls = redis.call('HGET', KEYS[1], 'class') or ''
   redis.call('HINCRBY', KEYS[11], cls .. '|' .. ARGV[1] .. '|' .. (reason or ''), 1)
+  redis.call('ZADD', KEYS[12], now, ARGV[10])
 end
 return {1, cur}
 """

@@ -28,6 +28,9 @@ One pass, on Redis server time:
    a release that a crash between a parent's end and its children's release missed.
 7. **Permits and holds.** A concurrency permit whose attempt is no longer active is returned
    and the limit's waiters queued (:meth:`~offload.broker.limits.Limits.sweep`).
+8. **The archive.** Up to ``archive_batch`` jobs ended ``archive_after`` seconds ago leave
+   Redis for one archive segment, and segments older than ``record_ttl`` are pruned
+   (:mod:`offload.broker.archive`) — by a sweeper that has an archive store (the workers').
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 import redis
 
 from offload.broker import keys, scripts
+from offload.broker.archive import ArchiveReport
 from offload.broker.core import Broker
 from offload.broker.limits import Limits
 from offload.broker.pipeline import Pipeline
@@ -63,6 +67,7 @@ class SweepReport:
     settled: list[str] = field(default_factory=list)  # waiting jobs released or failed
     retried: list[str] = field(default_factory=list)  # delayed retries published when due
     moved: list[str] = field(default_factory=list)  # out of node queues (locality grace)
+    archived: ArchiveReport = field(default_factory=ArchiveReport)  # not worth a warning
 
     def __bool__(self) -> bool:
         return bool(
@@ -137,7 +142,22 @@ class Sweeper:
         report.settled += self.limits.sweep(self.queues, now - self.grace)  # permits, holds
         if report:
             log.warning("sweep: %s", report)
+        report.archived = self.archive(now)
         return report
+
+    # -- 8. the archive -----------------------------------------------------------------------
+
+    def archive(self, now: float) -> ArchiveReport:
+        """One bounded pass of the archiver; a failure (the store unreachable) is retried
+        next sweep, and leaves every job readable where it was."""
+        try:
+            done = self.records.archive.run(now)
+        except Exception:
+            log.exception("archiving failed; retried next sweep")
+            return ArchiveReport()
+        if done.archived or done.pruned:
+            log.info("archive: %s", done)
+        return done
 
     # -- 2. expired leases ----------------------------------------------------------------
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import redis
 
 from offload.cache.blobs import BlobStore
-from offload.cache.fetch import FetchConfig, Fetcher, UserS3
 from offload.cache.keys import ClusterKey, load_key
 from offload.cache.localblobs import LocalBlobStore
 from offload.cache.objindex import ObjectIndex
 from offload.cache.sealed import SealedStore
 from offload.config import Settings
+
+if TYPE_CHECKING:  # the fetcher imports boto3: only a node's user data needs it
+    from offload.cache.fetch import Fetcher, UserS3
 
 
 def remote_tier(settings: Settings) -> BlobStore | None:
@@ -70,6 +74,8 @@ def open_store(settings: Settings, client: redis.Redis | None = None) -> SealedS
 def user_s3(settings: Settings) -> UserS3:
     """The user's own S3 (``s3://`` inputs, deliveries): ``OFFLOAD_DELIVER_*``, endpoint and
     region defaulting to the ``OFFLOAD_S3_*`` ones."""
+    from offload.cache.fetch import UserS3
+
     ca = settings.deliver_ca_bundle or settings.s3_ca_bundle
     return UserS3(
         endpoint_url=settings.deliver_endpoint_url or settings.s3_endpoint_url,
@@ -85,6 +91,8 @@ def user_data(
 ) -> tuple[Fetcher, UserS3]:
     """A node's fetcher of input URIs (remembered through ``client``) and its user S3."""
     s3 = user_s3(settings)
+    from offload.cache.fetch import FetchConfig, Fetcher
+
     config = FetchConfig(
         ttl=settings.memo_ttl,
         attempts=settings.fetch_attempts,

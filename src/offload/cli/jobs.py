@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -20,7 +22,6 @@ from offload.cli.controlcmd import why_lines
 from offload.cli.getcmd import bulk_download
 from offload.cli.graphview import graph, graph_lines
 from offload.errors import SpecError
-from offload.producer.client import Client
 from offload.producer.job import Job, JobResult
 
 console = Console(highlight=False)
@@ -155,8 +156,36 @@ def route_line(rec: JobRecord) -> str | None:
     return f"{where}: {why}"
 
 
+class When(click.ParamType):
+    """A time: ``1h`` / ``30m`` / ``2d`` / ``90s`` / ``1w`` ago, unix seconds, or ISO 8601."""
+
+    name = "time"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: object) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text)
+        if m:
+            return time.time() - float(m.group(1)) * self.UNITS[m.group(2)]
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            self.fail(
+                f"{text!r} is no time: give an age (30m, 1h, 2d, 1w), unix seconds, or an "
+                "ISO 8601 date/time (2026-12-04T10:00)",
+                param,
+                None,
+            )
+
+
 @cli.command(name="ls")
-@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@click.option("-n", "--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @click.option(
     "--status",
     "statuses",
@@ -165,35 +194,75 @@ def route_line(rec: JobRecord) -> str | None:
     help="Only jobs in this status (repeatable): --status waiting lists the jobs waiting for "
     "their parents (or an identical job in flight).",
 )
+@click.option("--class", "classes", multiple=True, help="Only jobs of this class (repeatable).")
+@click.option(
+    "--label", "labels", multiple=True, help="Only jobs labelled so, KEY=VALUE (repeatable)."
+)
+@click.option("--name", default="", help="Only jobs whose name starts with this.")
+@click.option("--since", type=When(), help="Submitted since: 1h, 2d, unix seconds or ISO 8601.")
+@click.option("--until", type=When(), help="Submitted until (same forms as --since).")
+@click.option("--after", "cursor", help="The page after this cursor (printed by the last page).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: the jobs and the next cursor.")
 @click.pass_context
 @handle_errors
-def ls(ctx: click.Context, limit: int, statuses: tuple[str, ...]) -> None:
-    """List recent jobs (tab-separated when stdout is not a terminal)."""
+def ls(
+    ctx: click.Context,
+    limit: int,
+    statuses: tuple[str, ...],
+    classes: tuple[str, ...],
+    labels: tuple[str, ...],
+    name: str,
+    since: float | None,
+    until: float | None,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List jobs, live and archived, newest first, a page at a time (tab-separated when
+    stdout is not a terminal; the next page's cursor goes to stderr)."""
+    wanted: dict[str, str] = {}
+    for label in labels:
+        key, eq, value = label.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{label!r} is not KEY=VALUE", param_hint="'--label'")
+        wanted[key] = value
+    page = client_of(ctx).job_page(
+        limit,
+        status=statuses,
+        resource_class=classes,
+        labels=wanted,
+        name=name,
+        since=since,
+        until=until,
+        after=cursor,
+    )
+    if as_json:
+        jobs = [
+            {"id": r.id, "name": r.name, "class": r.resource_class, "status": r.status.value,
+             "reason": r.reason, "created_at": r.created_at, "finished_at": r.finished_at,
+             "labels": r.spec.labels}
+            for r in page.jobs
+        ]  # fmt: skip
+        click.echo(json.dumps({"jobs": jobs, "next": page.next}, indent=2))
+        return
     now = time.time()
     rows = [
         (rec.id, rec.name, rec.resource_class, rec.status.value, rec.reason or "",
          f"{now - rec.created_at:.0f}s")
-        for rec in _recent(client_of(ctx), limit, statuses)
+        for rec in page.jobs
     ]  # fmt: skip
+    more = f"next page: offload ls --after {page.next}" if page.next else None
     if not sys.stdout.isatty():
         for row in rows:
             click.echo("\t".join(row))
+        if more:
+            click.echo(more, err=True)
         return
     table = Table("id", "name", "class", "status", "reason", "age")
     for row in rows:
         table.add_row(*row)
     console.print(table)
-
-
-LS_SCAN = 5000  # how many recent jobs `ls --status` looks through
-
-
-def _recent(client: Client, limit: int, statuses: tuple[str, ...]) -> list[JobRecord]:
-    """The ``limit`` most recent jobs, only those in ``statuses`` when given."""
-    if not statuses:
-        return client.jobs(limit)
-    wanted = {JobStatus(s) for s in statuses}
-    return [rec for rec in client.jobs(LS_SCAN) if rec.status in wanted][:limit]
+    if more:
+        console.print(more)
 
 
 @cli.command()

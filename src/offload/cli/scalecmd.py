@@ -71,6 +71,7 @@ def autoscaler(
     from offload.autoscaler.loop import build_autoscaler
     from offload.autoscaler.metrics import AutoscalerMetrics
     from offload.broker.core import Broker
+    from offload.cache.archive import sealed_archive
     from offload.worker.metricserver import check_address, serve
 
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -81,7 +82,9 @@ def autoscaler(
         check_address(settings, max(metrics_port, 0))  # before any node is started
     provider = make_provider(provider_name, settings)
     metrics = AutoscalerMetrics()
-    scaler = build_autoscaler(Broker(settings), provider, metrics=metrics)
+    # with the cluster key here (`offload up`), its sweeps archive too: also at zero nodes
+    archive = sealed_archive(settings) if settings.key_path.exists() else None
+    scaler = build_autoscaler(Broker(settings, archive=archive), provider, metrics=metrics)
     limits, classes = scaler.limits, scaler.classes
     metrics.registry.register(ClusterCollector(scaler.broker, classes))
     server = None

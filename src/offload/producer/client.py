@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,8 +13,10 @@ from typing import Any
 
 from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
+from offload.broker.listing import JobQuery, Page, list_jobs
 from offload.broker.records import JobRecord
-from offload.cache.factory import open_store
+from offload.broker.status import JobStatus
+from offload.cache.archive import SealedArchive
 from offload.cache.jobseal import seal_job
 from offload.cache.keys import ClusterKey, load_key
 from offload.cache.store import Progress, Store
@@ -55,6 +57,8 @@ class Client:
         self.settings = settings
         self.broker = broker if broker is not None else Broker(settings)
         self._store = store
+        if not self.broker.has_archive:  # archived jobs are read through this client's store
+            self.broker.attach_archive(SealedArchive(lambda: self.store))
         self.progress = progress  # told (path, bytes done, total) while files are uploaded
 
     @cached_property
@@ -65,6 +69,8 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from offload.cache.factory import open_store  # boto3: only once a store is used
+
             self._store = open_store(self.settings)
         return self._store
 
@@ -260,8 +266,57 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job.from_id(job_id, self.broker)
 
-    def jobs(self, limit: int = 50) -> list[JobRecord]:
-        return self.broker.records.list(limit)
+    def jobs(
+        self,
+        limit: int = 50,
+        *,
+        status: Iterable[JobStatus | str] = (),
+        resource_class: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        name: str = "",
+        since: float | None = None,
+        until: float | None = None,
+        after: str | None = None,
+    ) -> list[JobRecord]:
+        """The newest ``limit`` jobs, live and archived, that match every filter given
+        (statuses, classes, labels, a name prefix, submitted between ``since`` and ``until``,
+        unix times); ``after``: a cursor (:meth:`job_page`) to start after."""
+        return self.job_page(
+            limit,
+            status=status,
+            resource_class=resource_class,
+            labels=labels,
+            name=name,
+            since=since,
+            until=until,
+            after=after,
+        ).jobs
+
+    def job_page(
+        self,
+        limit: int = 50,
+        *,
+        status: Iterable[JobStatus | str] = (),
+        resource_class: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        name: str = "",
+        since: float | None = None,
+        until: float | None = None,
+        after: str | None = None,
+    ) -> Page:
+        """Like :meth:`jobs`, with the cursor of the next page (``page.next``; None at the
+        end)."""
+        query = JobQuery(
+            statuses=frozenset(JobStatus(s) for s in status),
+            classes=frozenset(resource_class),
+            labels=tuple(sorted((labels or {}).items())),
+            name=name,
+            since=since,
+            until=until,
+            limit=max(1, limit),
+            after=after,
+        )
+        return list_jobs(self.broker.records, query)
 
     # -- job control: concurrency limits and held classes (offload.producer.control) --------
 

@@ -92,7 +92,12 @@ class Job:
     def from_id(cls, job_id: str, broker: Broker | HasBroker | None = None) -> Job:
         """The job ``job_id`` (:class:`JobNotFound` if there is none), read through ``broker``
         (a Client's, or one built from the ``OFFLOAD_*`` settings)."""
-        job = cls(broker if broker is not None else Broker(load_settings()), job_id)
+        if broker is None:
+            from offload.cache.archive import sealed_archive
+
+            settings = load_settings()
+            broker = Broker(settings, archive=sealed_archive(settings))
+        job = cls(broker, job_id)
         job.records.get(job_id)  # raises JobNotFound
         return job
 

@@ -39,6 +39,7 @@ import redis
 from offload.broker.core import Broker
 from offload.broker.recovery import ProcessReaper
 from offload.broker.sweeper import Sweeper
+from offload.cache.archive import sealed_archive
 from offload.config import Settings
 from offload.errors import BrokerError
 from offload.worker.capacity import Capacity
@@ -229,8 +230,12 @@ def install(
 
     def on_ready() -> None:  # after the pool forked: no thread crosses a fork
         # the heartbeat thread's own broker: its connections are not shared with the pool's
-        hb = Heartbeat(
-            Broker(settings), classes=classes, slots=slots, capacity=capacity, queues=queues
+        hb = Heartbeat(  # with the archive: its sweeps archive finished jobs
+            Broker(settings, archive=sealed_archive(settings)),
+            classes=classes,
+            slots=slots,
+            capacity=capacity,
+            queues=queues,
         )
         state["hb"] = hb
         hb.start()

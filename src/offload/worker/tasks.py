@@ -19,6 +19,7 @@ from offload.broker.app import TASK_NAME, TaskFailed
 from offload.broker.core import Broker
 from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
+from offload.cache.archive import SealedArchive
 from offload.cache.factory import open_store, user_data
 from offload.cache.keys import load_key
 from offload.errors import BrokerError
@@ -44,6 +45,7 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_store(settings, broker.redis)
+    broker.attach_archive(SealedArchive(store))  # archived parents' outputs (trust.verify)
     key = load_key(settings.key_path)
     fetcher, s3 = user_data(settings, store, broker.redis, key)
     return Node(
