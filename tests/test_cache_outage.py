@@ -17,7 +17,7 @@ from offload.cache.sealed import SealedStore
 from offload.cache.store import Store
 from offload.errors import SpecError, StoreUnavailable
 
-from .conftest import Platform, make_platform
+from .conftest import Platform, make_platform, wait_for
 from .s3server import DUMMY_ENV, MotoServer
 
 KEY = ClusterKey.generate()
@@ -94,7 +94,9 @@ def test_a_memo_entry_survives_an_outage_and_the_job_runs(
     p.start_worker()
     try:
         first = p.client.submit("offload/base", command).result(timeout=60)
-        [memo_key] = p.client.broker.redis.keys(keys.memo("*"))
+        # the memo is written just after the success is recorded: wait for that state
+        r = p.client.broker.redis
+        [memo_key] = wait_for(lambda: r.keys(keys.memo("*")), 15, "the first job's memo entry")
         before = json.loads(p.client.broker.redis.get(memo_key))
         assert before["job_id"] == first.job_id
         store = p.client.store
