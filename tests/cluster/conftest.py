@@ -201,4 +201,20 @@ def sentinel_cluster(
 ) -> Iterator[Cluster]:
     """The same with a replica and three Sentinels (docker-compose.sentinel.yml)."""
     with running(docker_client, tmp_path_factory, sentinel=True) as c:
+        # the replica's first full sync starts after Redis's diskless-sync delay (5 s): until
+        # it is online, every write of the master is on the master alone, and a failover then
+        # loses them all, not the "write or two" of the replication window
+        wait_for(lambda: replica_online(c), 60, "the replica in sync with the master", interval=0.5)
         yield c
+
+
+def replica_online(c: Cluster) -> bool:
+    """The master has its replica online (full sync done) and nearly caught up."""
+    with c.admin() as r:
+        info = r.info("replication")
+    replica = info.get("slave0")
+    return (
+        isinstance(replica, dict)
+        and replica.get("state") == "online"
+        and int(replica.get("lag", 99)) <= 1
+    )

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import wait_for
 
-from .conftest import Cluster
+from .conftest import Cluster, replica_online
 
 pytestmark = pytest.mark.xdist_group("cluster-sentinel")
 
@@ -123,6 +123,8 @@ def test_the_master_dies_during_a_burst_and_a_replica_takes_over(
     try:
         started = read_line(proc, 60)
         assert int(str(started["submitted"])) >= 4, started
+        # the window the test allows is replication's lag, so the replica must be streaming
+        wait_for(lambda: replica_online(c), 10, "the replica online before the kill", interval=0.2)
         docker_client.containers.get(c.container("redis")).kill()
         t0 = time.monotonic()
         wait_for(lambda: master(c) == "redis-replica", 30, "the replica promoted", interval=0.5)
