@@ -23,16 +23,16 @@ a threaded ``http.server`` serving a data file. It measures:
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import botocore.endpoint
 import redis
 
 from cache import start_moto
-from common import Services, machine, start_redis
+from common import Services, free_port, machine, start_redis, wait_for
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus
 from offload.cache.fetch import FetchConfig, Fetcher
@@ -69,9 +69,16 @@ def fetch_vs_curl(root: Path, r: redis.Redis, size: int) -> dict[str, float]:
     with (data_dir / "big.bin").open("wb") as f:
         for _ in range(size // MiB):
             f.write(os.urandom(MiB))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=data_dir))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/big.bin"
+    # the server is a process of its own, as a URL's server is for a node (in this process it
+    # would take the GIL from the fetch it serves; curl gets it to itself)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",
+         str(data_dir), str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/big.bin"
+    wait_for(lambda: _listening(port) or server.poll() is not None, 10, "the HTTP server")
     try:
         t0 = time.perf_counter()
         subprocess.run(["curl", "-sf", "-o", str(root / "curl.bin"), url], check=True)
@@ -93,7 +100,8 @@ def fetch_vs_curl(root: Path, r: redis.Redis, size: int) -> dict[str, float]:
         fetcher.fetch(parse_uri(url))
         node = time.perf_counter() - t0
     finally:
-        server.shutdown()
+        server.terminate()
+        server.wait(10)
         shutil.rmtree(data_dir)
         shutil.rmtree(root / "node-cache", ignore_errors=True)
     return {
@@ -176,6 +184,14 @@ def client_bytes(root: Path, endpoint: str, redis_url: str, size: int) -> int:
         botocore.endpoint.Endpoint._send = real
     assert ids["big"] == f"s3://{bucket}/big.bin"
     return moved[0]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def _sparse(path: Path, size: int) -> Path:
