@@ -96,9 +96,15 @@ def fetch_vs_curl(root: Path, r: redis.Redis, size: int) -> dict[str, float]:
         key = load_key(root / "key")
         store = SealedStore(key, LocalBlobStore(root / "node-cache", None))
         fetcher = Fetcher(store, r, key, FetchConfig(ttl=600))
+        dest = root / "fetched.bin"
         t0 = time.perf_counter()
-        fetcher.fetch(parse_uri(url))
+        oid, sealing = fetcher.fetch_to(parse_uri(url), dest)  # what a node does for a job
         node = time.perf_counter() - t0
+        assert sealing is not None and dest.stat().st_size == size
+        sealing.result()  # the sealed copy, made from the file while the job would run
+        sealed = time.perf_counter() - t0
+        assert store.has(oid)
+        dest.unlink()
     finally:
         server.terminate()
         server.wait(10)
@@ -108,6 +114,7 @@ def fetch_vs_curl(root: Path, r: redis.Redis, size: int) -> dict[str, float]:
         "curl_s": curl,
         "hashed_s": hashed,
         "offload_s": node,
+        "sealed_s": sealed,
         "ratio": curl / node,
         "ratio_hashed": hashed / node,
     }
@@ -218,7 +225,8 @@ def main() -> None:
         print(f"machine: {info}")
         a = fetch_vs_curl(root, r, args.size_mib * MiB)
         print(f"URL input of {args.size_mib} MiB: curl {a['curl_s']:.2f}s, node fetch "
-              f"{a['offload_s']:.2f}s, ratio {a['ratio']:.2f} (goal >= 0.7); curl | sha256sum "
+              f"{a['offload_s']:.2f}s (its sealed copy in the store after {a['sealed_s']:.2f}s), "
+              f"ratio {a['ratio']:.2f} (goal >= 0.7); curl | sha256sum "
               f"{a['hashed_s']:.2f}s, ratio {a['ratio_hashed']:.2f}")  # fmt: skip
         if args.fetch_only:
             return

@@ -1,5 +1,6 @@
 """A real HTTP server for tests, threaded, on 127.0.0.1 (a free port), with the behaviours a
-URL input meets: ETag and 304, redirects, a 404, a 503 that clears, a slow body, Basic auth.
+URL input meets: ETag and 304, redirects, a 404, a 503 that clears, a slow body, a body cut short, a gzipped
+body, Basic auth.
 
 ``HTTPFiles`` serves ``files`` (path -> bytes) and counts, per path, the requests and the
 body bytes sent, so a test can assert that nothing was fetched again.
@@ -8,6 +9,7 @@ body bytes sent, so a test can assert that nothing was fetched again.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import threading
 import time
@@ -28,6 +30,8 @@ class HTTPFiles:
         self.redirects: dict[str, str] = {}  # path -> location
         self.auth: dict[str, str] = {}  # path -> "user:password" required
         self.started: Counter[str] = Counter()  # bodies begun per path
+        self.cut: dict[str, int] = {}  # path -> how many bodies end half-way (then closed)
+        self.gzipped: set[str] = set()  # paths served with Content-Encoding: gzip
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -78,6 +82,9 @@ class HTTPFiles:
                 if self.headers.get("If-None-Match") == etag:
                     return self.empty(304, ETag=etag)
                 self.send_response(200)
+                if path in files.gzipped:
+                    data = gzip.compress(data)
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("ETag", etag)
                 self.end_headers()
@@ -85,6 +92,13 @@ class HTTPFiles:
                     return
                 with files.lock:
                     files.started[path] += 1
+                    cut = files.cut.get(path, 0)
+                    if cut:
+                        files.cut[path] = cut - 1
+                if cut:  # half the body promised, then the connection closed
+                    self.wfile.write(data[: len(data) // 2])
+                    self.close_connection = True
+                    return
                 delay = files.slow.get(path, 0.0)
                 step = 64 * 1024
                 for i in range(0, len(data), step):

@@ -134,3 +134,56 @@ def test_an_s3_uri_is_fetched_and_remembered_by_etag(parts, s3_server: MotoServe
             f.fetch(parse_uri(f"s3://{bucket}/missing"))
     finally:
         s3_server.remove_bucket(bucket)
+
+
+def test_fetched_for_a_job_the_bytes_come_first_and_the_sealed_copy_behind(  # type: ignore[no-untyped-def]
+    parts, http_files: HTTPFiles, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * (1 << 20) + 12345)  # several chunks of the read-ahead ring
+    http_files.files["/big.bin"] = data
+    f = fetcher(parts)
+    uri = parse_uri(http_files.url("/big.bin"))
+    oid, sealing = f.fetch_to(uri, tmp_path / "in.bin")
+    assert oid == oid_of(data) and (tmp_path / "in.bin").read_bytes() == data
+    assert sealing is not None
+    (tmp_path / "in.bin").unlink()  # the job is over before its input was sealed: no matter
+    sealing.result(timeout=30)
+    assert parts[0].read_bytes(oid) == data
+    assert parts[1].keys(keys.fetched("*"))  # remembered once the copy is in the store
+    again, none = f.fetch_to(uri, tmp_path / "again.bin")  # 304: the store holds it
+    assert (again, none) == (oid, None) and not (tmp_path / "again.bin").exists()
+    assert http_files.sent["/big.bin"] == len(data)
+
+
+def test_a_body_cut_short_is_fetched_again_and_never_left_half(  # type: ignore[no-untyped-def]
+    parts, http_files: HTTPFiles, tmp_path: Path
+) -> None:
+    data = os.urandom(2 * (1 << 20))
+    http_files.files["/cut.bin"] = data
+    http_files.cut["/cut.bin"] = 1
+    f = fetcher(parts)
+    dest = tmp_path / "cut.bin"
+    oid, sealing = f.fetch_to(parse_uri(http_files.url("/cut.bin")), dest)
+    assert oid == oid_of(data) and dest.read_bytes() == data and sealing is not None
+    assert http_files.started["/cut.bin"] == 2
+    sealing.result(timeout=30)
+    http_files.files["/always.bin"] = data
+    http_files.cut["/always.bin"] = 99
+    with pytest.raises(FetchFailed, match="after 3 attempts"):
+        f.fetch_to(parse_uri(http_files.url("/always.bin")), tmp_path / "always.bin")
+    assert not (tmp_path / "always.bin").exists()
+    with pytest.raises(FetchFailed, match="after 3 attempts"):
+        f.fetch(parse_uri(http_files.url("/always.bin")))  # into the store: nothing half kept
+    assert list((tmp_path / "cache").rglob("seal-*")) == []
+
+
+def test_a_gzipped_body_is_stored_as_its_bytes(
+    parts, http_files: HTTPFiles, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    data = b"offload " * 100_000
+    http_files.files["/text"] = data
+    http_files.gzipped.add("/text")
+    oid, sealing = fetcher(parts).fetch_to(parse_uri(http_files.url("/text")), tmp_path / "t")
+    assert oid == oid_of(data) and (tmp_path / "t").read_bytes() == data
+    assert sealing is not None
+    sealing.result(timeout=30)

@@ -190,12 +190,13 @@ def _read_full(src: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-class _Hasher:
+class Hasher:
     """sha256 of a stream, updated in a helper thread so it overlaps the cipher and the I/O.
 
     hashlib and libsodium (through cffi) both release the GIL on large buffers. Updates stay
-    in order: each waits for the one before. Chunks are immutable ``bytes``, so the thread
-    reads what the caller is also encrypting or writing without copying it.
+    in order: each waits for the one before. Chunks are immutable ``bytes`` (or views the caller
+    leaves alone until its next update returns), so the thread reads what the caller is also
+    encrypting or writing without copying it.
     """
 
     def __init__(self) -> None:
@@ -203,7 +204,7 @@ class _Hasher:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future[None] | None = None
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._wait()
         if len(data) < _THREAD_MIN:
             self._h.update(data)
@@ -221,7 +222,7 @@ class _Hasher:
         self._wait()
         return f"sha256:{self._h.hexdigest()}"
 
-    def __enter__(self) -> _Hasher:
+    def __enter__(self) -> Hasher:
         return self
 
     def __exit__(
@@ -248,7 +249,7 @@ def seal(
     stream_header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key.sealing_key)
     size = 0
     count = 0
-    with _Hasher() as hasher:
+    with Hasher() as hasher:
         while True:
             chunk = _read_full(src, chunk_size)
             if not chunk:
@@ -289,7 +290,7 @@ def _open(
     what = f"object {oid}" if oid is not None else "the object"
     count = hdr.chunk_count
     remaining = hdr.plain_size
-    with _Hasher() as hasher:
+    with Hasher() as hasher:
         for i in range(count - 1):
             n = min(hdr.chunk_size, remaining)
             ct = _read_full(src, n + ABYTES)

@@ -10,7 +10,11 @@
   ``If-None-Match`` / ``If-Modified-Since`` (a ``304`` means "unchanged": nothing moves) and
   an ``s3://`` one with ``HEAD`` (same ``ETag``: nothing moves);
 * otherwise the body is streamed straight into :meth:`SealedStore.put_stream` (sealed as it
-  is read, constant memory; a body cut short is never stored: the temp file is dropped).
+  is read, constant memory; a body cut short is never stored: the temp file is dropped) —
+  or, for a job about to run (:meth:`Fetcher.fetch_to`), into the plaintext file the job
+  will read, hashed as it is written: the job starts once its bytes are on disk, and their
+  sealed copy is made from that file by a thread of the fetcher's (:class:`Sealing`) while
+  the job runs. The URI is remembered once the copy is in the store.
 
 HTTP through urllib3 (boto3's own): redirects followed up to ``redirects`` (credentials are
 not sent to another host), connection errors, timeouts and ``408/429/5xx`` retried with
@@ -22,13 +26,18 @@ redacted of credentials. ``s3://`` through boto3, with the user-data S3 settings
 
 from __future__ import annotations
 
+import functools
+import http.client
 import json
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import boto3
@@ -39,6 +48,7 @@ from botocore.config import Config
 
 from offload.broker import keys
 from offload.cache import jobseal
+from offload.cache.envelope import Hasher
 from offload.cache.keys import ClusterKey
 from offload.cache.store import Store
 from offload.errors import CacheError, StoreUnavailable
@@ -157,8 +167,20 @@ class Fetcher:
 
     def fetch(self, uri: InputURI) -> str:
         """The content id of ``uri``'s content, fetched into the store unless known."""
+        oid, _ = self._resolve(uri, None)
+        return oid
+
+    def fetch_to(self, uri: InputURI, dest: Path) -> tuple[str, Future[None] | None]:
+        """The content id of ``uri``'s content and, when it had to be fetched, the sealing of
+        its copy into the store: then ``dest`` (a new file) holds the bytes in plaintext,
+        for a job to read at once; the copy is sealed from it in the background (the file
+        may be renamed, or removed, meanwhile). With no future the store holds the content
+        and ``dest`` was not written."""
+        return self._resolve(uri, dest)
+
+    def _resolve(self, uri: InputURI, dest: Path | None) -> tuple[str, Future[None] | None]:
         if uri.pin and self._stored(uri.pin):
-            return uri.pin
+            return uri.pin, None
         memo = self.remembered(uri)
         fetch = self._s3_fetch if uri.scheme == "s3" else self._http_fetch
         last = ""
@@ -166,22 +188,45 @@ class Fetcher:
             if attempt:
                 time.sleep(min(self.config.backoff * 2 ** (attempt - 1), 30.0))
             try:
-                got = fetch(uri, memo)
+                got = fetch(uri, memo, dest)
                 break
             except _Broken as exc:  # cut short mid-body: fetch the whole again
                 last = str(exc)
                 log.warning("fetching %s broke off (%s); trying again", redact(uri.url), last)
         else:
+            _drop(dest)
             raise FetchFailed(f"{redact(uri.url)}: {last} (after {self.config.attempts} attempts)")
         if uri.pin and got.oid != uri.pin:
+            _drop(dest)
             raise FetchFailed(
                 f"{redact(uri.url)}: the content fetched is {got.oid}, not the pinned {uri.pin}"
             )
+        if dest is not None and got is not memo:  # fetched now, into dest
+            return got.oid, self.sealing.keep(dest, got.oid, lambda: self.remember(uri, got))
         if memo is None or memo != got:
             self.remember(uri, got)
-        return got.oid
+        return got.oid, None
 
-    def _http_fetch(self, uri: InputURI, memo: Remembered | None) -> Remembered:
+    @functools.cached_property
+    def sealing(self) -> Sealing:
+        return Sealing(self.store)
+
+    def _take(self, body: Any, dest: Path | None) -> str:
+        """The content id of ``body``, sealed into the store, or written to ``dest``."""
+        if dest is None:
+            return self.store.put_stream(body)
+        with dest.open("wb") as out, Hasher() as hasher:  # from the start on every try
+            chunks = (
+                body.chunks() if isinstance(body, _Body) else iter(lambda: body.read(1 << 20), b"")
+            )
+            for chunk in chunks:
+                hasher.update(chunk)  # in its thread, while the next chunk is written
+                out.write(chunk)
+            return hasher.oid()
+
+    def _http_fetch(
+        self, uri: InputURI, memo: Remembered | None, dest: Path | None = None
+    ) -> Remembered:
         url, headers = _auth(uri.url)
         headers["Accept-Encoding"] = "identity"  # the bytes of the file, as stored
         if memo is not None:
@@ -221,8 +266,8 @@ class Fetcher:
             modified = resp.headers.get("Last-Modified", "")
             body = _Body(resp)
             try:
-                oid = self.store.put_stream(body)  # type: ignore[arg-type]
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                oid = self._take(body, dest)
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
                 if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
                     raise
                 raise _Broken(redact_text(str(exc)) or type(exc).__name__) from None
@@ -232,7 +277,9 @@ class Fetcher:
         finally:
             resp.release_conn()
 
-    def _s3_fetch(self, uri: InputURI, memo: Remembered | None) -> Remembered:
+    def _s3_fetch(
+        self, uri: InputURI, memo: Remembered | None, dest: Path | None = None
+    ) -> Remembered:
         parts = urlsplit(uri.url)
         bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
         if self._s3 is None:
@@ -251,7 +298,7 @@ class Fetcher:
         except bce.BotoCoreError as exc:
             raise FetchFailed(f"cannot reach S3 for {shown}: {exc}") from None
         try:
-            oid = self.store.put_stream(body)
+            oid = self._take(body, dest)
         except (bce.BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError) as exc:
             raise _Broken(str(exc)) from None
         finally:
@@ -259,20 +306,69 @@ class Fetcher:
         return Remembered(oid, etag)
 
 
+class Sealing:
+    """Sealed copies of fetched files made into ``store`` by one thread, in order: a job
+    reads its input while the node seals it. :meth:`keep` opens the file at once, so the
+    file may be renamed into a workspace or removed before its turn comes. A copy that
+    cannot be made (the disk full) is logged and skipped: the URI is not remembered, so it
+    is fetched again next time; nothing else depends on it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="offload-seal")
+
+    def keep(self, path: Path, oid: str, then: Callable[[], None]) -> Future[None]:
+        src = path.open("rb")
+        return self.pool.submit(self._seal, src, oid, then)
+
+    def _seal(self, src: BinaryIO, oid: str, then: Callable[[], None]) -> None:
+        with src:
+            try:
+                if not self.store.has(oid):
+                    sealed = self.store.put_stream(src)
+                    if sealed != oid:  # the file changed under us: not the fetched bytes
+                        log.error("fetched %s sealed as %s: not kept", oid, sealed)
+                        self.store.delete(sealed)
+                        return
+            except (CacheError, OSError) as exc:
+                log.warning("sealed copy of fetched %s not made: %s", oid, exc)
+                return
+        then()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _drop(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
 class _Broken(Exception):
     """A body broken off mid-way: worth fetching again."""
 
 
 class _Body:
-    """A response body as the stream :meth:`Store.put_stream` reads, read ahead by a thread
-    of its own: the socket is read while the last chunk is hashed, sealed and written (both
-    release the GIL), at most ``ahead`` chunks of ``chunk`` bytes in memory."""
+    """A response body read ahead by a thread of its own into a ring of ``ahead`` buffers of
+    ``chunk`` bytes: the socket is read while the last chunk is hashed, sealed or written
+    (all of which release the GIL), in constant memory. :meth:`chunks` hands out the
+    buffers themselves (no allocation per chunk: fresh memory costs a page fault per 4 KiB,
+    more than the copy); :meth:`read` is the stream :meth:`Store.put_stream` reads.
+
+    An undecoded body is read straight into the buffers (``readinto`` of the response's
+    ``http.client`` body, which follows chunked framing itself; a body that ends before its
+    ``Content-Length`` is raised as cut short here); a compressed one (``Content-Encoding``)
+    through urllib3's decoder."""
 
     def __init__(self, resp: Any, chunk: int = 1 << 20, ahead: int = 8) -> None:
         self.resp = resp
         self.decode = bool(resp.headers.get("Content-Encoding"))  # else bytes as sent
-        self.chunk = chunk
-        self.chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=ahead)
+        self.raw = getattr(resp, "_fp", None)
+        self.readinto = None if self.decode else getattr(self.raw, "readinto", None)
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(ahead):
+            self.free.put(bytearray(chunk))
+        self.filled: queue.Queue[tuple[bytearray, int] | BaseException] = queue.Queue()
         self.buffer = b""
         self.done = False
         self.stop = threading.Event()
@@ -282,31 +378,57 @@ class _Body:
     def _read_ahead(self) -> None:
         try:
             while not self.stop.is_set():
-                data = bytes(self.resp.read(self.chunk, decode_content=self.decode))
-                self._put(data)
-                if not data:
+                try:
+                    buf = self.free.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                n = self._fill(buf)
+                self.filled.put((buf, n))
+                if not n:
                     return
         except BaseException as exc:  # handed to the reader, raised there
-            self._put(exc)
+            self.filled.put(exc)
 
-    def _put(self, item: bytes | BaseException) -> None:
-        while not self.stop.is_set():
-            try:
-                self.chunks.put(item, timeout=0.5)
+    def _fill(self, buf: bytearray) -> int:
+        if self.readinto is not None:
+            n = int(self.readinto(buf))
+            left = getattr(self.raw, "length", None)  # http.client's count of bytes to come
+            if not n and left:  # closed before Content-Length: readinto says only "0"
+                raise http.client.IncompleteRead(b"", left)
+            return n
+        data = self.resp.read(len(buf), decode_content=self.decode)
+        buf[: len(data)] = data
+        return len(data)
+
+    def _next(self) -> tuple[bytearray, int]:
+        item = self.filled.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def chunks(self) -> Iterator[memoryview]:
+        """The body in chunks, each a view of a buffer of the ring, valid until the second
+        next chunk is asked for (time for a hash of it to end in another thread)."""
+        held: list[bytearray] = []
+        while True:
+            buf, n = self._next()
+            if len(held) == 2:
+                self.free.put(held.pop(0))
+            if not n:
+                self.done = True
                 return
-            except queue.Full:
-                continue
+            held.append(buf)
+            yield memoryview(buf)[:n]
 
     def read(self, n: int = -1) -> bytes:
         while not self.done and (n < 0 or len(self.buffer) < n):
-            item = self.chunks.get()
-            if isinstance(item, BaseException):
-                self.close()
-                raise item
-            if not item:
+            buf, got = self._next()
+            if not got:
                 self.done = True
                 break
-            self.buffer += item
+            self.buffer += bytes(buf[:got])
+            self.free.put(buf)
         if n < 0:
             out, self.buffer = self.buffer, b""
         else:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ from offload.spec import JobSpec, format_memory
 from offload.worker import deliver, engine, staging, trust
 from offload.worker.admission import take_room
 from offload.worker.endings import Recorder, retries_used
-from offload.worker.fetching import resolve_uris
+from offload.worker.fetching import Fetched, resolve_uris, spool_dir
 from offload.worker.gpus import GpuLease, GpusBusy
 from offload.worker.identical import Identical
 from offload.worker.lease import LeaseKeeper
@@ -72,7 +73,7 @@ class Attempt:
         self.forwarder: LogForwarder | None = None
         self.t_start = 0.0
         self.gpu_lease: GpuLease | None = None
-        self.fetched: dict[str, str] = {}  # input URI -> content id, by input name
+        self.fetched = Fetched()  # input URIs' content ids, by input name
         self.delivery = deliver.Delivery()
         self.keeper = LeaseKeeper(node.records, job_id, attempt)
         self.rec = Recorder(
@@ -131,7 +132,7 @@ class Attempt:
                 exit_code=0,
                 cache_hit=hit.memo.job_id,
                 timings=self.timings,
-                fetched=self.fetched,
+                fetched=self.fetched.ids,
                 **self.delivery.fields(),
             )
         except Outcome as o:
@@ -219,12 +220,21 @@ class Attempt:
             digest = self.node.runtime.ensure_image(self.spec.image)
         except ImageMissing as exc:
             raise Outcome(JobStatus.FAILED, Reason.IMAGE_NOT_FOUND, str(exc)) from None
-        self.spec, self.fetched = resolve_uris(self.node, self.spec)  # dedup on content
+        if self.spec.uris():
+            spool = spool_dir(self.node.work_dir, self.job_id, self.attempt)
+            held.callback(shutil.rmtree, spool, ignore_errors=True)
+            self.spec, self.fetched = resolve_uris(self.node, self.spec, spool)  # by content
         self.identical.check(self.spec, digest)  # CacheHit, or Parked behind an identical job
         uid = int(self.node.user.split(":")[0]) if self.node.user[:1].isdigit() else None
         try:
             self.workspace = staging.prepare(
-                self.node.work_dir, self.job_id, self.attempt, self.spec, self.node.store, uid
+                self.node.work_dir,
+                self.job_id,
+                self.attempt,
+                self.spec,
+                self.node.store,
+                uid,
+                self.fetched.files,
             )
             held.callback(self.workspace.remove)
         except staging.InputMissing as exc:
@@ -282,7 +292,7 @@ class Attempt:
                 container=self.container,
                 started_at=time.time(),
                 gpus=",".join(gpus),
-                fetched=self.fetched,
+                fetched=self.fetched.ids,
             )
             if not moved:  # fenced: the job was given to another attempt meanwhile
                 raise Superseded()
@@ -344,6 +354,7 @@ class Attempt:
                 raise Superseded()
         except BrokerError:
             pass  # Redis is away: upload all the same; the outcome is journaled
+        self.fetched.wait_sealed()  # the inputs fetched for it are in the store for the next
         try:
             outputs = staging.collect(self.workspace, self.node.store)
         except staging.OutputRejected as exc:

@@ -4,7 +4,8 @@ An attempt is dead once the job's record no longer names it as the current, acti
 its node — the sweeper requeued it after its lease expired, a newer attempt took the job, or
 the job ended while its worker was gone. Its container (labelled with node, job and attempt)
 is removed from this engine, and its work folder (``<home>/work/<node>/<job>-<attempt>``:
-inputs, outputs and ``params.json`` in plaintext) from this disk, whichever node made them —
+inputs, outputs and ``params.json`` in plaintext, and ``<job>-<attempt>.fetch``: the inputs
+fetched for it) from this disk, whichever node made them —
 a node that died for good leaves nothing behind once any node sharing its engine or home
 sweeps. Run by every worker's heartbeat thread each sweep, and once when the node starts.
 """
@@ -46,7 +47,8 @@ class LocalReaper:
                 removed.append(f"container {container[:12]} ({job_id} attempt {attempt})")
         for node_dir in self.work_root.glob("*"):
             for folder in node_dir.glob("*"):
-                job_id, _, number = folder.name.rpartition("-")
+                attempt_of = folder.name.removesuffix(".fetch")  # its spool (fetching.py)
+                job_id, _, number = attempt_of.rpartition("-")
                 if not number.isdigit() or not self.live(node_dir.name, job_id, int(number)):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(f"folder {folder}")

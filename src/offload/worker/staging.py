@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +65,16 @@ class Workspace:
 
 
 def prepare(
-    work_dir: Path, job_id: str, attempt: int, spec: JobSpec, store: Store, uid: int | None
+    work_dir: Path,
+    job_id: str,
+    attempt: int,
+    spec: JobSpec,
+    store: Store,
+    uid: int | None,
+    fetched: Mapping[str, Path] | None = None,
 ) -> Workspace:
-    """Create the attempt's folder, copy inputs out of the store, write the params file."""
+    """Create the attempt's folder, copy inputs out of the store (or move in the ones just
+    fetched for it: ``fetched``, by input name), write the params file."""
     ws = Workspace(work_dir / f"{job_id}-{attempt}")
     private_dir(work_dir)
     if ws.root.exists():
@@ -76,6 +84,10 @@ def prepare(
     ws.outputs.mkdir()
     for name, oid in spec.inputs.items():
         dest = ws.inputs / name
+        if fetched and name in fetched:
+            os.replace(fetched[name], dest)
+            os.chmod(dest, 0o444)
+            continue
         try:
             store.export(oid, dest)
         except ObjectNotFound:
