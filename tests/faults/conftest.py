@@ -8,11 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -121,32 +123,85 @@ def fault_platform(
 
 
 class Runs:
-    """How many containers the engine started for each job, from its event stream."""
+    """The engine's container events for offload's containers, from the moment this is made:
+    how many containers it started for each job (:meth:`count`), when each ran
+    (:meth:`intervals`).
+
+    Followed live by a thread of its own, because the engine replays only its last 256 events
+    (``docker events --since``): with the suite's workers starting containers side by side, a
+    replay at the end of a test has lost its first seconds. Each read also replays what the
+    engine still holds, for an event the live stream has not handed over yet."""
+
+    FILTERS = {"type": "container", "label": "offload.managed=1"}
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
         self.since = int(time.time()) - 1
+        self.seen: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.stream = client.api.events(since=self.since, filters=self.FILTERS, decode=True)
+        threading.Thread(target=self._follow, name="docker-events", daemon=True).start()
+
+    def _follow(self) -> None:
+        try:
+            for event in self.stream:
+                self._add(event)
+        except Exception:  # closed, or the engine went away (a test stopping it)
+            return
+
+    def _add(self, event: dict[str, Any]) -> None:
+        key = (str(event.get("id", "")), str(event.get("Action", "")), int(event["timeNano"]))
+        with self.lock:
+            self.seen.setdefault(key, event)
+
+    def events(self) -> list[dict[str, Any]]:
+        replay = self.client.api.events(
+            since=self.since, until=int(time.time()) + 1, filters=self.FILTERS, decode=True
+        )
+        for event in replay:
+            self._add(event)
+        with self.lock:
+            return sorted(self.seen.values(), key=lambda e: int(e["timeNano"]))
+
+    @staticmethod
+    def job_of(event: dict[str, Any]) -> str | None:
+        return (event.get("Actor") or {}).get("Attributes", {}).get("offload.job_id")
 
     def count(self, job_ids: Iterable[str]) -> Counter[str]:
         wanted = set(job_ids)
-        until = int(time.time()) + 1
-        events = self.client.api.events(
-            since=self.since,
-            until=until,
-            filters={"type": "container", "event": "start", "label": "offload.managed=1"},
-            decode=True,
-        )
         runs: Counter[str] = Counter()
-        for e in events:
-            job = (e.get("Actor") or {}).get("Attributes", {}).get("offload.job_id")
-            if job in wanted:
+        for e in self.events():
+            job = self.job_of(e)
+            if e.get("Action") == "start" and job in wanted:
                 runs[job] += 1
         return runs
 
+    def intervals(self, job_ids: Iterable[str]) -> list[tuple[float, float, str]]:
+        """(start, die, job) of each container of the jobs that has ended, by start."""
+        wanted = set(job_ids)
+        starts: dict[str, tuple[float, str]] = {}
+        out = []
+        for e in self.events():
+            job = self.job_of(e)
+            if job not in wanted:
+                continue
+            at = int(e["timeNano"]) / 1e9
+            if e.get("Action") == "start":
+                starts[e["id"]] = (at, job)
+            elif e.get("Action") == "die" and e["id"] in starts:
+                begun, job = starts.pop(e["id"])
+                out.append((begun, at, job))
+        return sorted(out)
+
+    def close(self) -> None:
+        self.stream.close()
+
 
 @pytest.fixture
-def runs(docker_client: docker.DockerClient) -> Runs:
-    return Runs(docker_client)
+def runs(docker_client: docker.DockerClient) -> Iterator[Runs]:
+    watch = Runs(docker_client)
+    yield watch
+    watch.close()
 
 
 def leftovers(p: Platform, client: docker.DockerClient, job_ids: Iterable[str]) -> list[str]:

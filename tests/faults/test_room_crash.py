@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 
 import docker
 
@@ -16,32 +15,6 @@ from tests.conftest import Platform, wait_for
 from tests.faults.conftest import Runs, leftovers
 
 WHOLE = {"cpu": 2, "memory": "1g"}  # the node's 2 CPUs: two never fit together
-
-
-def running_intervals(
-    client: docker.DockerClient, since: int, job_ids: set[str]
-) -> list[tuple[float, float, str]]:
-    """(start, die, job) of each container of the jobs, from the engine's event stream."""
-    events = client.api.events(
-        since=since,
-        until=int(time.time()) + 1,
-        filters={"type": "container", "label": "offload.managed=1"},
-        decode=True,
-    )
-    starts: dict[str, tuple[float, str]] = {}
-    out = []
-    for e in events:
-        attrs = (e.get("Actor") or {}).get("Attributes", {})
-        job = attrs.get("offload.job_id")
-        if job not in job_ids:
-            continue
-        at = e["timeNano"] / 1e9
-        if e["Action"] == "start":
-            starts[e["id"]] = (at, job)
-        elif e["Action"] == "die" and e["id"] in starts:
-            begun, job = starts.pop(e["id"])
-            out.append((begun, at, job))
-    return sorted(out)
 
 
 def test_a_killed_pool_process_gives_its_room_back(
@@ -66,7 +39,7 @@ def test_a_killed_pool_process_gives_its_room_back(
     ran = [e.attempt for e in first.timeline() if e.status is JobStatus.RUNNING]
     assert len(ran) == 2 and ran[0] == 1, ran  # later attempts may have waited for room
     assert runs.count([first.id, second.id]) == {first.id: 2, second.id: 1}
-    spans = running_intervals(docker_client, runs.since, {first.id, second.id})
+    spans = runs.intervals({first.id, second.id})
     # the killed attempt's container is removed before its room is given out: none overlap
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         assert end <= start, f"{a} and {b} ran at once: {spans}"
