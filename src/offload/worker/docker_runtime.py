@@ -154,7 +154,7 @@ class DockerRuntime(Runtime):
             network_mode=(
                 req.network if isinstance(req.network, str) else "bridge" if req.network else "none"
             ),
-            init=True,
+            init=req.init,
             log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )
         labels = {
