@@ -26,11 +26,12 @@ from offload.broker.status import JobStatus, Reason
 from offload.cache.factory import open_store
 from offload.cache.keys import load_key
 from offload.spec import GiB
+from offload.worker import warm as warm_module
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import DockerRuntime
 from offload.worker.executor import Node, execute
 from offload.worker.reaper import LocalReaper
-from offload.worker.warm import LABEL_WARM, Batch, WarmRuntime, idle_program
+from offload.worker.warm import LABEL_WARM, Batch, WarmRuntime, agent_program
 
 from .conftest import Platform, job_containers, wait_for
 
@@ -174,8 +175,18 @@ def test_an_item_that_times_out_is_reported_and_the_next_runs(setup: Setup) -> N
     assert s.warm.started == 2  # the killed container was replaced for the next item
 
 
-def test_an_item_killed_for_memory_is_oom_and_the_next_runs(setup: Setup) -> None:
+@pytest.mark.parametrize("told_by", ["cgroup", "events"])
+def test_an_item_killed_for_memory_is_oom_and_the_next_runs(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, told_by: str
+) -> None:
     s = setup
+    if told_by == "events":  # a worker that does not see the engine's cgroups
+        monkeypatch.setattr(warm_module, "_oom_file", lambda cid: None)
+    else:
+        run_items(s, ["true"], [{}], memory="64MiB")
+        assert s.warm.warm is not None
+        if s.warm.warm.oom_file is None:
+            pytest.skip("this host does not show the engine's cgroups")
     cmd = ["sh", "-c", 'head -c "$OFFLOAD_PARAM_MB"m /dev/zero | tail > /dev/null; echo ok']
     _, recs = run_items(
         s,
@@ -185,6 +196,7 @@ def test_an_item_killed_for_memory_is_oom_and_the_next_runs(setup: Setup) -> Non
     )
     assert [r.status for r in recs] == [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.SUCCEEDED]
     assert recs[1].reason is Reason.OOM_KILLED, recs[1].message
+    assert recs[0].reason is None and recs[2].reason is None
     assert s.warm.started == 2  # replaced after the OOM: a clean cgroup and /tmp
 
 
@@ -203,7 +215,7 @@ def test_env_params_and_task_index_per_item(setup: Setup) -> None:
     ]
 
 
-def test_an_item_leaving_a_process_behind_gets_a_fresh_container(setup: Setup) -> None:
+def test_no_process_of_an_item_outlives_it(setup: Setup) -> None:
     s = setup
     cmd = [
         "sh",
@@ -213,7 +225,7 @@ def test_an_item_leaving_a_process_behind_gets_a_fresh_container(setup: Setup) -
     ]
     jobs, recs = run_items(s, cmd, [{}, {}])
     assert [r.status for r in recs] == [JobStatus.SUCCEEDED] * 2
-    assert s.warm.started == 2
+    assert s.warm.started == 1  # the agent killed it: the container stays
     # the second item runs where the first one's process is not
     assert [x.text.strip() for x in jobs[1].logs() if x.stream != "sys"] == ["0"]
 
@@ -273,8 +285,29 @@ def test_the_warm_container_ends_when_its_worker_dies(docker_client: docker.Dock
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
-def test_the_idle_program_is_a_static_elf_for_both_architectures() -> None:
-    for machine, arch in (("x86_64", 0x3E), ("aarch64", 0xB7)):
-        elf = idle_program(machine)
-        assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == arch
-        assert len(elf) < 200
+def test_the_agent_is_a_small_static_x86_64_elf() -> None:
+    elf = agent_program("x86_64")
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 0x3E
+    assert len(elf) < 4096
+
+
+def test_items_read_no_stdin_and_their_output_passes_whole(setup: Setup) -> None:
+    s = setup
+    cmd = [
+        "sh",
+        "-c",
+        'cat; printf "a\\036b\\036%s:0\\036" "$OFFLOAD_TASK_INDEX"; printf "no-eol" >&2',
+    ]
+    jobs, recs = run_items(s, cmd, [{}, {}])
+    assert [r.status for r in recs] == [JobStatus.SUCCEEDED] * 2  # cat read /dev/null
+    for i, job in enumerate(jobs):
+        lines = [(x.stream, x.text) for x in job.logs() if x.stream != "sys"]
+        assert sorted(lines) == [("err", "no-eol"), ("out", f"a\x1eb\x1e{i}:0\x1e")]
+
+
+def test_a_missing_program_fails_its_item_with_127(setup: Setup) -> None:
+    s = setup
+    _, recs = run_items(s, ["no-such-program"], [{}])
+    assert (recs[0].status, recs[0].exit_code) == (JobStatus.FAILED, 127)
+    _, recs = run_items(s, ["true"], [{}])
+    assert recs[0].status is JobStatus.SUCCEEDED

@@ -7,11 +7,12 @@ its items sees exactly what an unbatched job sees. The image and the command are
 
 * **The container.** Made by :meth:`DockerRuntime.create` from the first item's request, so
   with the same limits and sandbox (CPU, memory = memory+swap, pids, user, read-only root,
-  ``/tmp`` tmpfs, network, capabilities dropped, no-new-privileges, Docker's init), its
-  entrypoint replaced by a tiny static idle program (:func:`idle_program`, 148 bytes, written
-  by the worker and mounted read-only: images are arbitrary and may lack ``sleep``). The
-  program reads its stdin until end of file; the worker holds that stdin (``StdinOnce``), so
-  when the worker process dies, however it dies, the container ends by itself.
+  ``/tmp`` tmpfs, network, capabilities dropped, no-new-privileges, labels), its entrypoint
+  replaced by offload's agent (``warm_agent.c``: a static 2 KB x86-64 binary without libc,
+  written by the worker and mounted read-only, since images are arbitrary). The agent is the
+  container's init (PID 1, reaping orphans, as Docker's init is for a job) and reads the
+  items to run on its stdin, which the worker holds (``StdinOnce``): when the worker process
+  dies, however it dies, the agent reads end of file and the container ends by itself.
 * **Its mounts** are those of a job: ``<warm>/in`` read-only at ``/offload/in``, ``<warm>/out``
   writable at ``/offload/out``, ``<warm>/params.json`` read-only at ``/offload/params.json``.
   A bind mount holds the folder it was given, so per item the worker renames the item's input
@@ -19,19 +20,25 @@ its items sees exactly what an unbatched job sees. The image and the command are
   in place and gives ``<warm>/out`` the owner and mode of the item's own ``out/``; when the
   item ends, every entry goes back to the item's workspace, where the attempt's finish step
   collects the outputs as for any job. Nothing of one item is left for the next.
-* **Each item** is a ``docker exec`` of the image's entrypoint and the item's command (or the
-  image's ``CMD``), with the item's environment (params, ``OFFLOAD_TASK_INDEX``, its job id)
-  over the image's, its user and the image's working directory. Its output streams into the
-  item's log sink; its exit code is the exec's (128 + N when signal N ended it, as Docker's
-  init reports for a plain container).
-* **OOM.** An item killed for memory is told by the engine's ``oom`` event of the container
-  (one bounded read of the engine's event log per item; cgroup v1 and v2 alike: the
-  container's ``OOMKilled`` state is set only when its init dies). After an OOM the container
-  is replaced: its cgroup and its ``/tmp`` (charged to that cgroup) start clean.
+* **Each item** is one request to the agent: the image's entrypoint and the item's command
+  (or the image's ``CMD``), looked up on ``PATH`` as Docker does, with the item's environment
+  (params, ``OFFLOAD_TASK_INDEX``, its job id, ``env``) over the container's, stdin
+  ``/dev/null``, the image's working dir and the container's user. Its stdout and stderr are
+  the container's: the worker's attach stream gives them to the item's log sink until the
+  agent's end marks (a random token per item) on both streams. Its exit code is its own (128
+  + N when signal N ended it, as Docker's init reports; 127 when its program cannot be run,
+  where a job's container would fail to start). When it ends, the agent kills whatever it
+  left running: no process of an item outlives it.
+* **OOM.** An item killed for memory is told by its cgroup's ``oom_kill`` counter (cgroup
+  v1 ``memory.oom_control``, v2 ``memory.events``), read before and after it where the worker
+  sees the engine's cgroups, else by the engine's ``oom`` event of the container (one bounded
+  read of the engine's event log per item). The container's ``OOMKilled`` state will not do:
+  the engine sets it only when the container's init dies. After an OOM the container is
+  replaced: its cgroup and its ``/tmp`` (charged to that cgroup) start clean.
 * **Kill** (timeout, cancel, a lost lease) kills the whole container, as for a plain job; the
-  next item gets a new one. So does an item that leaves a process running behind it (checked
-  per item with the engine's ``top``), a container that ended under an item, or an item whose
-  request asks for other limits than the container has.
+  next item gets a new one. So does an item whose container ended under it (then the
+  platform's loss: ``engine_lost``, no retry spent) or whose request asks for other limits
+  than the container has.
 
 What the items of one batch share: the array's spec, user and cgroup (a memory peak of one
 item is not another's), the container's ``/tmp`` and ``/dev/shm`` (not emptied between items:
@@ -54,15 +61,12 @@ import platform
 import shutil
 import socket
 import stat
-import struct
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import requests
-from docker.errors import APIError, NotFound
 
 from offload.worker import staging
 from offload.worker.docker_runtime import DockerRuntime
@@ -75,51 +79,36 @@ from offload.worker.runtime import (
     Runtime,
     StartFailed,
 )
+from offload.worker.warm_agent import AGENT_X86_64
 
 log = logging.getLogger(__name__)
 
 LABEL_WARM = "offload.warm"
-IDLE = "/.offload-idle"  # where the idle program is mounted in a warm container
+AGENT = "/.offload-agent"  # where the agent is mounted in a warm container
 OOM_GRACE = 1.0  # seconds the engine's event log is read past a SIGKILLed item's end
+MAX_REQUEST = 4 << 20  # the agent's request buffer (argv and environment of one item)
+MAX_STRINGS = 65536  # argv or environment entries the agent takes
+RS = b"\x1e"  # starts and ends the agent's end marks
 
 
-def idle_program(machine: str | None = None) -> bytes:
-    """A static ELF executable that reads stdin until end of file, then exits 0.
-
-    Written here rather than taken from the image (which may have no ``sleep``) or the host
-    (which may have no static binary to lend): x86-64 and aarch64 Linux.
-    """
+def agent_program(machine: str | None = None) -> bytes:
+    """The agent for this node's CPU (x86-64 only, for now)."""
     machine = (machine or platform.machine()).lower()
-    if machine in ("x86_64", "amd64"):
-        # loop: read(0, rsp, 1); if > 0 goto loop; exit(0)
-        code = bytes.fromhex("31c031ff4889e6ba010000000f054885c07fedb83c00000031ff0f05")
-        arch = 0x3E
-    elif machine in ("aarch64", "arm64"):
-        words = [
-            0xD2800000,  # mov x0, #0
-            0x910003E1,  # mov x1, sp
-            0xD2800022,  # mov x2, #1
-            0xD28007E8,  # mov x8, #63 (read)
-            0xD4000001,  # svc #0
-            0xF100001F,  # cmp x0, #0
-            0x54FFFF4C,  # b.gt loop
-            0xD2800000,  # mov x0, #0
-            0xD2800BA8,  # mov x8, #93 (exit)
-            0xD4000001,  # svc #0
-        ]
-        code = struct.pack("<10I", *words)
-        arch = 0xB7
-    else:
-        raise StartFailed(f"warm containers need an x86-64 or aarch64 node, not {machine}")
-    base, ehsize, phsize = 0x400000, 64, 56
-    size = ehsize + phsize + len(code)
-    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
-    header += struct.pack(
-        "<HHIQQQIHHHHHH", 2, arch, 1, base + ehsize + phsize, ehsize, 0, 0, ehsize, phsize, 1,
-        0, 0, 0,
-    )  # fmt: skip
-    program = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
-    return header + program + code
+    if machine not in ("x86_64", "amd64"):
+        raise StartFailed(f"warm containers need an x86-64 node (the agent's), not {machine}")
+    return AGENT_X86_64
+
+
+def agent_request(token: str, argv: list[str], env: dict[str, str]) -> bytes:
+    """One item for the agent: ``<length, 10 digits><token argc argv... envc K=V...>``, NUL
+    separated."""
+    parts = [token, str(len(argv)), *argv, str(len(env)), *(f"{k}={v}" for k, v in env.items())]
+    body = b"\0".join(p.encode() for p in parts) + b"\0"
+    if any("\0" in p for p in parts):
+        raise StartFailed("an argument or environment value holds a NUL byte")
+    if len(body) > MAX_REQUEST or len(argv) > MAX_STRINGS or len(env) > MAX_STRINGS:
+        raise StartFailed("the item's command and environment are too large to batch")
+    return b"%010d" % len(body) + body
 
 
 @dataclass(frozen=True)
@@ -132,15 +121,36 @@ class Batch:
 
 
 @dataclass
+class _Item:
+    req: ContainerRequest
+    warm: _Warm
+    sources: dict[str, Path]  # mount target -> the item's own path
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    sink: LogSink | None = None
+    began: float = 0.0
+    oom_kills: int | None = None  # the cgroup's OOM kill count as it began (None: unreadable)
+    status: int | None = None  # its exit code, from the agent's end mark on stdout
+    ended: dict[str, bool] = field(default_factory=lambda: {"out": False, "err": False})
+    done: threading.Event = field(default_factory=threading.Event)  # both end marks seen
+    exit: Exit | None = None
+    moved: list[tuple[Path, Path]] = field(default_factory=list)  # (in the warm folder, home)
+    started: bool = False
+    killed: bool = False
+
+
+@dataclass
 class _Warm:
-    """One warm container and its folder."""
+    """One warm container, its folder, and the item it runs."""
 
     cid: str
     folder: Path
     key: tuple[Any, ...]
     stdin: Any  # the attached socket holding its stdin open
     dirty: bool = False  # replaced before the next item runs
-    items: int = 0
+    oom_file: Path | None = None  # its cgroup's OOM kill counter, where this host shows it
+    current: _Item | None = None
+    pending: dict[str, bytes] = field(default_factory=lambda: {"out": b"", "err": b""})
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def inputs(self) -> Path:
@@ -154,18 +164,56 @@ class _Warm:
     def params(self) -> Path:
         return self.folder / "params.json"
 
+    def output(self, stream: str, data: bytes) -> None:
+        """The container's output: the current item's, up to its end mark on this stream."""
+        with self.lock:
+            item = self.current
+            buf = self.pending[stream] + data
+            self.pending[stream] = b""
+            while buf:
+                if item is None or item.ended[stream]:
+                    if buf.strip():
+                        log.debug("warm %s: output outside an item dropped", self.cid[:12])
+                    return
+                mark = RS + item.token.encode() + (b":" if stream == "out" else RS)
+                i = buf.find(RS)
+                if i < 0:
+                    self._emit(item, stream, buf)
+                    return
+                self._emit(item, stream, buf[:i])
+                buf = buf[i:]
+                if len(buf) < len(mark):
+                    if mark.startswith(buf):
+                        self.pending[stream] = buf  # perhaps a mark, cut by the stream
+                        return
+                elif buf.startswith(mark):
+                    if stream == "err":
+                        self._ended(item, stream)
+                        buf = buf[len(mark) :]
+                        continue
+                    j = buf.find(RS, len(mark))
+                    if j < 0 and len(buf) < len(mark) + 8:
+                        self.pending[stream] = buf
+                        return
+                    digits = buf[len(mark) : j if j >= 0 else len(mark)]
+                    if j >= 0 and digits.isdigit():
+                        item.status = int(digits)
+                        self._ended(item, stream)
+                        buf = buf[j + 1 :]
+                        continue
+                self._emit(item, stream, buf[:1])  # an RS of the item's own
+                buf = buf[1:]
 
-@dataclass
-class _Item:
-    req: ContainerRequest
-    warm: _Warm
-    sources: dict[str, Path]  # mount target -> the item's own path
-    exited: threading.Event = field(default_factory=threading.Event)
-    exit: Exit | None = None
-    error: BaseException | None = None
-    moved: list[tuple[Path, Path]] = field(default_factory=list)  # (in the warm folder, home)
-    started: bool = False
-    killed: bool = False
+    @staticmethod
+    def _emit(item: _Item, stream: str, data: bytes) -> None:
+        if data and item.sink is not None:
+            item.sink(stream, data)
+
+    @staticmethod
+    def _ended(item: _Item, stream: str) -> None:
+        item.ended[stream] = True
+        if all(item.ended.values()):
+            item.done.set()
 
 
 class WarmRuntime(Runtime):
@@ -179,7 +227,7 @@ class WarmRuntime(Runtime):
         self.items: dict[str, _Item] = {}
         self.started = 0  # warm containers started (replacements included)
         self._seq = 0
-        self._images: dict[str, tuple[list[str], list[str], str]] = {}
+        self._images: dict[str, tuple[list[str], list[str]]] = {}
 
     def __enter__(self) -> WarmRuntime:
         return self
@@ -219,38 +267,34 @@ class WarmRuntime(Runtime):
     def start(self, container: str, sink: LogSink) -> None:
         item = self.items[container]
         warm, req = item.warm, item.req
-        argv, workdir = self._argv(req)
+        request = agent_request(item.token, self._argv(req), req.env)
         self._move_in(item)
-        item.started = True
+        item.sink, item.began, item.started = sink, time.time(), True
+        item.oom_kills = _oom_kills(warm.oom_file)
+        with warm.lock:
+            warm.current = item
+            warm.pending = {"out": b"", "err": b""}
         try:
-            with self.health.call():
-                exec_id = self.api.exec_create(
-                    warm.cid, argv, environment=req.env, user=req.user, workdir=workdir or None
-                )["Id"]
-            with self.health.call():
-                stream = self.api.exec_start(exec_id, stream=True, demux=True)
-        except APIError as exc:
+            getattr(warm.stdin, "_sock", warm.stdin).sendall(request)
+        except OSError as exc:  # the container (or its engine) went away meanwhile
             warm.dirty = True
             self._move_out(item)
-            item.exited.set()
-            raise StartFailed(f"the engine refused to run the item: {exc.explanation}") from exc
-        except EngineUnavailable:
-            warm.dirty = True
-            self._move_out(item)
-            item.exited.set()
-            raise
-        warm.items += 1
-        threading.Thread(
-            target=self._run, args=(item, exec_id, stream, sink, time.time()), daemon=True,
-            name=f"item {container[:16]}",
-        ).start()  # fmt: skip
+            item.exit = Exit(-1, False, f"its warm container went away as it started ({exc})")
+            item.done.set()
 
     def wait(self, container: str, timeout: float) -> Exit | None:
         item = self.items[container]
-        if not item.exited.wait(timeout):
-            return None
-        if item.error is not None:
-            raise item.error
+        deadline = time.monotonic() + timeout
+        while item.exit is None:
+            left = deadline - time.monotonic()
+            if item.done.wait(max(0.0, min(0.05, left))):
+                break
+            if self.docker.wait(item.warm.cid, 0) is not None:  # it ended under the item
+                break
+            if left <= 0:
+                return None
+        if item.exit is None:
+            item.exit = self._ending(item)
         return item.exit
 
     def kill(self, container: str) -> None:
@@ -258,13 +302,11 @@ class WarmRuntime(Runtime):
         if item is None:
             return
         item.killed = True
-        item.warm.dirty = True  # the item's exec cannot be killed alone: the container goes
+        item.warm.dirty = True  # an item cannot be killed alone: the container goes
         self.docker.kill(item.warm.cid)
 
     def finish_logs(self, container: str, timeout: float) -> None:
-        item = self.items.get(container)
-        if item is not None:  # the output is drained before the item's end is told
-            item.exited.wait(0 if self.health.down else timeout)
+        """Nothing to wait for: an item's output comes before its end marks."""
 
     def remove(self, container: str) -> None:
         """The item is done with: its files are back in its workspace; the container stays
@@ -272,11 +314,19 @@ class WarmRuntime(Runtime):
         item = self.items.pop(container, None)
         if item is None:
             return
-        if item.started and not item.exited.is_set():
-            self.kill(container)
-            item.exited.wait(5)
+        if item.started and item.exit is None:
+            self.items[container] = item
+            try:
+                if not item.done.is_set():
+                    self.kill(container)
+                self.wait(container, 5)
+            finally:
+                del self.items[container]
         if item.moved:
             self._move_out(item)
+        with item.warm.lock:
+            if item.warm.current is item:
+                item.warm.current = None
 
     def close(self) -> None:
         """Remove the warm container and its folder (the batch is over)."""
@@ -284,6 +334,61 @@ class WarmRuntime(Runtime):
             self._discard(self.warm)
             self.warm = None
         shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- how an item ended -----------------------------------------------------------------
+
+    def _ending(self, item: _Item) -> Exit:
+        warm = item.warm
+        try:
+            if item.done.is_set() and item.status is not None:
+                code, oom, lost = item.status, False, ""
+                if not item.killed:
+                    oom = self._oom(item, code)
+            else:  # the container ended before the item told its end
+                warm.dirty = True
+                ended = self.docker.wait(warm.cid, 5)
+                code = 137 if item.killed or ended is None else ended.code
+                oom = bool(ended and ended.oom_killed)
+                if not item.killed:
+                    oom = oom or self._oom(item, 137)
+                lost = ""
+                if not item.killed and not oom:
+                    lost = (ended.engine_lost if ended else "") or "its warm container ended"
+            if oom:
+                warm.dirty = True
+            return Exit(code, oom, lost)
+        except EngineUnavailable as exc:
+            warm.dirty = True
+            return Exit(-1, False, f"its engine stopped answering while it ran ({exc})")
+        finally:
+            self._move_out(item)
+            with warm.lock:
+                if warm.current is item:
+                    warm.current = None
+
+    def _oom(self, item: _Item, code: int) -> bool:
+        """Whether the kernel killed a process of the container for memory since the item
+        began: its cgroup's ``oom_kill`` counter where the worker sees the engine's cgroups
+        (exact, a file read), else the engine's ``oom`` events (any in the container is this
+        item's: after one, the container is replaced)."""
+        warm, began = item.warm, item.began
+        if item.oom_kills is not None:
+            now = _oom_kills(warm.oom_file)
+            if now is not None:
+                return now > item.oom_kills
+        grace = OOM_GRACE if code == 137 else 0.0  # an OOM's event may follow the exit a little
+        until = time.time() + grace
+        params = {
+            "since": str(int(began) - 1),
+            "until": f"{int(until)}.{int(until % 1 * 1e9):09d}",
+            "filters": json.dumps({"container": [warm.cid], "event": ["oom"]}),
+        }
+        with self.health.call():
+            reply = self.api.get(
+                self.api._url("/events"), params=params, timeout=self.health.timeout + grace
+            )
+            reply.raise_for_status()
+        return any(line.strip() for line in reply.text.splitlines())
 
     # -- the warm container ----------------------------------------------------------------
 
@@ -309,45 +414,49 @@ class WarmRuntime(Runtime):
 
     def _launch(self, req: ContainerRequest) -> _Warm:
         staging.private_dir(self.root)
-        idle = self.root / "idle"
-        if not idle.exists():
-            idle.write_bytes(idle_program())
-            os.chmod(idle, 0o555)
+        agent = self.root / "agent"
+        if not agent.exists():
+            agent.write_bytes(agent_program())
+            os.chmod(agent, 0o555)
         self.started += 1
         folder = self.root / f"c{self.started}"
         folder.mkdir(mode=0o755)
         (folder / "in").mkdir(mode=0o555)
-        (folder / "out").mkdir(mode=0o777)
+        (folder / "out").mkdir()
+        os.chmod(folder / "out", 0o777)
         (folder / "params.json").write_text("{}")
         os.chmod(folder / "params.json", 0o444)
-        os.chmod(folder / "out", 0o777)
         mounts = (
             Mount(folder / "in", staging.IN, read_only=True),
             Mount(folder / "out", staging.OUT, read_only=False),
             Mount(folder / "params.json", staging.PARAMS, read_only=True),
-            Mount(idle, IDLE, read_only=True),
+            Mount(agent, AGENT, read_only=True),
         )
         container = replace(
             req,
             job_id=self.batch.job_id,
             attempt=self.batch.attempt,
             command=(),
-            entrypoint=(IDLE,),
+            entrypoint=(AGENT,),
             env={},
             mounts=mounts,
             labels={**req.labels, LABEL_WARM: "1"},
+            init=False,  # the agent is the container's init
             stdin=True,
             name=f"offload-{self.batch.job_id}-{self.batch.attempt}-warm{self.started}",
         )
         cid = self.docker.create(container)
+        warm = _Warm(cid, folder, self._key(req), None)
         try:
             with self.health.call():
-                stdin = self.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
-            self.docker.start(cid, lambda stream, data: None)  # the idle program says nothing
+                warm.stdin = self.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
+            self.docker.start(cid, warm.output)
         except BaseException:
+            _close_socket(warm.stdin)
             self.docker.remove(cid)
             raise
-        return _Warm(cid, folder, self._key(req), stdin)
+        warm.oom_file = _oom_file(cid)
+        return warm
 
     def _discard(self, warm: _Warm) -> None:
         _close_socket(warm.stdin)
@@ -358,22 +467,21 @@ class WarmRuntime(Runtime):
                         exc)  # fmt: skip
         shutil.rmtree(warm.folder, ignore_errors=True)
 
-    def _argv(self, req: ContainerRequest) -> tuple[list[str], str]:
+    def _argv(self, req: ContainerRequest) -> list[str]:
         """What Docker would run for ``req`` in a container of its own: the image's
-        entrypoint, then the command (or the image's CMD); and the image's working dir."""
+        entrypoint, then the command (or the image's CMD)."""
         if req.image not in self._images:
             with self.health.call():
                 config = self.api.inspect_image(req.image).get("Config") or {}
             self._images[req.image] = (
                 list(config.get("Entrypoint") or []),
                 list(config.get("Cmd") or []),
-                str(config.get("WorkingDir") or ""),
             )
-        entrypoint, cmd, workdir = self._images[req.image]
+        entrypoint, cmd = self._images[req.image]
         argv = entrypoint + (list(req.command) if req.command is not None else cmd)
         if not argv:
             raise StartFailed(f"image {req.image!r} has no command and the job gave none")
-        return argv, workdir
+        return argv
 
     # -- moving an item's folders in and out -------------------------------------------------
 
@@ -414,91 +522,6 @@ class WarmRuntime(Runtime):
         if _listdir(warm.inputs) or _listdir(warm.outputs):
             warm.dirty = True
 
-    # -- running an item -----------------------------------------------------------------------
-
-    def _run(self, item: _Item, exec_id: str, stream: Any, sink: LogSink, began: float) -> None:
-        warm = item.warm
-        lost = ""
-        try:
-            try:
-                for out, err in stream:
-                    if out:
-                        sink("out", out)
-                    if err:
-                        sink("err", err)
-            except requests.RequestException as exc:  # killed with its container, or the engine
-                log.debug("item stream ended: %s", exc)
-            code, lost = self._exit_code(item, exec_id)
-            oom = False
-            if not item.killed and not lost:
-                oom = self._oom(warm, began, code)
-                container_exit = self.docker.wait(warm.cid, 0)
-                if container_exit is not None:  # it ended under the item
-                    warm.dirty = True
-                    oom = oom or container_exit.oom_killed
-                    if not oom and not container_exit.engine_lost:
-                        lost = "its warm container ended while it ran"
-                    lost = lost or container_exit.engine_lost
-                elif oom:
-                    warm.dirty = True
-                else:
-                    self._check_alone(warm)
-            item.exit = Exit(code, oom, "" if oom else lost)
-        except EngineUnavailable as exc:
-            warm.dirty = True
-            item.exit = Exit(-1, False, f"its engine stopped answering while it ran ({exc})")
-        except BaseException as exc:
-            warm.dirty = True
-            item.error = exc
-        finally:
-            try:
-                self._move_out(item)
-            except BaseException as exc:
-                warm.dirty = True
-                item.error = item.error or exc
-            item.exited.set()
-
-    def _exit_code(self, item: _Item, exec_id: str) -> tuple[int, str]:
-        """The exec's exit code once it ended (its output may close before it does)."""
-        while True:
-            try:
-                with self.health.call():
-                    info = self.api.exec_inspect(exec_id)
-            except NotFound:  # its container was removed with it
-                return 137, "" if item.killed else "its warm container was removed while it ran"
-            if not info.get("Running"):
-                code = info.get("ExitCode")
-                return (137 if code is None else int(code)), ""
-            if item.killed and self.docker.wait(item.warm.cid, 0) is not None:
-                return 137, ""
-            time.sleep(0.05)
-
-    def _oom(self, warm: _Warm, began: float, code: int) -> bool:
-        """Whether the engine saw an OOM kill in the container since the item began (any kill
-        in it is this item's: after one, the container is replaced)."""
-        grace = OOM_GRACE if code == 137 else 0.0  # an OOM's event may follow the exit a little
-        until = time.time() + grace
-        params = {
-            "since": str(int(began) - 1),
-            "until": f"{int(until)}.{int(until % 1 * 1e9):09d}",
-            "filters": json.dumps({"container": [warm.cid], "event": ["oom"]}),
-        }
-        with self.health.call():
-            reply = self.api.get(
-                self.api._url("/events"), params=params, timeout=self.health.timeout + grace
-            )
-            reply.raise_for_status()
-        return any(line.strip() for line in reply.text.splitlines())
-
-    def _check_alone(self, warm: _Warm) -> None:
-        """Mark the container for replacement when a process of the item outlived it."""
-        with self.health.call():
-            processes = self.api.top(warm.cid).get("Processes") or []
-        if len(processes) > 2:  # Docker's init and the idle program
-            log.info("an item left %d processes behind; its container is replaced",
-                     len(processes) - 2)  # fmt: skip
-            warm.dirty = True
-
 
 @contextlib.contextmanager
 def _writable(folder: Path) -> Any:
@@ -514,6 +537,33 @@ def _writable(folder: Path) -> Any:
         os.chmod(folder, mode)
 
 
+def _oom_file(cid: str) -> Path | None:
+    """The file counting the container's OOM kills, if this host shows the engine's cgroups
+    (cgroup v1: ``memory.oom_control``; v2: ``memory.events``; cgroupfs or systemd driver)."""
+    for path in (
+        f"/sys/fs/cgroup/memory/docker/{cid}/memory.oom_control",
+        f"/sys/fs/cgroup/memory/system.slice/docker-{cid}.scope/memory.oom_control",
+        f"/sys/fs/cgroup/docker/{cid}/memory.events",
+        f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.events",
+    ):
+        if _oom_kills(Path(path)) is not None:
+            return Path(path)
+    return None
+
+
+def _oom_kills(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _listdir(folder: Path) -> list[str]:
     try:
         return os.listdir(folder)
@@ -522,6 +572,8 @@ def _listdir(folder: Path) -> list[str]:
 
 
 def _close_socket(sock: Any) -> None:
+    if sock is None:
+        return
     raw = getattr(sock, "_sock", sock)
     with contextlib.suppress(Exception):
         raw.shutdown(socket.SHUT_RDWR)
