@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -311,3 +312,26 @@ def test_a_missing_program_fails_its_item_with_127(setup: Setup) -> None:
     assert (recs[0].status, recs[0].exit_code) == (JobStatus.FAILED, 127)
     _, recs = run_items(s, ["true"], [{}])
     assert recs[0].status is JobStatus.SUCCEEDED
+
+
+def test_a_container_killed_under_an_item_hands_it_back_and_the_next_runs(
+    setup: Setup, docker_client: docker.DockerClient
+) -> None:
+    s = setup
+    cmd = ["sh", "-c", '[ "$OFFLOAD_TASK_INDEX" = 0 ] && sleep 30; echo ran']
+    jobs = s.p.client.map("offload/base", cmd, each=[{}, {}], cache=False)
+
+    def kill_it() -> None:
+        (c,) = wait_for(lambda: warm_containers(docker_client, s.warm.batch), 10, "the container")
+        time.sleep(1)
+        docker_client.api.kill(c["Id"])  # not the worker: someone, or the engine, ended it
+
+    killer = threading.Thread(target=kill_it)
+    killer.start()
+    first = execute(s.node, jobs[0].id)
+    killer.join()
+    rec = s.broker.records.get(jobs[0].id)
+    # the platform's loss, not the item's: back to the queue, no retry spent
+    assert (first, rec.reason) == (JobStatus.QUEUED, Reason.ENGINE_LOST), rec.message
+    assert execute(s.node, jobs[1].id) is JobStatus.SUCCEEDED
+    assert s.warm.started == 2
