@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from offload.worker.warm import Batch, WarmRuntime
 
     image = WORK[args.work][0]
+    facts = machine(cpu=True, docker=True)  # the load average as the run begins
     with bench_run("offload-bench-warm-", args.keep) as br:
         cluster = start_cluster(br.svc)
         settings = cluster.settings
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.items
     rates = {"unbatched": n / unbatched, "batched": n / batched, "loop": n / loop}
     return {
-        "machine": machine(cpu=True, docker=True),
+        "machine": facts,
         "work": args.work,
         "image": image,
         "items": n,
