@@ -154,7 +154,7 @@ class DockerRuntime(Runtime):
             network_mode=(
                 req.network if isinstance(req.network, str) else "bridge" if req.network else "none"
             ),
-            init=True,
+            init=req.init,
             log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )
         labels = {
@@ -169,17 +169,24 @@ class DockerRuntime(Runtime):
             host_config["device_requests"] = [gpu_request(req.gpus)]
             labels[LABEL_GPUS] = ",".join(req.gpus)
         try:
+            options: dict[str, Any] = dict(
+                command=list(req.command) if req.command is not None else None,
+                entrypoint=list(req.entrypoint) if req.entrypoint is not None else None,
+                environment=req.env,
+                user=req.user,
+                labels=labels,
+                host_config=self.api.create_host_config(**host_config),
+                network_disabled=not req.network,
+                stdin_open=req.stdin,
+            )
+            name = req.name or f"offload-{req.job_id}-{req.attempt}"
             with self.health.call():
-                created = self.api.create_container(
-                    req.image,
-                    command=list(req.command) if req.command is not None else None,
-                    environment=req.env,
-                    user=req.user,
-                    labels=labels,
-                    host_config=self.api.create_host_config(**host_config),
-                    network_disabled=not req.network,
-                    name=f"offload-{req.job_id}-{req.attempt}",
-                )
+                if req.stdin:  # docker-py has no argument for StdinOnce
+                    config = self.api.create_container_config(req.image, **options)
+                    config["StdinOnce"] = True  # closed once the attached client goes
+                    created = self.api.create_container_from_config(config, name)
+                else:
+                    created = self.api.create_container(req.image, name=name, **options)
         except APIError as exc:
             self._refused_or_gone(exc)
             raise StartFailed(

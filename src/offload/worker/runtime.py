@@ -69,6 +69,15 @@ class ContainerRequest:
     """The node whose attempt this is (a label: reaped once the attempt is dead)."""
     cluster: str = ""
     """The cluster's id (a label: a node reaps only its own cluster's containers)."""
+    entrypoint: tuple[str, ...] | None = None
+    """Replaces the image's entrypoint (None: the image's own). Job containers keep theirs; a
+    warm container (:mod:`offload.worker.warm`) runs offload's agent instead."""
+    init: bool = True
+    """Docker's init as PID 1 (a warm container's agent is its own init)."""
+    stdin: bool = False
+    """Keep the container's stdin open until the first client attached to it goes away."""
+    name: str = ""
+    """The container's name ("": ``offload-<job>-<attempt>``)."""
 
 
 @dataclass(frozen=True)
