@@ -8,6 +8,7 @@ The node runs in this process (the real Docker engine, Redis and store) with a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -290,6 +291,18 @@ def test_the_agent_is_a_small_static_x86_64_elf() -> None:
     elf = agent_program("x86_64")
     assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 0x3E
     assert len(elf) < 4096
+
+
+def test_the_embedded_agent_is_built_from_the_source_in_the_tree() -> None:
+    """warm_agent.py is generated from warm_agent.c (infra/build-warm-agent.sh): a change to
+    the source without a rebuild would ship the old agent."""
+    import offload.worker.warm_agent as generated
+
+    here = Path(generated.__file__).with_name("warm_agent.c")
+    prefix = hashlib.sha256(here.read_bytes()).hexdigest()[:16]
+    assert f"Source sha256 prefix: {prefix}." in (generated.__doc__ or ""), (
+        "warm_agent.c changed: run infra/build-warm-agent.sh and commit warm_agent.py"
+    )
 
 
 def test_items_read_no_stdin_and_their_output_passes_whole(setup: Setup) -> None:
