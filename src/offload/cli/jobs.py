@@ -19,7 +19,6 @@ from offload.broker.status import JobStatus, Reason
 from offload.cli import cli, handle_errors
 from offload.cli.common import client_of
 from offload.cli.controlcmd import why_lines
-from offload.cli.getcmd import bulk_download
 from offload.cli.graphview import graph, graph_lines
 from offload.errors import SpecError
 from offload.producer.job import Job, JobResult
@@ -339,6 +338,8 @@ def get(
         return
     if to is None or output is not None:
         raise SpecError("--to", "job ids take --to DIR (-o FILE is for one object id)")
+    from offload.cli.getcmd import bulk_download  # its progress bars: only for `get`
+
     bulk_download(client_of(ctx), list(ids), to, template, parallel)
 
 
