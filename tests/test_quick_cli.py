@@ -19,6 +19,7 @@ HEAVY = ("celery", "kombu", "docker", "boto3", "botocore")
 # commands' modules, the worker, the autoscaler, S3.
 UNUSED_BY_READS = (
     "rich.progress",
+    "rich.table",  # ls draws one on a terminal only (these probes write to a pipe)
     "offload.cli.getcmd",
     "offload.cli.submitcmd",
     "offload.cli.platform",

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus, Reason
@@ -256,6 +255,8 @@ def ls(
         if more:
             click.echo(more, err=True)
         return
+    from rich.table import Table  # a terminal's table: not for a pipe, nor for `status`
+
     table = Table("id", "name", "class", "status", "reason", "age")
     for row in rows:
         table.add_row(*row)
