@@ -144,9 +144,11 @@ def route(
     summary: str,
     task_id: str | None = None,
     priority: int = 0,
+    producer: Any = None,
 ) -> None:
     """Publish a job to ``queue`` with its ``priority`` (0-9, 9 first); Flower shows it as
-    ``shown_as`` with ``summary``."""
+    ``shown_as`` with ``summary``. ``producer``: a kombu producer to send with (a warm one a
+    :class:`~offload.broker.core.Broker` keeps), else one from the app's pool."""
     app.send_task(
         TASK_NAME,
         args=[job_id],
@@ -160,6 +162,7 @@ def route(
         priority=kombu_priority(priority),
         argsrepr=summary,
         kwargsrepr="{}",
+        producer=producer,
     )
 
 

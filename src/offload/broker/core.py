@@ -15,9 +15,10 @@ fork.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -65,6 +66,9 @@ class Broker:
         self._client = client
         self._app = app
         self._archive = archive
+        # admission's last read of Redis's usage: (usage, when, bytes admitted since)
+        self._admitted: tuple[RedisUsage, float, int] | None = None
+        self._producer: Any = None  # the kombu producer submits send with (kept warm)
 
     def attach_archive(self, store: ArchiveStore) -> None:
         """Give this broker its archive store (composition roots: the client, the worker)."""
@@ -144,28 +148,57 @@ class Broker:
         """How full Redis is against its high-water mark (:mod:`offload.broker.highwater`)."""
         return JobRecords._run(read_usage, self.redis, self.settings)
 
+    # A usage read this recent (seconds) admits work that fits with what this process
+    # admitted since it was read; anything else, a refusal first of all, reads Redis again.
+    ADMIT_STALE = 1.0
+
     def admit(self, jobs: int = 1, needed: int = 0) -> None:
         """Refuse new work (:class:`CapacityError`) while Redis is above its high-water mark,
         or when ``needed`` more bytes would take it there; workers, the sweeper and the
-        archiver never ask, so what runs is recorded."""
+        archiver never ask, so what runs is recorded.
+
+        Amortised: a read of Redis's usage less than :attr:`ADMIT_STALE` seconds old admits
+        work that keeps it below the mark counting the bytes this broker admitted since, so a
+        run of single submits asks Redis once a second, not once a job. What others write in
+        that second is seen at the next read (Redis's own limit refuses the rest, and a
+        refused write leaves nothing); a refusal is always decided on a fresh read."""
+        now = time.monotonic()
+        if self._admitted is not None:
+            usage, at, since = self._admitted
+            if now - at < self.ADMIT_STALE and not usage.full and usage.fits(since + needed):
+                self._admitted = (usage, at, since + needed)
+                return
         usage = self.redis_usage()
         if usage.full or not usage.fits(needed):
+            self._admitted = None
             raise CapacityError(usage.refusal(jobs, needed))
+        self._admitted = (usage, now, needed)
 
     # -- publishing ------------------------------------------------------------------------
 
     def submit(self, job_id: str, spec: JobSpec, resource_class: str) -> JobStatus:
         """Record a sealed job and queue it — or, with unfinished parents, leave it waiting
-        (:mod:`offload.broker.pipeline`). A job that cannot be published leaves no record."""
+        (:mod:`offload.broker.pipeline`). A job that cannot be published leaves no record.
+
+        A job without parents takes two round trips of its own (admission reads Redis about
+        once a second: :meth:`admit`): its record and its route in one transaction, then its
+        message, sent by a producer this broker keeps (kombu adds the ``task-sent`` event)."""
+        from offload.broker import routing
+        from offload.broker.publish import decide, send
+
         self.admit(1, job_bytes(len(spec.encode())))
         if spec.parents():
             with self._refused_whole(1):
                 return self.pipeline.submit(job_id, spec, resource_class)
+        decision = decide(self.app, job_id, spec, resource_class)
         with self._refused_whole(1):
-            rec = self.records.create_many([(job_id, spec, resource_class, JobStatus.QUEUED)])[0]
+            rec = self.records.create_queued(
+                job_id, spec, resource_class, lambda pipe: routing.record(pipe, job_id, decision)
+            )
         try:
-            self.publish(rec)
+            send(self.app, rec, decision, producer=self.producer())
         except Exception as exc:
+            self.close_producer()  # a producer that failed is not sent with again
             self.records.delete(job_id)
             if "maxmemory" in str(exc):
                 raise CapacityError(self.redis_usage().refusal(1, refused=str(exc))) from exc
@@ -214,6 +247,19 @@ class Broker:
         from offload.broker.publish import publish
 
         return publish(self.app, rec, task_id)
+
+    def producer(self) -> Any:
+        """The kombu producer this broker's submits send with, taken from the Celery app's
+        pool on first use and kept (released by :meth:`close`)."""
+        if self._producer is None:
+            self._producer = self.app.producer_pool.acquire(block=True)
+        return self._producer
+
+    def close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):  # its connection may be gone already
+                producer.release()
 
     def cancel(self, job_id: str, *, with_descendants: bool = False) -> JobStatus:
         """Cancel a job (and, with ``with_descendants``, everything downstream of it)."""
@@ -266,6 +312,7 @@ class Broker:
 
     def close(self) -> None:
         """Drop the connections (the object can be used again: it reconnects)."""
+        self.close_producer()
         if "redis" in self.__dict__:
             self.redis.close()
         if "app" in self.__dict__:

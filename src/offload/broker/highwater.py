@@ -11,9 +11,11 @@ Redis ``OFFLOAD_ARCHIVE_AFTER`` seconds after their end: :mod:`offload.broker.ar
 
 A batch is admitted only if its estimated size (:func:`job_bytes`: the record, its view, its
 timeline and its message) keeps Redis below the mark, so one big map cannot push it past the
-mark on its own. One INFO call a submit (a map asks once); a Redis user that may not run
-INFO, or a Redis without ``maxmemory``, admits everything (Redis's own limit still refuses,
-and a refused batch is rolled back whole: :meth:`offload.broker.records.JobRecords.create_many`).
+mark on its own. A run of submits reads INFO about once a second (a read admits what fits
+with the bytes admitted since: :meth:`offload.broker.core.Broker.admit`), and every refusal
+reads it afresh. A Redis user that may not run INFO, or a Redis without ``maxmemory``,
+admits everything (Redis's own limit still refuses, and a refused batch is rolled back
+whole: :meth:`offload.broker.records.JobRecords.create_many`).
 """
 
 from __future__ import annotations

@@ -68,10 +68,12 @@ def _num(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def parse_record(job_id: str, h: dict[str, str]) -> JobRecord:
+def parse_record(job_id: str, h: dict[str, str], spec: JobSpec | None = None) -> JobRecord:
+    """The record ``h`` of ``job_id``; ``spec``: its spec already decoded (a record just
+    written from it), else decoded from ``h``."""
     return JobRecord(
         id=job_id,
-        spec=JobSpec.decode(h["spec"]),
+        spec=JobSpec.decode(h["spec"]) if spec is None else spec,
         view=json.loads(h.get("view") or "{}"),
         resource_class=h.get("class", ""),
         status=JobStatus(h["status"]),

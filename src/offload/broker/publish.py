@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 import weakref
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
@@ -30,6 +31,9 @@ from offload.broker.connection import redis_client
 from offload.broker.records import JobRecord, JobRecords
 from offload.broker.room import Share
 from offload.errors import JobNotFound
+
+if TYPE_CHECKING:
+    from offload.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +62,62 @@ def declare_node_queue(app: Celery, node: str) -> str:
     return name
 
 
-def choose(app: Celery, rec: JobRecord) -> routing.Route | None:
-    """Where ``rec``'s job goes now; None: its class queue, with nothing to decide (locality
-    routing is off, or the job has no inputs)."""
+def choose(app: Celery, spec: JobSpec, resource_class: str) -> routing.Route | None:
+    """Where a job of ``spec`` goes now; None: its class queue, with nothing to decide
+    (locality routing is off, or the job has no inputs)."""
     if not app.conf.get("offload_locality", True):
         return None
-    ids = routing.input_ids(rec.spec.inputs)
-    ids += routing.fetched_ids(_redis(app), rec.spec.inputs)  # URIs a node fetched before
+    ids = routing.input_ids(spec.inputs)
+    ids += routing.fetched_ids(_redis(app), spec.inputs)  # URIs a node fetched before
     if not ids:
         return None
     lost_after = float(app.conf.get("offload_lost_after") or 15.0)
-    nodes = routing.read_nodes(_redis(app), rec.resource_class, ids, lost_after=lost_after)
-    res = rec.spec.resources
+    nodes = routing.read_nodes(_redis(app), resource_class, ids, lost_after=lost_after)
+    res = spec.resources
     need = Share(res.cpu, res.memory, res.gpus)
-    return routing.decide(rec.resource_class, ids, nodes, need)
+    return routing.decide(resource_class, ids, nodes, need)
+
+
+def decide(
+    app: Celery, job_id: str, spec: JobSpec, resource_class: str, class_queue_because: str = ""
+) -> routing.Route:
+    """The queue a job's next message goes to and why: with ``class_queue_because`` its class
+    queue for that reason (the sweeper moving it out of a node queue), else routing's word —
+    the class queue when routing has nothing to say or cannot read the nodes."""
+    decision: routing.Route | None = None
+    if class_queue_because:
+        decision = routing.Route(resource_class, class_queue_because)
+    else:
+        try:
+            decision = choose(app, spec, resource_class)
+        except redis.RedisError as exc:  # routing is an optimisation: never lose the job to it
+            log.warning("job %s: locality routing unavailable (%s); class queue", job_id, exc)
+    return decision if decision is not None else routing.Route(resource_class, "")
+
+
+def send(
+    app: Celery,
+    rec: JobRecord,
+    decision: routing.Route,
+    task_id: str | None = None,
+    producer: Any = None,
+) -> str:
+    """Send ``rec``'s message where ``decision`` says, once the decision is in the record
+    (:func:`offload.broker.routing.record`); returns the queue's name. ``producer``: a kombu
+    producer the caller keeps (else one is taken from the app's pool for this message)."""
+    if decision.node is not None:
+        declare_node_queue(app, decision.node)
+    route(
+        app,
+        rec.id,
+        decision.queue,
+        rec.spec.display_name(),
+        rec.spec.summary(),
+        task_id,
+        priority=rec.spec.priority,
+        producer=producer,
+    )
+    return decision.queue
 
 
 def publish(
@@ -82,30 +128,10 @@ def publish(
     With ``class_queue_because`` the job goes to its class queue for that reason (the
     sweeper moving it out of a node queue), without routing.
     """
-    decision: routing.Route | None = None
-    if class_queue_because:
-        decision = routing.Route(rec.resource_class, class_queue_because)
-    else:
-        try:
-            decision = choose(app, rec)
-        except redis.RedisError as exc:  # routing is an optimisation: never lose the job to it
-            log.warning("job %s: locality routing unavailable (%s); class queue", rec.id, exc)
-    if decision is None:
-        decision = routing.Route(rec.resource_class, "")
-    elif decision.node is not None:
-        declare_node_queue(app, decision.node)
+    decision = decide(app, rec.id, rec.spec, rec.resource_class, class_queue_because)
     # Every publication writes its decision, an empty one too: a route shown is never stale.
     routing.record(_redis(app), rec.id, decision)
-    route(
-        app,
-        rec.id,
-        decision.queue,
-        rec.spec.display_name(),
-        rec.spec.summary(),
-        task_id,
-        priority=rec.spec.priority,
-    )
-    return decision.queue
+    return send(app, rec, decision, task_id)
 
 
 def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -141,7 +141,19 @@ class JobRecords:
         else:
             pipe.zadd(keys.WAITING, {job_id: float(now)})
         pipe.hincrby(keys.STATS_SUBMITTED, resource_class, 1)  # metrics (broker/stats.py)
-        return parse_record(job_id, mapping)
+        return parse_record(job_id, mapping, spec)
+
+    def create_queued(
+        self, job_id: str, spec: JobSpec, resource_class: str, also: Callable[[Any], None]
+    ) -> JobRecord:
+        """Write a new ``queued`` job's record, and what ``also`` adds to the same transaction
+        (its route: :func:`offload.broker.routing.record`), in one round trip; return it as
+        written. One MULTI: when Redis refuses it (an outage, or full) none of it is written."""
+        pipe = self.r.pipeline(transaction=True)
+        rec = self._queue_create(pipe, job_id, spec, resource_class, JobStatus.QUEUED)
+        also(pipe)
+        self._run(pipe.execute)
+        return rec
 
     def delete(self, job_id: str) -> None:
         """Remove a record that never made it onto the queue."""

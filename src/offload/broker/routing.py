@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -255,8 +256,9 @@ def read_nodes(
     return out
 
 
-def record(r: redis.Redis, job_id: str, route: Route) -> None:
-    """Write the decision into the job record (and the routed index for a node queue)."""
+def record(r: redis.Redis | Any, job_id: str, route: Route) -> None:
+    """Write the decision into the job record (and the routed index for a node queue);
+    ``r`` may be a pipeline (a submit writes the record and its route in one transaction)."""
     r.eval(_RECORD, 2, keys.job(job_id), keys.ROUTED, job_id, route.node or "", route.why)
 
 

@@ -4,6 +4,7 @@ message on stderr and that branch's exit code."""
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import sys
 from collections.abc import Callable
@@ -89,6 +90,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 
+def import_quietly(module: str) -> None:
+    """Import a command's module with the cyclic garbage collector paused, then freeze what
+    the import made (modules, classes, functions: they live as long as the process) out of
+    its reach. An import allocates much and frees little, so the collections it would
+    trigger find nothing to free; on this 2-core machine they were a tenth of `offload
+    status`'s start-up. Collection resumes as before for what the command allocates."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        importlib.import_module(module)
+    finally:
+        if enabled:
+            gc.freeze()
+            gc.enable()
+
+
 class LazyGroup(click.Group):
     """A group whose commands' modules are imported when a command is looked up."""
 
@@ -97,7 +114,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
-            importlib.import_module(f"offload.cli.{COMMANDS[cmd_name][0]}")
+            import_quietly(f"offload.cli.{COMMANDS[cmd_name][0]}")
         return self.commands.get(cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -6,17 +6,19 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import DownloadColumn, Progress, TaskID
 
 from offload.cli import settings_of
 from offload.errors import SpecError
 from offload.producer.client import Client
 from offload.producer.options import JobOptions
 from offload.spec import JOB_ID_RE, OutputRef
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID  # imported where used: not by status, ls
 
 
 class UploadProgress:
@@ -31,6 +33,8 @@ class UploadProgress:
         if total < self.THRESHOLD:
             return
         if path not in self.bars:
+            from rich.progress import DownloadColumn, Progress
+
             bar = Progress(
                 *Progress.get_default_columns(), DownloadColumn(), console=Console(stderr=True)
             )

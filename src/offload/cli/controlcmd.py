@@ -9,7 +9,6 @@ from dataclasses import asdict
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from offload.broker.core import Broker
 from offload.broker.limits import parse_limit, parse_max
@@ -58,6 +57,8 @@ def limit_ls(ctx: click.Context, as_json: bool) -> None:
         for row in rows:
             click.echo("\t".join(row))
         return
+    from rich.table import Table  # not for `status`, which imports this module
+
     table = Table("limit", "max", "running", "waiting")
     for row in rows:
         table.add_row(*row)

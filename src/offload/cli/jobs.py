@@ -12,14 +12,12 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus, Reason
 from offload.cli import cli, handle_errors
 from offload.cli.common import client_of
 from offload.cli.controlcmd import why_lines
-from offload.cli.getcmd import bulk_download
 from offload.cli.graphview import graph, graph_lines
 from offload.errors import SpecError
 from offload.producer.job import Job, JobResult
@@ -257,6 +255,8 @@ def ls(
         if more:
             click.echo(more, err=True)
         return
+    from rich.table import Table  # a terminal's table: not for a pipe, nor for `status`
+
     table = Table("id", "name", "class", "status", "reason", "age")
     for row in rows:
         table.add_row(*row)
@@ -339,6 +339,8 @@ def get(
         return
     if to is None or output is not None:
         raise SpecError("--to", "job ids take --to DIR (-o FILE is for one object id)")
+    from offload.cli.getcmd import bulk_download  # its progress bars: only for `get`
+
     bulk_download(client_of(ctx), list(ids), to, template, parallel)
 
 
