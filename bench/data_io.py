@@ -26,6 +26,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ class Quiet(SimpleHTTPRequestHandler):
         pass
 
 
-def fetch_vs_curl(root: Path, r: redis.Redis, size: int) -> dict[str, float]:
+def fetch_vs_curl(root: Path, r: redis.Redis, size: int, repeat: int) -> dict[str, float]:
     data_dir = root / "www"
     data_dir.mkdir()
     with (data_dir / "big.bin").open("wb") as f:
@@ -79,44 +80,53 @@ def fetch_vs_curl(root: Path, r: redis.Redis, size: int) -> dict[str, float]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/big.bin"
     wait_for(lambda: _listening(port) or server.poll() is not None, 10, "the HTTP server")
+    key = load_key(root / "key")
+    curl: list[float] = []
+    hashed: list[float] = []
+    node: list[float] = []
+    sealed: list[float] = []
+    out = root / "curl.bin"
     try:
-        t0 = time.perf_counter()
-        subprocess.run(["curl", "-sf", "-o", str(root / "curl.bin"), url], check=True)
-        curl = time.perf_counter() - t0
-        (root / "curl.bin").unlink()
-        # the floor of any content-addressed fetch: the bytes to a file and their sha256 (the
-        # content id), curl and sha256sum side by side on the machine's two cores
-        t0 = time.perf_counter()
-        out = root / "curl.bin"
-        subprocess.run(
-            f"curl -sf {url} | tee {out} | sha256sum > /dev/null", shell=True, check=True
-        )
-        hashed = time.perf_counter() - t0
-        out.unlink()
-        key = load_key(root / "key")
-        store = SealedStore(key, LocalBlobStore(root / "node-cache", None))
-        fetcher = Fetcher(store, r, key, FetchConfig(ttl=600))
-        dest = root / "fetched.bin"
-        t0 = time.perf_counter()
-        oid, sealing = fetcher.fetch_to(parse_uri(url), dest)  # what a node does for a job
-        node = time.perf_counter() - t0
-        assert sealing is not None and dest.stat().st_size == size
-        sealing.result()  # the sealed copy, made from the file while the job would run
-        sealed = time.perf_counter() - t0
-        assert store.has(oid)
-        dest.unlink()
+        for run in range(repeat):  # interleaved: the VM's page cache and neighbours vary
+            t0 = time.perf_counter()
+            subprocess.run(["curl", "-sf", "-o", str(out), url], check=True)
+            curl.append(time.perf_counter() - t0)
+            out.unlink()
+            # the floor of any content-addressed fetch: the bytes to a file and their sha256
+            # (the content id), curl and sha256sum side by side on the machine's two cores
+            t0 = time.perf_counter()
+            subprocess.run(
+                f"curl -sf {url} | tee {out} | sha256sum > /dev/null", shell=True, check=True
+            )
+            hashed.append(time.perf_counter() - t0)
+            out.unlink()
+            # what a node does for a job: a new URL each run (no memo) into a fresh store
+            store = SealedStore(key, LocalBlobStore(root / f"node-cache-{run}", None))
+            fetcher = Fetcher(store, r, key, FetchConfig(ttl=600))
+            dest = root / "fetched.bin"
+            t0 = time.perf_counter()
+            oid, sealing = fetcher.fetch_to(parse_uri(f"{url}?run={run}"), dest)
+            node.append(time.perf_counter() - t0)
+            assert sealing is not None and dest.stat().st_size == size
+            sealing.result()  # the sealed copy, made from the file while the job would run
+            sealed.append(time.perf_counter() - t0)
+            assert store.has(oid)
+            fetcher.sealing.close()
+            dest.unlink()
+            shutil.rmtree(root / f"node-cache-{run}", ignore_errors=True)
     finally:
         server.terminate()
         server.wait(10)
         shutil.rmtree(data_dir)
-        shutil.rmtree(root / "node-cache", ignore_errors=True)
     return {
-        "curl_s": curl,
-        "hashed_s": hashed,
-        "offload_s": node,
-        "sealed_s": sealed,
-        "ratio": curl / node,
-        "ratio_hashed": hashed / node,
+        "runs": repeat,
+        "curl_s": min(curl),
+        "hashed_s": min(hashed),
+        "offload_s": min(node),
+        "sealed_s": min(sealed),
+        "ratio": min(curl) / min(node),
+        "ratio_hashed": min(hashed) / min(node),
+        "median_ratio": statistics.median(c / n for c, n in zip(curl, node, strict=True)),
     }
 
 
@@ -212,6 +222,7 @@ def main() -> None:
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--outputs", type=int, default=10_000)
     p.add_argument("--fetch-only", action="store_true", help="Only the URL input fetch.")
+    p.add_argument("--repeat", type=int, default=3, help="URL fetch runs (interleaved; best)")
     args = p.parse_args()
     os.environ.update(DUMMY)
     root = Path(tempfile.mkdtemp(prefix="offload-bench-dataio-"))
@@ -223,11 +234,13 @@ def main() -> None:
         r = redis.Redis.from_url(redis_url)
         info = machine()
         print(f"machine: {info}")
-        a = fetch_vs_curl(root, r, args.size_mib * MiB)
-        print(f"URL input of {args.size_mib} MiB: curl {a['curl_s']:.2f}s, node fetch "
+        a = fetch_vs_curl(root, r, args.size_mib * MiB, args.repeat)
+        print(f"URL input of {args.size_mib} MiB, best of {a['runs']} interleaved runs: curl "
+              f"{a['curl_s']:.2f}s, node fetch "
               f"{a['offload_s']:.2f}s (its sealed copy in the store after {a['sealed_s']:.2f}s), "
               f"ratio {a['ratio']:.2f} (goal >= 0.7); curl | sha256sum "
-              f"{a['hashed_s']:.2f}s, ratio {a['ratio_hashed']:.2f}")  # fmt: skip
+              f"{a['hashed_s']:.2f}s, ratio {a['ratio_hashed']:.2f}; median of the runs' ratios "
+              f"{a['median_ratio']:.2f}")  # fmt: skip
         if args.fetch_only:
             return
         b = bulk_get(root, endpoint, args.outputs)

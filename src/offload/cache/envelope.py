@@ -45,13 +45,14 @@ two objects' files, or asking for the wrong id fails too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import nacl.bindings as sodium
 import nacl.encoding
@@ -190,6 +191,23 @@ def _read_full(src: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
+WRITE_PIECE = 256 * 1024
+"""The most bytes one ``write`` system call is given. A file written 1 MiB a call gets its
+page cache in 1 MiB folios (Linux 6.x, ext4/xfs large folios), whose allocation waits on
+memory compaction once free memory is fragmented: 1 GiB took 2.3 to 2.5 s in 1 MiB writes and
+0.4 s in 64 to 256 KiB writes on the development VM (``dd bs=…`` after a fresh 1 GiB file)."""
+
+
+def write_pieces(dst: IO[bytes], data: bytes | memoryview) -> None:
+    """``dst.write(data)`` in calls of at most :data:`WRITE_PIECE` bytes."""
+    if len(data) <= WRITE_PIECE:
+        dst.write(data)
+        return
+    with memoryview(data) as view:
+        for i in range(0, len(view), WRITE_PIECE):
+            dst.write(view[i : i + WRITE_PIECE])
+
+
 class Hasher:
     """sha256 of a stream, updated in a helper thread so it overlaps the cipher and the I/O.
 
@@ -255,7 +273,7 @@ def seal(
             if not chunk:
                 break
             hasher.update(chunk)
-            dst.write(_push(state, chunk))  # TAG_MESSAGE, no associated data
+            write_pieces(dst, _push(state, chunk))  # TAG_MESSAGE, no associated data
             size += len(chunk)
             count += 1
             if len(chunk) < chunk_size:  # _read_full reads short only at end of stream
@@ -352,7 +370,7 @@ def unseal(
     plaintext: the caller writes to a temporary file, deletes it on error, and renames it
     into place only after a normal return.
     """
-    size, _ = _open(src, dst.write, key, oid, total_size)
+    size, _ = _open(src, functools.partial(write_pieces, dst), key, oid, total_size)
     return size
 
 

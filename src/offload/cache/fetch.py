@@ -48,7 +48,7 @@ from botocore.config import Config
 
 from offload.broker import keys
 from offload.cache import jobseal
-from offload.cache.envelope import Hasher
+from offload.cache.envelope import Hasher, write_pieces
 from offload.cache.keys import ClusterKey
 from offload.cache.store import Store
 from offload.errors import CacheError, StoreUnavailable
@@ -221,7 +221,7 @@ class Fetcher:
             )
             for chunk in chunks:
                 hasher.update(chunk)  # in its thread, while the next chunk is written
-                out.write(chunk)
+                write_pieces(out, chunk)
             return hasher.oid()
 
     def _http_fetch(

@@ -43,6 +43,7 @@ import botocore.exceptions as bce
 from botocore.config import Config
 
 from offload.cache.blobs import NAME_RE, BlobStore, check_name
+from offload.cache.envelope import write_pieces
 from offload.cache.probe import probe
 from offload.cache.s3multipart import upload_multipart
 from offload.errors import CacheError, ObjectNotFound, StoreUnavailable
@@ -231,7 +232,7 @@ class S3BlobStore(BlobStore):
             body = resp["Body"]
             try:
                 for chunk in body.iter_chunks(COPY_CHUNK):
-                    out.write(chunk)
+                    write_pieces(out, chunk)
                     written += len(chunk)
             except bce.BotoCoreError as exc:  # the connection broke mid-stream
                 breaks += 1
