@@ -117,3 +117,28 @@ def test_bytes_admitted_on_a_read_count_until_the_next(
     with pytest.raises(CapacityError):
         broker.admit(1, 3000)  # 9,000 on the first read's figures: read again, refused
     assert len(reads) == 2
+
+
+def test_many_clients_in_one_process_each_submit_without_waiting_on_a_shared_pool(
+    client: Client,
+) -> None:
+    """kombu's connection and producer pools are process-wide per broker URL (limit 10):
+    a broker that kept a producer from there left the eleventh client of a process blocked
+    forever on its first submit. Each broker's producer is its own now."""
+    import threading
+
+    clients = [Client(client.settings) for _ in range(15)]
+    ids: list[str] = []
+    # a daemon thread: a submit blocked for good must fail the test, not hang the process
+    t = threading.Thread(
+        target=lambda: ids.extend(c.submit("offload/base", ["true"], cpu=2).id for c in clients),
+        daemon=True,
+    )
+    t.start()
+    t.join(60)
+    assert len(ids) == len(clients), f"{len(ids)} of {len(clients)} clients submitted"
+    r = r_of(client)
+    queued = "".join(ready_messages(r, "cpu-large"))
+    assert all(job_id in queued for job_id in ids)
+    for c in clients:
+        c.broker.close()

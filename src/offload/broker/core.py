@@ -249,17 +249,25 @@ class Broker:
         return publish(self.app, rec, task_id)
 
     def producer(self) -> Any:
-        """The kombu producer this broker's submits send with, taken from the Celery app's
-        pool on first use and kept (released by :meth:`close`)."""
+        """The kombu producer this broker's submits send with, on a connection of this
+        broker's own, made on first use and kept (closed by :meth:`close`).
+
+        Not taken from the app's pool: kombu keeps its connection and producer pools in
+        process-wide registries keyed by the broker URL (``kombu.pools``), shared by every
+        Celery app of the process and limited to ``broker_pool_limit`` (10). A producer kept
+        from there by each Broker would leave the eleventh Broker of a process (eleven
+        ``Client()`` objects) blocked forever on its first submit."""
         if self._producer is None:
-            self._producer = self.app.producer_pool.acquire(block=True)
+            from kombu import Producer
+
+            self._producer = Producer(self.app.connection_for_write())
         return self._producer
 
     def close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
             with contextlib.suppress(Exception):  # its connection may be gone already
-                producer.release()
+                producer.connection.close()
 
     def cancel(self, job_id: str, *, with_descendants: bool = False) -> JobStatus:
         """Cancel a job (and, with ``with_descendants``, everything downstream of it)."""
