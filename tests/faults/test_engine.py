@@ -231,7 +231,7 @@ def test_engine_restarted_with_jobs_running_and_queued(
         60,
         "2 containers running",
     )
-    before = runs.count(jobs)  # the engine forgets its events when it restarts
+    runs.count(jobs)  # read now: the engine forgets its events when it restarts (Runs keeps them)
     engine.stop()
     wait_for(lambda: node_state(p) == ENGINE_DOWN, 15, "the node to say engine down")
     engine.start()
@@ -244,7 +244,7 @@ def test_engine_restarted_with_jobs_running_and_queued(
     )
     for j in jobs:
         assert p.client.read(records[j].outputs["result.txt"]) == b"done\n"
-    counts = before + runs.count(jobs)  # the restarted engine's own events
+    counts = runs.count(jobs)  # the old engine's events, kept, and the restarted engine's own
     assert counts == Counter({j: 2 if j in interrupted else 1 for j in jobs})
     for j in interrupted:  # the platform's loss, said as such: no retry spent (retries=0)
         assert reasons(p, j) == [Reason.ENGINE_LOST], reasons(p, j)
@@ -299,7 +299,7 @@ def test_engine_restarted_with_live_restore_the_job_finishes_in_its_first_contai
     script = "sleep 6; echo survived > /offload/out/result.txt"
     job = p.client.submit("offload/base", ["sh", "-c", script], retries=0)
     wait_for(lambda: running_jobs(client, [job.id]), 60, "the job's container to run")
-    before = runs.count([job.id])
+    runs.count([job.id])  # read now: the engine forgets its events when it restarts
     engine.stop()
     engine.start(live_restore=True)
     wait_terminal(p, [job.id], 60)
@@ -307,6 +307,6 @@ def test_engine_restarted_with_live_restore_the_job_finishes_in_its_first_contai
     assert rec.status is JobStatus.SUCCEEDED, rec.message
     assert p.client.read(rec.outputs["result.txt"]) == b"survived\n"
     assert rec.attempt == 1
-    assert (before + runs.count([job.id]))[job.id] == 1
+    assert runs.count([job.id])[job.id] == 1
     assert reasons(p, job.id) == []
     wait_for(lambda: not leftovers(p, client, [job.id]), 20, "nothing left behind")
