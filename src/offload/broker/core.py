@@ -196,7 +196,9 @@ class Broker:
                 job_id, spec, resource_class, lambda pipe: routing.record(pipe, job_id, decision)
             )
         try:
-            send(self.app, rec, decision, producer=self.producer())
+            producer = self.producer()
+            with producer.batch():  # the task and its task-sent event: one round trip
+                send(self.app, rec, decision, producer=producer)
         except Exception as exc:
             self.close_producer()  # a producer that failed is not sent with again
             self.records.delete(job_id)
