@@ -142,3 +142,15 @@ def test_many_clients_in_one_process_each_submit_without_waiting_on_a_shared_poo
     assert all(job_id in queued for job_id in ids)
     for c in clients:
         c.broker.close()
+
+
+def test_with_a_kombu_that_cannot_join_the_transaction_the_message_follows_it(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before kombu 5.7 a message's commands cannot be taken into the record's MULTI:
+    ``send_in`` says so, and the message is sent after the EXEC, as before."""
+    monkeypatch.setattr(publish_module, "send_in", lambda *args: False)
+    job = client.submit("offload/base", ["true"], cpu=2)
+    r = r_of(client)
+    assert r.hget(keys.job(job.id), "status") == "queued"
+    assert [m for m in ready_messages(r, "cpu-large") if job.id in m]

@@ -180,24 +180,40 @@ class Broker:
         """Record a sealed job and queue it — or, with unfinished parents, leave it waiting
         (:mod:`offload.broker.pipeline`). A job that cannot be published leaves no record.
 
-        A job without parents takes two round trips of its own (admission reads Redis about
-        once a second: :meth:`admit`): its record and its route in one transaction, then its
-        message, sent by a producer this broker keeps (kombu adds the ``task-sent`` event)."""
+        A job without parents takes one round trip of its own (admission reads Redis about
+        once a second: :meth:`admit`): its record, its route and its message — built by
+        Celery and kombu with a producer this broker keeps, with kombu's ``task-sent`` event —
+        in one transaction (:func:`offload.broker.publish.send_in`), so a job is never
+        recorded without its message or sent without its record."""
         from offload.broker import routing
-        from offload.broker.publish import decide, send
+        from offload.broker.publish import decide, send, send_in
 
         self.admit(1, job_bytes(len(spec.encode())))
         if spec.parents():
             with self._refused_whole(1):
                 return self.pipeline.submit(job_id, spec, resource_class)
         decision = decide(self.app, job_id, spec, resource_class)
-        with self._refused_whole(1):
-            rec = self.records.create_queued(
-                job_id, spec, resource_class, lambda pipe: routing.record(pipe, job_id, decision)
-            )
+        producer = self.producer()
+        sent = False
+
+        def route_and_message(pipe: Any, rec: JobRecord) -> None:
+            nonlocal sent
+            routing.record(pipe, job_id, decision)
+            sent = send_in(pipe, self.app, rec, decision, producer)
+
         try:
-            producer = self.producer()
-            with producer.batch():  # the task and its task-sent event: one round trip
+            with self._refused_whole(1):
+                rec = self.records.create_queued(job_id, spec, resource_class, route_and_message)
+        except BrokerError:
+            raise
+        except Exception as exc:  # kombu's or Celery's, building the message: nothing written
+            self.close_producer()
+            raise BrokerError(f"could not queue the job: {exc}") from exc
+        if sent:
+            return JobStatus.QUEUED
+        try:  # a kombu that cannot write into the transaction: the message after it
+            batch = producer.batch() if hasattr(producer, "batch") else contextlib.nullcontext()
+            with batch:  # the task and its task-sent event: one round trip
                 send(self.app, rec, decision, producer=producer)
         except Exception as exc:
             self.close_producer()  # a producer that failed is not sent with again

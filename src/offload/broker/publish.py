@@ -120,6 +120,55 @@ def send(
     return decision.queue
 
 
+class _IntoTransaction:
+    """A kombu publish-batch session (the object behind kombu 5.7's ``Producer.batch``)
+    whose Redis commands — the message's LPUSH, its ``task-sent`` event's PUBLISH — join a
+    transaction of offload's instead of a pipeline of kombu's."""
+
+    def __init__(self, channel: Any, pipe: Any) -> None:
+        self.channel = channel
+        self.pipe = pipe
+
+    def publish(self, message: Any, **kwargs: Any) -> Any:
+        return self.channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name: str, *args: Any) -> None:
+        getattr(self.pipe, name)(*args)
+
+    def flush(self) -> None:  # the transaction's EXEC sends it
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def send_in(pipe: Any, app: Celery, rec: JobRecord, decision: routing.Route, producer: Any) -> bool:
+    """Put ``rec``'s message (and its ``task-sent`` event) into ``pipe``, a MULTI of the same
+    Redis as the broker's, so that the record and its message are written by one EXEC — one
+    round trip, and never one without the other. Celery and kombu build the messages as for
+    any send; only their final Redis commands are taken. False, with nothing added, where
+    the installed kombu cannot hand its commands over (before 5.7): then send after EXEC."""
+    try:  # kombu's own batch state, holding a session of ours
+        from kombu.messaging import _ProducerBatchState
+
+        channel = producer.channel
+        if not hasattr(channel, "create_publish_batch"):
+            return False
+        state = _ProducerBatchState(1 << 20)
+        state.session = _IntoTransaction(channel, pipe)
+        producer._batch_local.current = state
+    except (ImportError, AttributeError, TypeError):  # another kombu: send after EXEC
+        return False
+    try:
+        send(app, rec, decision, producer=producer)
+    finally:
+        del producer._batch_local.current
+    return True
+
+
 def publish(
     app: Celery, rec: JobRecord, task_id: str | None = None, *, class_queue_because: str = ""
 ) -> str:

@@ -144,14 +144,19 @@ class JobRecords:
         return parse_record(job_id, mapping, spec)
 
     def create_queued(
-        self, job_id: str, spec: JobSpec, resource_class: str, also: Callable[[Any], None]
+        self,
+        job_id: str,
+        spec: JobSpec,
+        resource_class: str,
+        also: Callable[[Any, JobRecord], None],
     ) -> JobRecord:
         """Write a new ``queued`` job's record, and what ``also`` adds to the same transaction
-        (its route: :func:`offload.broker.routing.record`), in one round trip; return it as
-        written. One MULTI: when Redis refuses it (an outage, or full) none of it is written."""
+        (its route, its message: :meth:`offload.broker.core.Broker.submit`), in one round
+        trip; return it as written. One MULTI: when Redis refuses it (an outage, or full)
+        none of it is written."""
         pipe = self.r.pipeline(transaction=True)
         rec = self._queue_create(pipe, job_id, spec, resource_class, JobStatus.QUEUED)
-        also(pipe)
+        also(pipe, rec)
         self._run(pipe.execute)
         return rec
 
