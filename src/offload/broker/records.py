@@ -344,6 +344,22 @@ class JobRecords:
             return JobStatus(self.archived(job_id).record["status"])
         return JobStatus(value)
 
+    def statuses(self, job_ids: Sequence[str], chunk: int = 1000) -> list[JobStatus]:
+        """Each job's status, in order: one pipelined round trip per ``chunk`` jobs (an
+        archived job's is read from its segment); JobNotFound for a job that never was."""
+        out: list[JobStatus] = []
+        for start in range(0, len(job_ids), chunk):
+            part = job_ids[start : start + chunk]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in part:
+                pipe.hget(keys.job(job_id), "status")
+            values = self._run(pipe.execute)
+            out += [
+                JobStatus(v) if v is not None else self.status(job_id)
+                for job_id, v in zip(part, values, strict=True)
+            ]
+        return out
+
     def timeline(self, job_id: str) -> list[Event]:
         entries = self._run(self.r.xrange, keys.events(job_id))
         if not entries:

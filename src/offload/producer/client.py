@@ -140,6 +140,12 @@ class Client:
         self.broker.submit_many(sealed)  # all or none (offload.broker.core.Broker.submit_many)
         return [Job(self.broker, job_id) for job_id, _, _ in sealed]
 
+    def statuses(self, jobs: Sequence[Job | str]) -> list[JobStatus]:
+        """The status of each job (a :class:`Job` or its id), in order, read in pipelined
+        chunks: one round trip per thousand live jobs, not one per job."""
+        ids = [j.id if isinstance(j, Job) else j for j in jobs]
+        return self.broker.records.statuses(ids)
+
     def wait(self, jobs: Sequence[Job], timeout: float | None = None) -> list[JobResult]:
         """Every job's result, in order (failures included, not raised)."""
         deadline = None if timeout is None else time.monotonic() + timeout
