@@ -297,21 +297,24 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if workdir is not None:  # inputs are stored now; the files can go
             shutil.rmtree(workdir, ignore_errors=True)
 
-    # 1. the whole pipeline in one go: a fingerprint job per photo, and the dedupe job over
-    #    their future outputs (it waits for them; nothing here waits for anything)
+    # 1. the whole pipeline in one go: an array of fingerprint jobs, one per photo, and the
+    #    dedupe job over their future outputs (it waits for them; nothing here waits)
     submitted, submitted_at = time.monotonic(), time.time()
-    jobs = {
-        p.name: client.submit(
-            FINGERPRINT_IMAGE,
-            inputs={"photo": photo_ids[p.name]},
-            params={"name": p.name},
-            name=f"fingerprint {p.name}",
-            cpu=0.5,
-            memory="256m",
-            timeout=120,
-        )
-        for p in photos
-    }
+    array = client.map(
+        FINGERPRINT_IMAGE,
+        each=[
+            {
+                "inputs": {"photo": photo_ids[p.name]},
+                "params": {"name": p.name},
+                "name": f"fingerprint {p.name}",
+            }
+            for p in photos
+        ],
+        cpu=0.5,
+        memory="256m",
+        timeout=120,
+    )
+    jobs = {p.name: job for p, job in zip(photos, array, strict=True)}
     dedupe = client.submit(
         DEDUPE_IMAGE,
         inputs={name: job.output("fingerprint.json") for name, job in jobs.items()},
@@ -322,8 +325,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         timeout=120,
     )
     console.print(
-        f"submitted {len(jobs) + 1} jobs in {time.monotonic() - submitted:.1f} s, "
-        "before any result:"
+        f"submitted {len(jobs) + 1} jobs (the array {array.id} of {len(array)} fingerprints "
+        f"and the dedupe) in {time.monotonic() - submitted:.1f} s, before any result:"
     )
     console.print(pipeline_tree(dedupe, jobs))
 
@@ -429,6 +432,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     flower = os.environ.get("OFFLOAD_FLOWER_URL", "http://127.0.0.1:5555")
     console.print(f"Flower (task dashboard): {flower}")
     console.print(f"the pipeline:            offload status {dedupe.id}")
+    console.print(f"the fingerprints array:  offload status {array.id}")
     console.print(f"follow a job's logs:     offload logs {dedupe.id}")
     return 0 if groups_ok else 1
 

@@ -20,7 +20,8 @@ def test_demo_finds_the_near_duplicate_groups(platform: Platform) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "found exactly the 3 near-duplicate groups and 3 distinct photos" in run.stdout
     assert "16 jobs in" in run.stdout
-    assert "submitted 16 jobs in" in run.stdout and "before any result" in run.stdout
+    assert "submitted 16 jobs (the array " in run.stdout and "before any result" in run.stdout
+    assert "of 15 fingerprints and the dedupe)" in run.stdout
     graph = run.stdout.split("before any result:", 1)[1]
     root = graph.strip().splitlines()[0]
     assert "dedupe 15 photos" in root and "waiting" in root  # submitted before its inputs ran

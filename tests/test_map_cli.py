@@ -31,10 +31,10 @@ def test_map_runs_one_job_per_line_and_waits_for_all(platform: Platform, tmp_pat
         "--param", "tag=t", "--no-cache", "--wait", "--", "sh", "-c", script,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    ids = out.stdout.split()
-    assert len(ids) == 3
+    array = platform.client.array(out.stdout.strip())
+    assert len(array) == 3
     assert "3 items: 3 succeeded, 0 not" in out.stderr
-    jobs = [platform.client.job(i) for i in ids]
+    jobs = list(array)
     assert [[line.text for line in j.logs()] for j in jobs] == [
         ["0/3 a.jpg shared input"],
         ["1/3 b.jpg shared input"],
@@ -51,9 +51,8 @@ def test_map_wait_exits_non_zero_when_an_item_fails(platform: Platform, tmp_path
         "--", "sh", "-c", "exit $OFFLOAD_PARAM_CODE",
     )  # fmt: skip
     assert out.returncode == 1, out.stderr
-    ok, bad = out.stdout.split()
-    assert platform.client.job(ok).status() is JobStatus.SUCCEEDED
-    assert platform.client.job(bad).status() is JobStatus.FAILED
+    array = platform.client.array(out.stdout.strip())
+    assert array.statuses() == [JobStatus.SUCCEEDED, JobStatus.FAILED]
     assert "2 items: 1 succeeded, 1 not" in out.stderr
 
 
@@ -91,5 +90,5 @@ def test_map_reads_items_from_stdin(platform: Platform) -> None:
         "--", "sh", "-c", "echo $OFFLOAD_PARAM_N", input=lines,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    jobs = [platform.client.job(i) for i in out.stdout.split()]
-    assert [[line.text for line in j.logs()] for j in jobs] == [["0"], ["1"]]
+    array = platform.client.array(out.stdout.strip())
+    assert [[line.text for line in j.logs()] for j in array] == [["0"], ["1"]]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         UnschedulableError,
     )
     from offload.producer import Client, Job, JobResult, LogLine
+    from offload.producer.array import ArrayStatus, JobArray
     from offload.producer.options import JobOptions
     from offload.producer.schedules import Schedules
     from offload.spec import JobSpec, OutputRef, Resources, RetryPolicy
@@ -57,6 +58,7 @@ _WHERE = {
     ),
     **dict.fromkeys(["Client", "Job", "JobResult", "LogLine"], "offload.producer"),
     "JobOptions": "offload.producer.options",
+    **dict.fromkeys(["ArrayStatus", "JobArray"], "offload.producer.array"),
     "Schedules": "offload.producer.schedules",
     **dict.fromkeys(["JobSpec", "OutputRef", "Resources", "RetryPolicy"], "offload.spec"),
 }
@@ -73,12 +75,14 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayStatus",
     "BrokerError",
     "CacheError",
     "CapacityError",
     "Client",
     "ConfigError",
     "Job",
+    "JobArray",
     "JobError",
     "JobFailed",
     "JobNotFound",

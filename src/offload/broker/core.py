@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from offload.broker.archive import ArchiveStore
+from offload.broker.arrays import ArrayInfo, Arrays
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
 from offload.broker.highwater import RedisUsage, job_bytes, read_usage
@@ -124,6 +125,10 @@ class Broker:
         return InFlight(self.redis)
 
     @cached_property
+    def arrays(self) -> Arrays:
+        return Arrays(self.redis, self.settings.record_ttl)
+
+    @cached_property
     def nodes(self) -> NodeRegistry:
         return NodeRegistry(self.redis, lost_after=self.settings.lost_after)
 
@@ -223,10 +228,13 @@ class Broker:
             raise BrokerError(f"could not queue the job: {exc}") from exc
         return JobStatus.QUEUED
 
-    def submit_many(self, jobs: Sequence[tuple[str, JobSpec, str]]) -> None:
+    def submit_many(
+        self, jobs: Sequence[tuple[str, JobSpec, str]], array: ArrayInfo | None = None
+    ) -> None:
         """Record many sealed jobs, then queue them (or link the ones with parents): all or
-        none. The records go first, in chunks; if Redis refuses any chunk (full, or gone),
-        every record written is deleted and nothing was published — none of the jobs exists.
+        none. The records go first, in chunks — after ``array``'s record, for the items of
+        an array; if Redis refuses any chunk (full, or gone), every record written is deleted
+        and nothing was published — none of the jobs exists, nor their array.
         Once all are recorded each is published; a publication that fails then (Redis gone
         mid-way) leaves its job recorded ``queued`` without a message, and the sweeper
         publishes it once the broker is back (a ``waiting`` one is linked by its check of
@@ -237,7 +245,18 @@ class Broker:
             for job_id, spec, cls in jobs
         ]
         with self._refused_whole(len(jobs)):
-            recs = self.records.create_many(batch)
+            if array is None:
+                recs = self.records.create_many(batch)
+            else:
+                pipe = self.redis.pipeline(transaction=True)
+                self.arrays.write(pipe, array)
+                JobRecords._run(pipe.execute)
+                try:
+                    recs = self.records.create_many(batch)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # gone with Redis: expires
+                        self.arrays.delete(array.id)
+                    raise
         try:
             for rec in recs:
                 if rec.status is JobStatus.WAITING:

@@ -70,6 +70,15 @@ archive ``Settings.archive_after`` seconds after the end (below); as a safety ne
 cluster whose archiver never runs they also expire after ``Settings.record_ttl`` seconds. A
 non-terminal job's keys have no TTL: the job is still owed an outcome.
 
+Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by everyone)::
+
+    offload:array:<id>           HASH   id, count (items), name, image, created_at; its items
+                                        are the jobs ``<id><index as 8 hex digits>``
+                                        (:mod:`offload.spec.arrays`): nothing is stored per
+                                        item to find them. Written with the items' records,
+                                        all or none; TTL ``record_ttl`` from its creation
+                                        (about 200 bytes an array, whatever its size)
+
 The archive (:mod:`offload.broker.archive`; written by the sweeper, read by everyone)::
 
     offload:ended                ZSET   job id -> when it ended (Redis time); added by the
@@ -265,6 +274,10 @@ ARCHIVE_WHERE = f"{PREFIX}:archive:where"
 ARCHIVE_SEGMENTS = f"{PREFIX}:archive:segments"
 ARCHIVE_TIMES = f"{PREFIX}:archive:times"
 ARCHIVE_SEQ = f"{PREFIX}:archive:seq"
+
+
+def array(array_id: str) -> str:
+    return f"{PREFIX}:array:{array_id}"
 
 
 def job(job_id: str) -> str:

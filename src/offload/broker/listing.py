@@ -38,6 +38,7 @@ class JobQuery:
     until: float | None = None  # submitted at or before
     limit: int = 50
     after: str | None = None  # a cursor: the page after it
+    array: str = ""  # only the items of this array (ids that start with its id)
     scan: int = 20_000  # most ids looked at for one page
 
     def matches(self, rec: JobRecord) -> bool:
@@ -98,6 +99,8 @@ def list_jobs(records: JobRecords, q: JobQuery) -> Page:
         if at is not None:  # ties are ordered by id, descending
             chunk = [(j, s) for j, s in chunk if not (s == at[0] and j >= at[1])]
         page.scanned += len(got)
+        if q.array:  # an item's id starts with its array's: no record read for the others
+            chunk = [(j, s) for j, s in chunk if j.startswith(q.array)]
         for job_id, score, rec in _records(records, chunk):
             if rec is not None and q.matches(rec):
                 page.jobs.append(rec)

@@ -69,8 +69,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ls": ("jobs", "List jobs, live and archived, newest first, a page at a time "
            "(tab-separated when stdout is not a terminal; the next page's cursor goes to "
            "stderr)."),
-    "map": ("mapcmd", "Submit one job running IMAGE (optionally with COMMAND) per item of "
-            "--each; prints the jobs' ids, one a line, in the items' order."),
+    "map": ("mapcmd", "Submit an array: one job running IMAGE (optionally with COMMAND) per "
+            "item of --each; prints the array's id."),
     "nodes": ("nodescmd", "List worker nodes: classes, slots, running jobs, last heartbeat, "
               "CPUs / memory / GPUs in use (of what the node gives jobs) and free, and state: "
               "up,..."),

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from offload.broker.records import JobRecord
 from offload.broker.status import JobStatus, Reason
-from offload.cli import cli, handle_errors
+from offload.cli import arrayview, cli, handle_errors
 from offload.cli.common import client_of
 from offload.cli.controlcmd import why_lines
 from offload.cli.graphview import graph, graph_lines
@@ -66,8 +66,13 @@ def print_outcome(result: JobResult) -> None:
 @handle_errors
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show a job's status, timeline and outputs; its parents and children, and for a
-    waiting job what it waits for."""
-    job = client_of(ctx).job(job_id)
+    waiting job what it waits for. For an ARRAY (the id `offload map` printed): its items
+    counted by status, its rate, time left and first failures; ARRAY:INDEX is its item."""
+    client = client_of(ctx)
+    if arrayview.is_array(job_id):
+        arrayview.show_status(client, job_id, as_json)
+        return
+    job = client.job(arrayview.item_job_id(client, job_id))
     rec = job.record()
     timeline = job.timeline()
     deps = graph(job.broker, rec)
@@ -197,6 +202,7 @@ class When(click.ParamType):
     "--label", "labels", multiple=True, help="Only jobs labelled so, KEY=VALUE (repeatable)."
 )
 @click.option("--name", default="", help="Only jobs whose name starts with this.")
+@click.option("--array", default="", metavar="ARRAY", help="Only the items of this array.")
 @click.option("--since", type=When(), help="Submitted since: 1h, 2d, unix seconds or ISO 8601.")
 @click.option("--until", type=When(), help="Submitted until (same forms as --since).")
 @click.option("--after", "cursor", help="The page after this cursor (printed by the last page).")
@@ -210,6 +216,7 @@ def ls(
     classes: tuple[str, ...],
     labels: tuple[str, ...],
     name: str,
+    array: str,
     since: float | None,
     until: float | None,
     cursor: str | None,
@@ -217,6 +224,8 @@ def ls(
 ) -> None:
     """List jobs, live and archived, newest first, a page at a time (tab-separated when
     stdout is not a terminal; the next page's cursor goes to stderr)."""
+    if array and not arrayview.is_array(array):
+        raise SpecError("--array", f"expected an array id (24 hex digits), got {array!r}")
     wanted: dict[str, str] = {}
     for label in labels:
         key, eq, value = label.partition("=")
@@ -232,6 +241,7 @@ def ls(
         since=since,
         until=until,
         after=cursor,
+        array=array,
     )
     if as_json:
         jobs = [
@@ -271,8 +281,11 @@ def ls(
 @click.pass_context
 @handle_errors
 def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
-    """Print a job's output (stdout to stdout, stderr to stderr)."""
-    print_logs(client_of(ctx).job(job_id), follow)
+    """Print a job's output (stdout to stdout, stderr to stderr).
+
+    JOB_ID may be ARRAY:INDEX, an item of an array."""
+    client = client_of(ctx)
+    print_logs(client.job(arrayview.item_job_id(client, job_id)), follow)
 
 
 @cli.command()
@@ -286,8 +299,14 @@ def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
 @click.pass_context
 @handle_errors
 def cancel(ctx: click.Context, job_id: str, with_descendants: bool) -> None:
-    """Cancel a job: at once when waiting or queued; a running one is killed by its worker."""
-    job = client_of(ctx).job(job_id)
+    """Cancel a job: at once when waiting or queued; a running one is killed by its worker.
+    ARRAY: every item of the array not ended yet."""
+    client = client_of(ctx)
+    if arrayview.is_array(job_id) and not with_descendants:
+        arrayview.cancel(client, job_id)
+        return
+    job_id = arrayview.item_job_id(client, job_id)
+    job = client.job(job_id)
     if not with_descendants:
         _say_cancelled(job_id, job.cancel())
         return
@@ -305,7 +324,7 @@ def _say_cancelled(job_id: str, state: JobStatus) -> None:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True, metavar="OBJECT_ID | JOB_ID...")
+@click.argument("ids", nargs=-1, required=True, metavar="OBJECT_ID | JOB_ID|ARRAY...")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option(
@@ -330,7 +349,9 @@ def get(
     parallel: int,
 ) -> None:
     """Fetch, verify and decrypt OBJECT_ID (an output's sha256 id) into a file (-o), or every
-    output of one or more jobs (JOB_ID...) into a folder (--to)."""
+    output of one or more jobs (JOB_ID...) into a folder (--to).
+
+    An ARRAY stands for all its items, ARRAY:INDEX for one."""
     if ids[0].startswith("sha256:"):
         if len(ids) != 1 or output is None or to is not None:
             raise SpecError("OBJECT_ID", "give one object id and -o FILE (or job ids and --to)")
@@ -341,7 +362,8 @@ def get(
         raise SpecError("--to", "job ids take --to DIR (-o FILE is for one object id)")
     from offload.cli.getcmd import bulk_download  # its progress bars: only for `get`
 
-    bulk_download(client_of(ctx), list(ids), to, template, parallel)
+    client = client_of(ctx)
+    bulk_download(client, arrayview.expand(client, list(ids)), to, template, parallel)
 
 
 @cli.command()

@@ -14,8 +14,7 @@ import click
 from offload.cli import cli, handle_errors
 from offload.cli.common import INPUT_HELP, client_of, job_options, parse_inputs, parse_job_options
 from offload.errors import SpecError
-from offload.producer.client import Client
-from offload.producer.job import Job
+from offload.producer.array import JobArray
 
 EACH_HELP = (
     "The items: a JSON Lines file (or - for stdin), one JSON object a line with the fields "
@@ -62,15 +61,18 @@ def on_line(exc: SpecError, source: str, lines: Sequence[int]) -> SpecError:
     return exc
 
 
-def watch(client: Client, jobs: Sequence[Job]) -> Counter[str]:
-    """A live bar of the items done, with counts by status, until every item has ended;
+def watch(array: JobArray) -> Counter[str]:
+    """A live bar of the items ended, with counts by status, until every item has ended;
     the final counts by status."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    from offload.broker.status import JobStatus
-
-    ended = {s.value for s in JobStatus if s.terminal}
     counts: Counter[str] = Counter()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -80,13 +82,14 @@ def watch(client: Client, jobs: Sequence[Job]) -> Counter[str]:
         TimeElapsedColumn(),
         console=Console(stderr=True),
     ) as bar:
-        task = bar.add_task("items", total=len(jobs), counts="")
+        task = bar.add_task(f"array {array.id}", total=len(array), counts="")
         while True:
-            counts = Counter(s.value for s in client.statuses(jobs))
-            done = sum(n for s, n in counts.items() if s in ended)
+            statuses = array.statuses()
+            counts = Counter(s.value for s in statuses)
+            done = sum(1 for s in statuses if s.terminal)
             shown = "  ".join(f"{s} {n}" for s, n in sorted(counts.items()))
             bar.update(task, completed=done, counts=shown)
-            if done == len(jobs):
+            if done == len(array):
                 return counts
             time.sleep(0.5)
 
@@ -122,8 +125,11 @@ def map_(
     wait: bool,
     **options: Any,
 ) -> None:
-    """Submit one job running IMAGE (optionally with COMMAND) per item of --each; prints
-    the jobs' ids, one a line, in the items' order.
+    """Submit an array: one job running IMAGE (optionally with COMMAND) per item of --each;
+    prints the array's id.
+
+    Item i is the job ARRAY:i for status, logs and cancel; `offload status ARRAY` counts
+    the items by status, `offload cancel ARRAY` cancels every item not ended.
 
     Every item is checked (and its local input files uploaded) before anything is queued:
     a bad item is refused naming its line, and no job of the map exists. Each job sees its
@@ -143,13 +149,20 @@ def map_(
     client = client_of(ctx)
     common = parse_job_options(inputs=parse_inputs(inputs), name=name, **options)
     try:
-        jobs = client.map(image, list(command) or None, each=items, options=common)
+        array = client.map(image, list(command) or None, each=items, options=common)
     except SpecError as exc:
         raise on_line(exc, source, lines) from None
-    click.echo("\n".join(job.id for job in jobs))
+    click.echo(array.id)
+    click.echo(
+        f"array {array.id}: {len(array):,} items queued (offload status {array.id}; item i is "
+        f"{array.id}:i)",
+        err=True,
+    )
     if not wait:
         return
-    counts = watch(client, jobs)
-    failed = len(jobs) - counts.get("succeeded", 0)
-    click.echo(f"{len(jobs)} items: {counts.get('succeeded', 0)} succeeded, {failed} not", err=True)
+    counts = watch(array)
+    failed = len(array) - counts.get("succeeded", 0)
+    click.echo(
+        f"{len(array)} items: {counts.get('succeeded', 0)} succeeded, {failed} not", err=True
+    )
     sys.exit(1 if failed else 0)

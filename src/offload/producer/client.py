@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from offload.broker.arrays import ArrayInfo
 from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
 from offload.broker.listing import JobQuery, Page, list_jobs
@@ -22,6 +23,7 @@ from offload.cache.keys import ClusterKey, load_key
 from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import CacheError, JobNotFound, SpecError
+from offload.producer.array import JobArray
 from offload.producer.control import Control
 from offload.producer.download import Progress as DownloadProgress
 from offload.producer.download import Report, download
@@ -35,6 +37,7 @@ from offload.spec import (
     RetryPolicy,
     resolve_class,
 )
+from offload.spec.arrays import MAX_ITEMS, item_id
 from offload.spec.uris import is_uri
 
 PLACEHOLDER_ID = "sha256:" + "0" * 64
@@ -103,12 +106,12 @@ class Client:
         each: Sequence[Mapping[str, Any] | JobOptions],
         options: JobOptions | None = None,
         **common: Any,
-    ) -> list[Job]:
-        """Fan out: one job per item of ``each``, with ``OFFLOAD_TASK_INDEX`` /
-        ``OFFLOAD_TASK_COUNT`` set. An item is a :class:`JobOptions` or a mapping of its
-        fields: its ``inputs`` / ``params`` / ``secrets`` / ``env`` / ``labels`` are merged
-        over the common options', the others (``name``, ``memory``, ``timeout``, …) replace
-        them.
+    ) -> JobArray:
+        """Fan out: an array of one job per item of ``each``, with ``OFFLOAD_TASK_INDEX`` /
+        ``OFFLOAD_TASK_COUNT`` set; returns its :class:`JobArray` (a ``Sequence[Job]``).
+        An item is a :class:`JobOptions` or a mapping of its fields: its ``inputs`` /
+        ``params`` / ``secrets`` / ``env`` / ``labels`` are merged over the common options',
+        the others (``name``, ``memory``, ``timeout``, …) replace them.
 
         Every field of every item is validated, and every item's inputs uploaded, before the
         first job is queued: a bad item raises :class:`SpecError` naming ``each[<i>].<field>``,
@@ -133,12 +136,27 @@ class Client:
                 specs.append(self._build(draft))
             except SpecError as exc:
                 raise within(f"each[{i}]", exc) from None
+        if len(each) > MAX_ITEMS:
+            raise SpecError("each", f"an array holds at most {MAX_ITEMS:,} items")
+        first = specs[0]
+        array = ArrayInfo(
+            id=uuid.uuid4().hex[:24],
+            count=len(each),
+            name=base.name or first.image,
+            image=first.image,
+            created_at=time.time(),
+        )
         sealed = []
-        for spec, draft in zip(specs, drafts, strict=True):
-            job_id = uuid.uuid4().hex
+        for i, (spec, draft) in enumerate(zip(specs, drafts, strict=True)):
+            job_id = item_id(array.id, i)
             sealed.append((job_id, seal_job(self.key, job_id, spec), draft.queue))
-        self.broker.submit_many(sealed)  # all or none (offload.broker.core.Broker.submit_many)
-        return [Job(self.broker, job_id) for job_id, _, _ in sealed]
+        # all or none (offload.broker.core.Broker.submit_many)
+        self.broker.submit_many(sealed, array=array)
+        return JobArray(self.broker, array)
+
+    def array(self, array_id: str) -> JobArray:
+        """The array ``array_id`` (a ``map``'s); :class:`JobNotFound` if there is none."""
+        return JobArray.from_id(array_id, self.broker)
 
     def statuses(self, jobs: Sequence[Job | str]) -> list[JobStatus]:
         """The status of each job (a :class:`Job` or its id), in order, read in pipelined
@@ -283,10 +301,12 @@ class Client:
         since: float | None = None,
         until: float | None = None,
         after: str | None = None,
+        array: str = "",
     ) -> list[JobRecord]:
         """The newest ``limit`` jobs, live and archived, that match every filter given
         (statuses, classes, labels, a name prefix, submitted between ``since`` and ``until``,
-        unix times); ``after``: a cursor (:meth:`job_page`) to start after."""
+        unix times, the items of ``array``); ``after``: a cursor (:meth:`job_page`) to start
+        after."""
         return self.job_page(
             limit,
             status=status,
@@ -296,6 +316,7 @@ class Client:
             since=since,
             until=until,
             after=after,
+            array=array,
         ).jobs
 
     def job_page(
@@ -309,6 +330,7 @@ class Client:
         since: float | None = None,
         until: float | None = None,
         after: str | None = None,
+        array: str = "",
     ) -> Page:
         """Like :meth:`jobs`, with the cursor of the next page (``page.next``; None at the
         end)."""
@@ -321,6 +343,7 @@ class Client:
             until=until,
             limit=max(1, limit),
             after=after,
+            array=array,
         )
         return list_jobs(self.broker.records, query)
 
