@@ -6,7 +6,8 @@ Each entry says who writes it and when it goes away (its TTL, or why it has none
 Job records (written by the producer at submit, then by the worker; read by everyone)::
 
     offload:job:<id>             HASH   the job record
-        id            job id (uuid4 hex)
+        id            job id (uuid4 hex; an array's item: its array's id and its index,
+                      :mod:`offload.spec.arrays`)
         spec          JobSpec wire form (JSON), secrets included — the worker runs from this
         view          redacted spec (JSON) — what UIs and `offload status` show
         name          display name (spec.name or the image)
