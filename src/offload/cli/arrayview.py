@@ -70,7 +70,8 @@ def show_status(client: Client, array_id: str, as_json: bool) -> None:
     order = [s for s in JobStatus if s in st.by_status]
     click.echo("  ".join(f"{s.value} {st.by_status[s]:,}" for s in order))
     line = f"ended {st.ended:,}/{st.count:,} ({100 * st.ended / st.count:.0f}%)"
-    line += f", {rate:.1f} items/s since submitted"
+    if not st.done:  # once all ended, a rate "since submitted" only decays
+        line += f", {rate:.1f} items/s since submitted"
     if left is not None:
         line += f", about {left:.0f}s left at that rate"
     click.echo(line)
