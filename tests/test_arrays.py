@@ -11,7 +11,7 @@ from offload import JobArray, JobNotFound
 from offload.broker import keys
 from offload.broker.status import JobStatus
 
-from .conftest import Platform
+from .conftest import Platform, wait_for
 
 
 def test_map_returns_an_array_whose_items_are_full_jobs(platform: Platform) -> None:
@@ -99,3 +99,17 @@ def test_an_unknown_array_is_not_found(platform: Platform) -> None:
     assert shown.returncode != 0 and "no array" in shown.stderr
     bad = platform.cli("ls", "--array", "nope")
     assert bad.returncode == 2 and "24 hex digits" in bad.stderr
+
+
+def test_cancelling_an_array_kills_its_running_items_and_fails_their_dependents(
+    platform: Platform,
+) -> None:
+    c = platform.client
+    array = c.map("offload/base", ["sleep", "60"], each=[{}, {}], cache=False, retries=0)
+    child = c.submit("offload/base", ["true"], inputs={"x": array[1].output("none")})
+    wait_for(lambda: array.statuses() == [JobStatus.RUNNING] * 2, 60, "both items running")
+    assert array.cancel() == {JobStatus.RUNNING: 2}
+    results = array.wait(timeout=60)
+    assert [r.status for r in results] == [JobStatus.CANCELLED] * 2
+    end = child.result(timeout=30, raise_on_failure=False)
+    assert (end.status, end.reason) == (JobStatus.FAILED, "upstream_failed")

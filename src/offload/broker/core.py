@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from offload.broker import keys
 from offload.broker.archive import ArchiveStore
 from offload.broker.arrays import ArrayInfo, Arrays
 from offload.broker.connection import broker_error, redis_client
@@ -257,12 +258,15 @@ class Broker:
                     with contextlib.suppress(Exception):  # gone with Redis: expires
                         self.arrays.delete(array.id)
                     raise
+        from offload.broker.publish import publish_many
+
         try:
             for rec in recs:
                 if rec.status is JobStatus.WAITING:
                     self.pipeline.link(rec.id, rec.spec)
-                else:
-                    self.publish(rec)
+            publish_many(
+                self.app, [rec for rec in recs if rec.status is JobStatus.QUEUED], self.producer()
+            )
         except Exception as exc:  # kombu's errors too
             raise BrokerError(
                 f"{exc}; the {len(recs)} jobs are recorded and each is queued once the broker "
@@ -313,6 +317,22 @@ class Broker:
         status = self.records.request_cancel(job_id)
         self.pipeline.on_done(job_id)
         return status
+
+    def cancel_many(self, job_ids: Sequence[str]) -> list[JobStatus]:
+        """Cancel many jobs (an array's items), each as :meth:`cancel` cancels one, in
+        pipelined chunks; their statuses after. The jobs waiting on one that ended are
+        released or failed as for one (:meth:`Pipeline.on_done`)."""
+        after = self.records.request_cancel_many(job_ids)
+        ended = [j for j, s in zip(job_ids, after, strict=True) if s.terminal]
+        for start in range(0, len(ended), 1000):
+            part = ended[start : start + 1000]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in part:
+                pipe.exists(keys.children(job_id))
+            for job_id, has in zip(part, JobRecords._run(pipe.execute), strict=True):
+                if has:
+                    self.pipeline.on_done(job_id)
+        return after
 
     # -- what the queues hold --------------------------------------------------------------
 

@@ -183,6 +183,25 @@ def publish(
     return send(app, rec, decision, task_id)
 
 
+def publish_many(app: Celery, recs: list[JobRecord], producer: Any, chunk: int = 500) -> None:
+    """Send many queued jobs' messages (each routed as :func:`publish` routes one): a chunk's
+    routes and messages go out in one pipelined round trip (:func:`send_in`), not three
+    round trips a job. Not a transaction: if Redis goes away mid-way, the jobs whose message
+    was not written are left ``queued`` without one, and the sweeper publishes them."""
+    r = _redis(app)
+    for start in range(0, len(recs), chunk):
+        pipe = r.pipeline(transaction=False)
+        for i, rec in enumerate(recs[start : start + chunk]):
+            decision = decide(app, rec.id, rec.spec, rec.resource_class)
+            routing.record(pipe, rec.id, decision)
+            if not send_in(pipe, app, rec, decision, producer):  # a kombu before 5.7
+                pipe.execute()
+                for each in recs[start + i :]:
+                    publish(app, each)
+                return
+        pipe.execute()
+
+
 def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> list[str]:
     """Move the jobs routed to a node queue more than ``grace`` seconds ago (Redis time) and
     not started there to their class queues; returns their ids.

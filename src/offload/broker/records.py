@@ -202,6 +202,13 @@ class JobRecords:
         empty). Returns whether the job moved. ``staging`` is entered by :meth:`begin_attempt`
         only.
         """
+        moved, _ = self._run(self._transition, **self._transition_call(job_id, to, attempt, fields))
+        return int(moved) == 1
+
+    def _transition_call(
+        self, job_id: str, to: JobStatus, attempt: int | None, fields: dict[str, Any]
+    ) -> dict[str, list[Any]]:
+        """The keys and args of the transition script for one move (:meth:`transition`)."""
         if to is JobStatus.STAGING:
             raise ValueError("a job enters staging through begin_attempt")
         reason = fields.get("reason")
@@ -228,9 +235,8 @@ class JobRecords:
             elif isinstance(value, dict | list):
                 value = json.dumps(value)
             args += [name, str(value)]
-        moved, _ = self._run(
-            self._transition,
-            keys=[
+        return {
+            "keys": [
                 *self._job_keys(job_id),
                 keys.LEASES,
                 keys.QUEUED,
@@ -242,9 +248,8 @@ class JobRecords:
                 keys.STATS_FINISHED,
                 keys.ENDED,
             ],
-            args=args,
-        )
-        return int(moved) == 1
+            "args": args,
+        }
 
     def begin_attempt(self, job_id: str, node: str, pid: int = 0) -> tuple[JobStatus | None, int]:
         """Start a new attempt on ``node`` (process ``pid``) if the job is queued.
@@ -315,6 +320,49 @@ class JobRecords:
                 return JobStatus.CANCELLED
             return self.get(job_id).status
         return status
+
+    def request_cancel_many(self, job_ids: Sequence[str], chunk: int = 1000) -> list[JobStatus]:
+        """:meth:`request_cancel` for many jobs, in order, a chunk at a time: the chunk's
+        checks in one pipelined round trip, the moves of its waiting and queued jobs (and of
+        started ones whose worker is gone) in a second. Each move is the transition script's,
+        as for one job; a job that moved on meanwhile is read afresh."""
+        out: list[JobStatus] = []
+        for start in range(0, len(job_ids), chunk):
+            part = job_ids[start : start + chunk]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in part:
+                self._cancel(
+                    keys=[keys.job(job_id), keys.LEASES], args=[wire(ACTIVE), job_id], client=pipe
+                )
+            checked = self._run(pipe.execute)
+            after: list[JobStatus | None] = []
+            moves = self.r.pipeline(transaction=False)
+            for job_id, (cur, attempt, expired) in zip(part, checked, strict=True):
+                if not cur:
+                    raise JobNotFound(job_id)
+                status = JobStatus(cur)
+                if status in PENDING or int(expired):
+                    how = (
+                        f"while {status}"
+                        if status in PENDING
+                        else f"(attempt {attempt}'s worker is gone)"
+                    )
+                    fields = {"reason": Reason.CANCELLED, "message": f"cancelled {how}"}
+                    to = JobStatus.CANCELLED
+                    call = self._transition_call(
+                        job_id, to, None if status in PENDING else int(attempt), fields
+                    )
+                    self._transition(**call, client=moves)
+                    after.append(None)  # known once the moves ran
+                else:
+                    after.append(status)
+            moved = iter(self._run(moves.execute))
+            for job_id, known in zip(part, after, strict=True):
+                if known is None:
+                    ok, _ = next(moved)
+                    known = JobStatus.CANCELLED if int(ok) == 1 else self.status(job_id)
+                out.append(known)
+        return out
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self._run(self.r.hget, keys.job(job_id), "cancel") == "1")

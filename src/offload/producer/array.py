@@ -110,12 +110,10 @@ class JobArray(Sequence[Job]):
     def cancel(self) -> dict[JobStatus, int]:
         """Cancel every item not ended yet (a queued or waiting one at once, a running one
         is killed by its worker); how many items were in each status before."""
-        before: Counter[JobStatus] = Counter()
-        for job, status in zip(self, self.statuses(), strict=True):
-            if not status.terminal:
-                self.broker.cancel(job.id)
-            before[status] += 1
-        return dict(before)
+        statuses = self.statuses()
+        live = [job_id for job_id, s in zip(self.ids, statuses, strict=True) if not s.terminal]
+        self.broker.cancel_many(live)
+        return dict(Counter(statuses))
 
     def results(
         self, timeout: float | None = None, *, as_completed: bool = False, poll: float = 0.5
