@@ -183,12 +183,18 @@ def publish(
     return send(app, rec, decision, task_id)
 
 
-def publish_many(app: Celery, recs: list[JobRecord], producer: Any, chunk: int = 500) -> None:
+PUBLISH_CHUNK = 500  # jobs whose routes and messages go in one pipelined round trip
+
+
+def publish_many(
+    app: Celery, recs: list[JobRecord], producer: Any, chunk: int | None = None
+) -> None:
     """Send many queued jobs' messages (each routed as :func:`publish` routes one): a chunk's
     routes and messages go out in one pipelined round trip (:func:`send_in`), not three
     round trips a job. Not a transaction: if Redis goes away mid-way, the jobs whose message
     was not written are left ``queued`` without one, and the sweeper publishes them."""
     r = _redis(app)
+    chunk = chunk or PUBLISH_CHUNK
     for start in range(0, len(recs), chunk):
         pipe = r.pipeline(transaction=False)
         for i, rec in enumerate(recs[start : start + chunk]):
