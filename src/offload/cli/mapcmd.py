@@ -148,8 +148,11 @@ def map_(
             raise SpecError("--each", f"{each!r} is not UTF-8 text: {exc.reason}") from None
     client = client_of(ctx)
     common = parse_job_options(inputs=parse_inputs(inputs), name=name, **options)
+    from rich.console import Console
+
     try:
-        array = client.map(image, list(command) or None, each=items, options=common)
+        with Console(stderr=True).status(f"checking and queueing {len(items):,} items…"):
+            array = client.map(image, list(command) or None, each=items, options=common)
     except SpecError as exc:
         raise on_line(exc, source, lines) from None
     click.echo(array.id)
