@@ -102,9 +102,11 @@ def test_an_unknown_array_is_not_found(platform: Platform) -> None:
 
 
 def test_cancelling_an_array_kills_its_running_items_and_fails_their_dependents(
-    platform: Platform,
+    private_platform: Platform,
 ) -> None:
-    c = platform.client
+    """On a worker of its own: both items must run at once, whatever other tests left."""
+    private_platform.start_worker()
+    c = private_platform.client
     array = c.map("offload/base", ["sleep", "60"], each=[{}, {}], cache=False, retries=0)
     child = c.submit("offload/base", ["true"], inputs={"x": array[1].output("none")})
     wait_for(lambda: array.statuses() == [JobStatus.RUNNING] * 2, 60, "both items running")
