@@ -268,6 +268,7 @@ class Broker:
                 self.app, [rec for rec in recs if rec.status is JobStatus.QUEUED], self.producer()
             )
         except Exception as exc:  # kombu's errors too
+            self.close_producer()  # a producer that failed is not sent with again
             raise BrokerError(
                 f"{exc}; the {len(recs)} jobs are recorded and each is queued once the broker "
                 "answers again (the sweeper publishes the rest)"
