@@ -23,12 +23,6 @@ def item_id(array_id: str, index: int) -> str:
     return f"{array_id}{index:08x}"
 
 
-def split_item(job_id: str) -> tuple[str, int]:
-    """The array id and index a job id would have as an item (any 32-hex id splits; whether
-    that array exists is the broker's to say)."""
-    return job_id[:24], int(job_id[24:], 16)
-
-
 def parse_item(text: str) -> tuple[str, int] | None:
     """``ARRAY:INDEX`` as (array id, index); None when ``text`` is not of that form."""
     m = ITEM_RE.match(text)
@@ -40,4 +34,4 @@ def parse_item(text: str) -> tuple[str, int] | None:
     return m.group(1), index
 
 
-__all__ = ["ARRAY_ID_RE", "MAX_ITEMS", "item_id", "parse_item", "split_item"]
+__all__ = ["ARRAY_ID_RE", "MAX_ITEMS", "item_id", "parse_item"]
