@@ -115,3 +115,15 @@ def test_cancelling_an_array_kills_its_running_items_and_fails_their_dependents(
     assert [r.status for r in results] == [JobStatus.CANCELLED] * 2
     end = child.result(timeout=30, raise_on_failure=False)
     assert (end.status, end.reason) == (JobStatus.FAILED, "upstream_failed")
+
+
+def test_item_ids_and_the_array_colon_index_form() -> None:
+    from offload.spec.arrays import MAX_ITEMS, item_id, parse_item
+
+    a = "ab" * 12
+    assert item_id(a, 0) == a + "00000000" and item_id(a, 255) == a + "000000ff"
+    with pytest.raises(ValueError):
+        item_id(a, MAX_ITEMS)
+    assert parse_item(f"{a}:7") == (a, 7)
+    for text in (a, f"{a}:", f"{a}:-1", f"{a}:x", f"{a[:-1]}:1", f"{a}:{MAX_ITEMS}", "j:1"):
+        assert parse_item(text) is None, text
