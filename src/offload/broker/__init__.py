@@ -8,6 +8,7 @@ and reaches Redis and Celery only through it::
     broker.pipeline       # dependencies: waiting, release, failure flowing downstream
     broker.limits         # concurrency limits and held classes
     broker.inflight       # identical jobs in flight run once
+    broker.arrays         # arrays' records (a map's items are jobs with derived ids)
     broker.nodes          # the node registry: capacity, heartbeats, running sets
     broker.room           # each machine's room: CPUs, memory, GPUs its attempts hold
     broker.schedules      # schedule definitions, fire-time claims, the scheduler's lock
@@ -28,6 +29,7 @@ Where things are:
 ``pipeline``              parents and children, release, upstream failure
 ``limits``                concurrency limits, held classes (permits, parking, waking)
 ``inflight``              the in-flight table of identical jobs
+``arrays``                an array's one record; its items' ids come from ``spec.arrays``
 ``nodes``                 the node registry
 ``room``                  admission: a machine's room, taken and given back atomically
 ``recovery``, ``sweeper``  requeueing dead attempts; the periodic sweep
