@@ -25,19 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def used(r: Any) -> int:
@@ -119,29 +112,15 @@ def main() -> None:
     args = p.parse_args()
     say = (lambda *a: None) if args.json else print
 
+    from common import Services, start_redis
     from offload.cache.keys import init_key
     from offload.config import Settings
 
     tmp = Path(tempfile.mkdtemp(prefix="offload-arrays-"))
-    port = free_port()
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed"
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL,
-    )
+    svc = Services(tmp)
     results = []
     try:
-        import redis
-
-        url = f"redis://127.0.0.1:{port}/0"
-        r = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        url = start_redis(svc)
         home = tmp / "home"
         home.mkdir()
         init_key(Settings(redis_url=url, home=home).key_path)
@@ -149,8 +128,7 @@ def main() -> None:
         for n in (int(x) for x in args.items.split(",")):
             results.append(one(n, url, home, say))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        svc.close()
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))
