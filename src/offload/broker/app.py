@@ -26,6 +26,7 @@ from offload.config import Settings
 from offload.errors import JobError
 
 TASK_NAME = "offload.run_job"
+CHUNK_TASK_NAME = "offload.run_chunk"  # a chunk of a batched array's items (spec/arrays.py)
 EXCHANGE = Exchange("offload", type="direct")
 
 App: TypeAlias = Celery  # the app's type for the layers above broker/, which import no Celery
@@ -99,7 +100,10 @@ def make_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,  # a job's failure is in its record: ack
         # an ended job's failure is expected: logged in one line, no traceback
-        task_annotations={TASK_NAME: {"throws": (TaskFailed,)}},
+        task_annotations={
+            TASK_NAME: {"throws": (TaskFailed,)},
+            CHUNK_TASK_NAME: {"throws": (TaskFailed,)},
+        },
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
         worker_send_task_events=True,
@@ -145,12 +149,14 @@ def route(
     task_id: str | None = None,
     priority: int = 0,
     producer: Any = None,
+    task: str = TASK_NAME,
 ) -> None:
     """Publish a job to ``queue`` with its ``priority`` (0-9, 9 first); Flower shows it as
     ``shown_as`` with ``summary``. ``producer``: a kombu producer to send with (a warm one a
-    :class:`~offload.broker.core.Broker` keeps), else one from the app's pool."""
+    :class:`~offload.broker.core.Broker` keeps), else one from the app's pool. ``task``:
+    :data:`CHUNK_TASK_NAME` for a chunk of a batched array (``job_id`` is the chunk's id)."""
     app.send_task(
-        TASK_NAME,
+        task,
         args=[job_id],
         # The default exchange puts the message straight into the queue's list: no binding
         # lookup, so a Redis that lost its bindings (restart, FLUSHDB) cannot drop the job.
@@ -166,4 +172,12 @@ def route(
     )
 
 
-__all__ = ["App", "TaskFailed", "make_app", "redis_client", "route", "settings_of"]
+__all__ = [
+    "CHUNK_TASK_NAME",
+    "App",
+    "TaskFailed",
+    "make_app",
+    "redis_client",
+    "route",
+    "settings_of",
+]

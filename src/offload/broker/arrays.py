@@ -30,6 +30,7 @@ class ArrayInfo:
     name: str = ""
     image: str = ""
     created_at: float = 0.0
+    batch: int = 0  # items run one after another in one warm container (0: not batched)
 
     def item(self, index: int) -> str:
         """The job id of item ``index``; IndexError outside ``0..count-1``."""
@@ -58,6 +59,7 @@ class Arrays:
                 "name": info.name,
                 "image": info.image,
                 "created_at": repr(info.created_at or time.time()),
+                "batch": str(info.batch),
             },
         )
         pipe.expire(keys.array(info.id), self.ttl)
@@ -83,6 +85,7 @@ class Arrays:
             name=h.get("name", ""),
             image=h.get("image", ""),
             created_at=float(h.get("created_at", 0) or 0),
+            batch=int(h.get("batch", 0) or 0),
         )
 
 

@@ -25,6 +25,7 @@ import redis
 from offload.broker import keys
 from offload.broker.archive import ArchiveStore
 from offload.broker.arrays import ArrayInfo, Arrays
+from offload.broker.chunks import ChunkLeases
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
 from offload.broker.highwater import RedisUsage, job_bytes, read_usage
@@ -128,6 +129,11 @@ class Broker:
     @cached_property
     def arrays(self) -> Arrays:
         return Arrays(self.redis, self.settings.record_ttl)
+
+    @cached_property
+    def chunks(self) -> ChunkLeases:
+        """Who runs each chunk of a batched array now (:mod:`offload.broker.chunks`)."""
+        return ChunkLeases(self.redis, self.settings.lease_ttl)
 
     @cached_property
     def nodes(self) -> NodeRegistry:
@@ -258,15 +264,17 @@ class Broker:
                     with contextlib.suppress(Exception):  # gone with Redis: expires
                         self.arrays.delete(array.id)
                     raise
-        from offload.broker.publish import publish_many
+        from offload.broker.publish import publish_chunks, publish_many
 
         try:
             for rec in recs:
                 if rec.status is JobStatus.WAITING:
                     self.pipeline.link(rec.id, rec.spec)
-            publish_many(
-                self.app, [rec for rec in recs if rec.status is JobStatus.QUEUED], self.producer()
-            )
+            queued = [rec for rec in recs if rec.status is JobStatus.QUEUED]
+            if array is not None and array.batch:
+                publish_chunks(self.app, queued, self.producer(), array.batch, array.name)
+            else:
+                publish_many(self.app, queued, self.producer())
         except Exception as exc:  # kombu's errors too
             self.close_producer()  # a producer that failed is not sent with again
             raise BrokerError(

@@ -73,12 +73,16 @@ non-terminal job's keys have no TTL: the job is still owed an outcome.
 
 Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by everyone)::
 
-    offload:array:<id>           HASH   id, count (items), name, image, created_at; its items
+    offload:array:<id>           HASH   id, count (items), name, image, created_at, batch; its items
                                         are the jobs ``<id><index as 8 hex digits>``
                                         (:mod:`offload.spec.arrays`): nothing is stored per
                                         item to find them. Written with the items' records,
                                         all or none; TTL ``record_ttl`` from its creation
                                         (about 200 bytes an array, whatever its size)
+    offload:chunk:<chunk id>     STRING ``<node>:<run>``: the worker running a chunk of a
+                                        batched array (:mod:`offload.broker.chunks`); its
+                                        lease, PX ``lease_ttl``, renewed while it runs and
+                                        deleted when it ends (one per running chunk)
 
 The archive (:mod:`offload.broker.archive`; written by the sweeper, read by everyone)::
 
@@ -279,6 +283,10 @@ ARCHIVE_SEQ = f"{PREFIX}:archive:seq"
 
 def array(array_id: str) -> str:
     return f"{PREFIX}:array:{array_id}"
+
+
+def chunk(chunk_id: str) -> str:
+    return f"{PREFIX}:chunk:{chunk_id}"
 
 
 def job(job_id: str) -> str:

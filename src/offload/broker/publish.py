@@ -26,11 +26,12 @@ from celery import Celery
 from kombu import Queue
 
 from offload.broker import keys, routing
-from offload.broker.app import EXCHANGE, route, settings_of
+from offload.broker.app import CHUNK_TASK_NAME, EXCHANGE, route, settings_of
 from offload.broker.connection import redis_client
 from offload.broker.records import JobRecord, JobRecords
 from offload.broker.room import Share
 from offload.errors import JobNotFound
+from offload.spec.arrays import chunks, parse_chunk
 
 if TYPE_CHECKING:
     from offload.spec import JobSpec
@@ -151,6 +152,12 @@ def send_in(pipe: Any, app: Celery, rec: JobRecord, decision: routing.Route, pro
     round trip, and never one without the other. Celery and kombu build the messages as for
     any send; only their final Redis commands are taken. False, with nothing added, where
     the installed kombu cannot hand its commands over (before 5.7): then send after EXEC."""
+    return _captured(pipe, producer, lambda: send(app, rec, decision, producer=producer))
+
+
+def _captured(pipe: Any, producer: Any, sending: Any) -> bool:
+    """Call ``sending`` (a send with ``producer``) with its Redis commands going into ``pipe``
+    (see :func:`send_in`); False, with nothing sent, where this kombu cannot."""
     try:  # kombu's own batch state, holding a session of ours
         from kombu.messaging import _ProducerBatchState
 
@@ -163,7 +170,7 @@ def send_in(pipe: Any, app: Celery, rec: JobRecord, decision: routing.Route, pro
     except (ImportError, AttributeError, TypeError):  # another kombu: send after EXEC
         return False
     try:
-        send(app, rec, decision, producer=producer)
+        sending()
     finally:
         del producer._batch_local.current
     return True
@@ -206,6 +213,57 @@ def publish_many(
                     publish(app, each)
                 return
         pipe.execute()
+
+
+def publish_chunks(
+    app: Celery, recs: list[JobRecord], producer: Any, batch: int, name: str = ""
+) -> list[str]:
+    """Send the queued items ``recs`` of a batched array (ascending index) as chunk messages of
+    up to ``batch`` consecutive items (:func:`offload.spec.arrays.chunks`); returns the chunks'
+    ids. A chunk goes to its items' class queue (never a node queue: a node queue's message
+    that its node does not take is moved by :func:`move_overdue`, job by job) with its first
+    item's priority; Flower shows it as ``<name>[first..last]``. Each item's record says it
+    was routed to the class queue. As :func:`publish_many`, not a transaction: an item whose
+    chunk was not written is ``queued`` without a message, and the sweeper publishes it
+    (alone)."""
+    if not recs:
+        return []
+    r = _redis(app)
+    array_id = recs[0].id[:24]
+    by_index = {int(rec.id[24:], 16): rec for rec in recs}
+    ids = chunks(array_id, sorted(by_index), batch)
+
+    def sender(chunk: str) -> Any:
+        _, first, stop = parse_chunk(chunk) or ("", 0, 0)
+        head = by_index[first]
+        return lambda: route(
+            app,
+            chunk,
+            head.resource_class,
+            f"{name or head.spec.display_name()}[{first}..{stop - 1}]",
+            f"{stop - first} items of array {array_id}",
+            chunk,
+            priority=head.spec.priority,
+            producer=producer,
+            task=CHUNK_TASK_NAME,
+        )
+
+    per_trip = max(1, PUBLISH_CHUNK // batch)
+    for start in range(0, len(ids), per_trip):
+        pipe = r.pipeline(transaction=False)
+        for i, chunk in enumerate(ids[start : start + per_trip]):
+            _, first, stop = parse_chunk(chunk) or ("", 0, 0)
+            why = f"batched: chunk {first}..{stop - 1}"
+            for index in range(first, stop):
+                rec = by_index[index]
+                routing.record(pipe, rec.id, routing.Route(rec.resource_class, why))
+            if not _captured(pipe, producer, sender(chunk)):  # a kombu before 5.7
+                pipe.execute()
+                for each in ids[start + i :]:
+                    sender(each)()
+                return ids
+        pipe.execute()
+    return ids
 
 
 def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> list[str]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from offload.spec.arrays import chunk_items
+
 PRIORITY_STEPS = tuple(range(10))  # broker_transport_options["priority_steps"]
 PRIORITY_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
 UNACKED = "unacked"
@@ -44,7 +46,16 @@ def message_job(raw: str | bytes) -> str | None:
 
 
 def message_jobs(raws: Iterable[str | bytes]) -> Iterable[str]:
+    """The job ids the messages are about: a chunk's message (a batched array's) is about
+    each of its items."""
     for raw in raws:
-        job_id = message_job(raw)
-        if job_id is not None:
-            yield job_id
+        yield from message_items(raw)
+
+
+def message_items(raw: str | bytes) -> list[str]:
+    """The jobs a message runs: its job, or each item of a chunk (:mod:`offload.spec.arrays`);
+    [] if it is not ours."""
+    job_id = message_job(raw)
+    if job_id is None:
+        return []
+    return chunk_items(job_id) or [job_id]

@@ -52,6 +52,7 @@ from offload.broker.recovery import requeue
 from offload.broker.routing import node_queue_messages, registered_nodes
 from offload.broker.status import ACTIVE, JobStatus
 from offload.errors import JobNotFound
+from offload.spec.arrays import chunk_items
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Sweeper:
         self.lock_ms = int(max(settings.sweep_interval, 1.0) * 4000)
         self.pipeline: Pipeline = broker.pipeline
         self.limits: Limits = broker.limits
+        self.chunks = broker.chunks
         self._extend = self.r.register_script(scripts.EXTEND_ALL)
         self._release = self.r.register_script(scripts.RELEASE_LOCK)
 
@@ -233,7 +235,9 @@ class Sweeper:
     def jobs_with_a_message(self, delivered_before: float) -> tuple[set[str], dict[str, list[str]]]:
         """The jobs with a message in a queue or delivered since ``delivered_before``; and,
         by job, the delivery tags of messages delivered before it (kombu's unacked index
-        holds each delivery's time)."""
+        holds each delivery's time). A chunk's message (a batched array's) stands for each
+        of its items; delivered long ago, it still does while a worker holds the chunk's
+        lease (its items wait their turn in its warm container)."""
         present: set[str] = set()
         for queue in self.queues:
             for name in queue_lists(queue):
@@ -241,26 +245,42 @@ class Sweeper:
         present.update(j for _, _, j in node_queue_messages(self.r, registered_nodes(self.r)))
         since = {str(t) for t in self.r.zrangebyscore(UNACKED_INDEX, delivered_before, "+inf")}
         old: dict[str, list[str]] = {}
+        running: dict[str, str] = {}  # a chunk delivered long ago -> its delivery tag
         for tag, raw in self.r.hgetall(UNACKED).items():
             job_id = message_job(raw)
             if job_id is None:
                 continue
+            items = chunk_items(job_id)
             if str(tag) in since:
-                present.add(job_id)
+                present.update(items or [job_id])
+            elif items:
+                running[job_id] = str(tag)
             else:
                 old.setdefault(job_id, []).append(str(tag))
+        held = self.chunks.live(sorted(running))
+        for chunk, tag in running.items():
+            if chunk in held:
+                present.update(chunk_items(chunk))
+            else:
+                for item in chunk_items(chunk):
+                    old.setdefault(item, []).append(tag)
         return present, old
 
     # -- 4. stale deliveries ----------------------------------------------------------------
 
     def drop_stale_deliveries(self) -> int:
+        """Drop kombu's unacknowledged entries of finished jobs (of chunks whose every item
+        is finished)."""
         dropped = 0
         for tag, raw in self.r.hgetall(UNACKED).items():
             job_id = message_job(raw)
             if job_id is None:
                 continue
-            status = self.r.hget(keys.job(job_id), "status")
-            if status is None or JobStatus(str(status)).terminal:
+            jobs = chunk_items(job_id) or [job_id]
+            pipe = self.r.pipeline(transaction=False)
+            for each in jobs:
+                pipe.hget(keys.job(each), "status")
+            if all(s is None or JobStatus(str(s)).terminal for s in pipe.execute()):
                 pipe = self.r.pipeline()
                 pipe.hdel(UNACKED, tag)
                 pipe.zrem(UNACKED_INDEX, tag)

@@ -15,6 +15,7 @@ from offload.cli import cli, handle_errors
 from offload.cli.common import INPUT_HELP, client_of, job_options, parse_inputs, parse_job_options
 from offload.errors import SpecError
 from offload.producer.array import JobArray
+from offload.spec.arrays import MAX_BATCH
 
 EACH_HELP = (
     "The items: a JSON Lines file (or - for stdin), one JSON object a line with the fields "
@@ -108,6 +109,15 @@ def watch(array: JobArray) -> Counter[str]:
 @job_options
 @click.option("--name", default=None, help="The jobs' name (an item's own name replaces it).")
 @click.option(
+    "--batch",
+    type=click.IntRange(1, MAX_BATCH),
+    default=None,
+    metavar="K",
+    help="Run up to K consecutive items one after another in one warm container (for tiny "
+    "items: one container start per K); each item keeps its own exit code, timeout, logs, "
+    "outputs and retries. Unset: one container per item.",
+)
+@click.option(
     "--wait",
     is_flag=True,
     help="Show a live bar of the items done, failed and running; exit 0 when every item "
@@ -122,6 +132,7 @@ def map_(
     each: str,
     inputs: tuple[str, ...],
     name: str | None,
+    batch: int | None,
     wait: bool,
     **options: Any,
 ) -> None:
@@ -152,13 +163,15 @@ def map_(
 
     try:
         with Console(stderr=True).status(f"checking and queueing {len(items):,} items…"):
-            array = client.map(image, list(command) or None, each=items, options=common)
+            array = client.map(
+                image, list(command) or None, each=items, options=common, batch=batch
+            )
     except SpecError as exc:
         raise on_line(exc, source, lines) from None
     click.echo(array.id)
     click.echo(
         f"array {array.id}: {len(array):,} items queued (offload status {array.id}; item i is "
-        f"{array.id}:i)",
+        f"{array.id}:i)" + (f"; {batch} items a container" if batch else ""),
         err=True,
     )
     if not wait:

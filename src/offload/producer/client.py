@@ -37,7 +37,7 @@ from offload.spec import (
     RetryPolicy,
     resolve_class,
 )
-from offload.spec.arrays import MAX_ITEMS, item_id
+from offload.spec.arrays import MAX_ITEMS, check_batch, item_id
 from offload.spec.uris import is_uri
 
 PLACEHOLDER_ID = "sha256:" + "0" * 64
@@ -105,6 +105,7 @@ class Client:
         *,
         each: Sequence[Mapping[str, Any] | JobOptions],
         options: JobOptions | None = None,
+        batch: int | None = None,
         **common: Any,
     ) -> JobArray:
         """Fan out: an array of one job per item of ``each``, with ``OFFLOAD_TASK_INDEX`` /
@@ -116,7 +117,14 @@ class Client:
         Every field of every item is validated, and every item's inputs uploaded, before the
         first job is queued: a bad item raises :class:`SpecError` naming ``each[<i>].<field>``,
         and nothing is queued.
+
+        ``batch=K`` runs up to K consecutive items one after another in one warm container
+        (one message, one container start), each item still seeing exactly what a job sees
+        and keeping its own exit code, timeout, logs, outputs and retries
+        (:mod:`offload.worker.chunks`); for tiny items. Unset: one container per item.
         """
+        if batch is not None:
+            check_batch(batch)
         if not each:
             raise SpecError("each", "expected at least one item to map over")
         base = JobOptions.of(options, **common)
@@ -145,6 +153,7 @@ class Client:
             name=base.name or first.image,
             image=first.image,
             created_at=time.time(),
+            batch=batch or 0,
         )
         sealed = []
         for i, (spec, draft) in enumerate(zip(specs, drafts, strict=True)):

@@ -5,15 +5,24 @@ An array (:meth:`offload.producer.client.Client.map`) has an id of 24 hex digits
 a job id like any other. So an item is found from its array and index, and its array from
 the item's id, with nothing stored per item to map one to the other; an array holds at
 most 2^32 items. ``ARRAY:INDEX`` names an item on the command line.
+
+A **chunk** is a run of consecutive items of a batched array (``map(..., batch=K)``) that one
+message carries, run one after another in one warm container
+(:mod:`offload.worker.chunks`). Its id is the array's id, ``x``, its first index and ``x``,
+its end (exclusive), each in 8 hex digits: the items it holds are read from its id alone.
 """
 
 from __future__ import annotations
 
 import re
 
+from offload.errors import SpecError
+
 ARRAY_ID_RE = re.compile(r"^[0-9a-f]{24}\Z")
 ITEM_RE = re.compile(r"^([0-9a-f]{24}):([0-9]+)\Z")
+CHUNK_RE = re.compile(r"^([0-9a-f]{24})x([0-9a-f]{8})x([0-9a-f]{8})\Z")
 MAX_ITEMS = 1 << 32
+MAX_BATCH = 1000  # items of one chunk, at most
 
 
 def item_id(array_id: str, index: int) -> str:
@@ -34,4 +43,64 @@ def parse_item(text: str) -> tuple[str, int] | None:
     return m.group(1), index
 
 
-__all__ = ["ARRAY_ID_RE", "MAX_ITEMS", "item_id", "parse_item"]
+def check_batch(batch: object) -> int:
+    """``batch`` as a whole number of items per chunk, 1..MAX_BATCH; SpecError naming
+    ``batch`` otherwise."""
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise SpecError("batch", f"expected a whole number of items (1 to {MAX_BATCH}), "
+                        f"got {batch!r}")  # fmt: skip
+    if not 1 <= batch <= MAX_BATCH:
+        raise SpecError("batch", f"expected a whole number from 1 to {MAX_BATCH}, got {batch}")
+    return batch
+
+
+def chunk_id(array_id: str, start: int, stop: int) -> str:
+    """The id of the chunk of items ``start..stop-1`` of array ``array_id``."""
+    if not 0 <= start < stop <= MAX_ITEMS - 1:
+        raise ValueError(f"a chunk holds items start..stop-1 of an array, got {start}..{stop}")
+    return f"{array_id}x{start:08x}x{stop:08x}"
+
+
+def parse_chunk(text: str) -> tuple[str, int, int] | None:
+    """A chunk id as (array id, start, stop); None when ``text`` is not one."""
+    m = CHUNK_RE.match(text)
+    if m is None:
+        return None
+    start, stop = int(m.group(2), 16), int(m.group(3), 16)
+    return (m.group(1), start, stop) if start < stop else None
+
+
+def chunk_items(chunk: str) -> list[str]:
+    """The job ids of a chunk's items, in order; [] when ``chunk`` is not a chunk id."""
+    parsed = parse_chunk(chunk)
+    if parsed is None:
+        return []
+    array_id, start, stop = parsed
+    return [item_id(array_id, i) for i in range(start, stop)]
+
+
+def chunks(array_id: str, indexes: list[int], batch: int) -> list[str]:
+    """``indexes`` (ascending) cut into chunks of at most ``batch`` consecutive items."""
+    out: list[str] = []
+    i = 0
+    while i < len(indexes):
+        j = i + 1
+        while j < len(indexes) and j - i < batch and indexes[j] == indexes[j - 1] + 1:
+            j += 1
+        out.append(chunk_id(array_id, indexes[i], indexes[j - 1] + 1))
+        i = j
+    return out
+
+
+__all__ = [
+    "ARRAY_ID_RE",
+    "MAX_BATCH",
+    "MAX_ITEMS",
+    "check_batch",
+    "chunk_id",
+    "chunk_items",
+    "chunks",
+    "item_id",
+    "parse_chunk",
+    "parse_item",
+]

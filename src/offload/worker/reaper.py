@@ -7,7 +7,9 @@ is removed from this engine, and its work folder (``<home>/work/<node>/<job>-<at
 inputs, outputs and ``params.json`` in plaintext, and ``<job>-<attempt>.fetch``: the inputs
 fetched for it) from this disk, whichever node made them —
 a node that died for good leaves nothing behind once any node sharing its engine or home
-sweeps. Run by every worker's heartbeat thread each sweep, and once when the node starts.
+sweeps. A warm container (a chunk of a batched array, :mod:`offload.worker.chunks`) and its
+folder ``<chunk>-<run>`` are dead once that run no longer holds the chunk's lease. Run by
+every worker's heartbeat thread each sweep, and once when the node starts.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from offload.broker.chunks import ChunkLeases
 from offload.broker.records import JobRecords
 from offload.broker.status import ACTIVE
 from offload.errors import JobNotFound
+from offload.spec.arrays import parse_chunk
 from offload.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,9 @@ class LocalReaper:
         self.runtime, self.work_root = runtime, work_root
 
     def live(self, node: str, job_id: str, attempt: int) -> bool:
+        if parse_chunk(job_id) is not None:  # a warm container and its folder: a chunk's run
+            leases = ChunkLeases(self.records.r, self.records.lease_ttl)
+            return leases.holder(job_id) == ChunkLeases.owner(node, attempt)
         try:
             rec = self.records.get(job_id)
         except JobNotFound:

@@ -15,7 +15,8 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from offload.broker.app import TASK_NAME, TaskFailed
+from offload.broker.app import CHUNK_TASK_NAME, TASK_NAME, TaskFailed
+from offload.broker.chunks import ChunkLeases
 from offload.broker.core import Broker
 from offload.broker.status import JobStatus
 from offload.cache.actions import ActionCache
@@ -24,6 +25,7 @@ from offload.cache.factory import open_store, user_data
 from offload.cache.keys import load_key
 from offload.errors import BrokerError
 from offload.spec import JobSpec
+from offload.worker import chunks
 from offload.worker.capacity import Capacity
 from offload.worker.deliver import Deliverer
 from offload.worker.docker_runtime import DockerRuntime, connect
@@ -87,8 +89,9 @@ def register(broker: Broker, capacity: Capacity) -> None:
     app, settings = broker.app, broker.settings
     nodes: dict[int, Node] = {}  # one per pool process, built after the fork
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def run_job(self: Any, job_id: str) -> str | None:
+    def node_here(what: str) -> Node:
+        """This pool process's node (built at its first task), its engine answering; else
+        the message goes back to the queue (Reject) before anything is taken."""
         pid = os.getpid()
         if pid not in nodes:
             try:
@@ -96,18 +99,23 @@ def register(broker: Broker, capacity: Capacity) -> None:
                 nodes[pid] = build_node(Broker(settings, app=app), capacity)
             except Exception as exc:
                 # This process cannot run jobs now; hand the job back rather than lose it.
-                log.exception("cannot set up this worker process; job %s goes back", job_id)
+                log.exception("cannot set up this worker process; %s goes back", what)
                 time.sleep(1)
                 raise Reject(f"worker process set-up failed: {exc}", requeue=True) from exc
         if not nodes[pid].runtime.responsive():
             # No engine: hand the message back before taking an attempt; the heartbeat stops
             # this node consuming meanwhile (worker/engine.py), so another node, or this one
             # once its engine answers, runs it.
-            log.warning("job %s: the Docker engine does not answer; handed back", job_id)
+            log.warning("%s: the Docker engine does not answer; handed back", what)
             time.sleep(1)
             raise Reject("the Docker engine does not answer", requeue=True)
+        return nodes[pid]
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run_job(self: Any, job_id: str) -> str | None:
+        node = node_here(f"job {job_id}")
         try:
-            status = execute(nodes[pid], job_id)
+            status = execute(node, job_id)
         except BrokerError as exc:  # Redis went away mid-job: the record is unreachable
             log.error("job %s: broker error, handing the job back: %s", job_id, exc)
             time.sleep(1)
@@ -116,14 +124,37 @@ def register(broker: Broker, capacity: Capacity) -> None:
             # A job that ended failed / timed_out / cancelled (here, or before this delivery:
             # cancelled while queued) fails the task, so Flower shows FAILURE and its reason.
             try:
-                ended = nodes[pid].records.get(job_id)
+                ended = node.records.get(job_id)
                 if ended.status.terminal:  # release or fail the jobs waiting for it
-                    nodes[pid].on_done(job_id)
+                    node.on_done(job_id)
             except BrokerError:  # the sweeper settles its children once Redis is back
                 ended = None
             if ended and ended.status.terminal and ended.status is not JobStatus.SUCCEEDED:
                 raise TaskFailed(ended.reason or ended.status.value, ended.message or "")
         return status.value if status is not None else None
+
+    @app.task(name=CHUNK_TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run_chunk(self: Any, chunk: str) -> str:
+        """A chunk of a batched array (:mod:`offload.worker.chunks`); Flower shows it as one
+        task, FAILURE when an item it ran did not succeed."""
+        node = node_here(f"chunk {chunk}")
+        try:
+            leases = ChunkLeases(node.records.r, node.records.lease_ttl)
+            outcome = chunks.run_chunk(node, chunk, leases)
+        except (BrokerError, chunks.Interrupted) as exc:
+            log.error("chunk %s: stopped (%s); the message goes back to the queue", chunk, exc)
+            time.sleep(1)
+            raise Reject(str(exc), requeue=True) from exc
+        counts: dict[str, int] = {}
+        for status in outcome.ran.values():
+            counts[status.value] = counts.get(status.value, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing to run"
+        if outcome.skipped:
+            summary += f"; {len(outcome.skipped)} already done or taken"
+        failed = outcome.failures()
+        if failed:
+            raise TaskFailed("items_failed", f"{summary}; first: {failed[0]}")
+        return summary
 
 
 # -- the worker's life: Celery's signals, so the rest of worker/ needs no Celery import --------
