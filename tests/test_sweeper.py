@@ -14,6 +14,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.app import make_app, route
+from offload.broker.chunks import ChunkLeases
 from offload.broker.core import Broker
 from offload.broker.nodes import NodeRegistry
 from offload.broker.records import JobRecords
@@ -21,6 +22,7 @@ from offload.broker.status import JobStatus, Reason
 from offload.broker.sweeper import UNACKED, Sweeper, message_job
 from offload.config import Settings
 from offload.spec import JobSpec
+from offload.spec.arrays import chunk_id, item_id
 from tests.conftest import new_db, ready_messages
 
 SPEC = JobSpec(image="offload/base", command=("true",))
@@ -234,3 +236,42 @@ def test_concurrent_sweepers_do_the_work_once(
         t.join(30)
     assert sorted(requeued) == sorted(jobs)
     assert sorted(queued_ids(r)) == sorted(jobs)  # one message each, not six
+
+
+def test_a_chunk_delivered_long_ago_keeps_its_items_while_its_lease_lives(
+    parts: tuple[JobRecords, NodeRegistry, Sweeper], r: redis.Redis, settings: Settings
+) -> None:
+    """A batched array's chunk (one message, several items) delivered long ago: its items
+    wait their turn in its warm container while a worker holds the chunk's lease; once the
+    lease is gone (its worker died) each item still queued is published alone, and the
+    chunk's delivery is dropped only when every item of it has ended."""
+    records, _, sweeper = parts
+    array = uuid.uuid4().hex[:24]
+    items = [item_id(array, i) for i in range(3)]
+    for job_id in items:
+        records.create(job_id, SPEC, "cpu-small")
+    chunk = chunk_id(array, 0, 3)
+    message = {"headers": {"id": chunk, "task": "offload.run_chunk"}, "body": ""}
+    r.hset(UNACKED, "t-chunk", json.dumps([message, "", "cpu-small"]))
+    r.zadd("unacked_index", {"t-chunk": now(r) - 60})
+    r.zadd(keys.QUEUED, dict.fromkeys(items, now(r) - 60))
+    leases = ChunkLeases(r, settings.lease_ttl)
+    assert leases.hold(chunk, "n1", 7) and not leases.hold(chunk, "n2", 8)
+    report = sweep(sweeper, r)
+    assert report.republished == [] and report.dropped_deliveries == 0  # its worker has them
+    r.zadd(keys.QUEUED, dict.fromkeys(items, now(r) - 60))
+    leases.release(chunk, "n1", 7)
+    assert leases.holder(chunk) is None
+    report = sweep(sweeper, r)
+    assert sorted(report.republished) == items
+    assert sorted(queued_ids(r)) == items  # one message each
+    assert not r.hexists(UNACKED, "t-chunk")
+
+    # a chunk's delivery is stale only when all its items ended
+    r.hset(UNACKED, "t-chunk", json.dumps([message, "", "cpu-small"]))
+    r.zadd("unacked_index", {"t-chunk": now(r)})
+    for job_id in items[:2]:
+        r.hset(keys.job(job_id), "status", "succeeded")
+    assert sweeper.drop_stale_deliveries() == 0
+    r.hset(keys.job(items[2]), "status", "failed")
+    assert sweeper.drop_stale_deliveries() == 1

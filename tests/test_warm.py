@@ -28,6 +28,7 @@ from offload.broker.status import JobStatus, Reason
 from offload.cache.factory import open_store
 from offload.cache.keys import load_key
 from offload.spec import GiB
+from offload.spec.arrays import chunk_id
 from offload.worker import warm as warm_module
 from offload.worker.capacity import Capacity
 from offload.worker.docker_runtime import DockerRuntime
@@ -76,7 +77,9 @@ def setup(private_platform: Platform, docker_client: docker.DockerClient) -> Ite
     broker = Broker(p.settings)
     plain = make_node(p, broker, DockerRuntime(docker_client))
     warm = WarmRuntime(
-        DockerRuntime(docker_client), plain.work_dir, Batch(f"chunk-{uuid.uuid4().hex}", 1)
+        DockerRuntime(docker_client),
+        plain.work_dir,
+        Batch(chunk_id(uuid.uuid4().hex[:24], 0, 9), 1),
     )
     with warm:
         yield Setup(p, broker, dataclasses.replace(plain, runtime=warm), warm)
@@ -245,7 +248,12 @@ def test_the_reaper_removes_a_dead_batchs_container_and_folder(
         DockerRuntime(docker_client),
         s.node.work_dir.parent,
     )
-    reaper.reap()  # the batch's identity has no live record here: its attempt is dead
+    chunk, run = s.warm.batch.job_id, s.warm.batch.attempt
+    assert s.broker.chunks.hold(chunk, s.node.name, run)
+    reaper.reap()  # its run holds the chunk's lease: alive, between two items too
+    assert s.warm.root.exists() and len(warm_containers(docker_client, s.warm.batch)) == 1
+    s.broker.chunks.release(chunk, s.node.name, run)
+    reaper.reap()  # the lease is gone (its worker died, or the chunk ended): dead
     assert warm_containers(docker_client, s.warm.batch) == []
     assert not s.warm.root.exists()
 
