@@ -137,5 +137,8 @@ def test_cli_map_batch(platform: Platform, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     array_id = done.stdout.split()[0]
     assert "2 items a container" in done.stderr
+    shown = platform.cli("status", array_id)
+    assert "array of 4 items, 2 a warm container" in shown.stdout, shown.stderr
+    assert "succeeded 4" in shown.stdout
     logs = platform.cli("logs", f"{array_id}:3")
     assert logs.stdout.strip() == "n=3", logs.stderr

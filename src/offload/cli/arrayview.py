@@ -53,6 +53,7 @@ def show_status(client: Client, array_id: str, as_json: bool) -> None:
             "id": array.id,
             "name": array.info.name,
             "count": st.count,
+            "batch": array.info.batch or None,
             "by_status": {s.value: n for s, n in st.by_status.items()},
             "by_reason": st.by_reason,
             "ended": st.ended,
@@ -66,7 +67,8 @@ def show_status(client: Client, array_id: str, as_json: bool) -> None:
         }  # fmt: skip
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"{array.id}  {array.info.name}  array of {st.count:,} items")
+    batched = f", {array.info.batch} a warm container" if array.info.batch else ""
+    click.echo(f"{array.id}  {array.info.name}  array of {st.count:,} items{batched}")
     order = [s for s in JobStatus if s in st.by_status]
     click.echo("  ".join(f"{s.value} {st.by_status[s]:,}" for s in order))
     line = f"ended {st.ended:,}/{st.count:,} ({100 * st.ended / st.count:.0f}%)"
