@@ -25,6 +25,7 @@ import pytest
 
 from offload.broker.status import JobStatus
 from offload.producer.client import Client
+from offload.spec.arrays import chunk_id
 
 from .conftest import Platform, free_port, wait_for
 
@@ -258,3 +259,37 @@ def test_flower_shows_failed_timed_out_and_cancelled_jobs_as_failure_with_reason
 
 def tmp_png(platform: Platform) -> Path:
     return platform.settings.home / "flower-failed.png"
+
+
+def test_flower_shows_one_task_per_chunk_of_a_batched_array(
+    private_platform: Platform, flower: str, tmp_path: Path
+) -> None:
+    client = private_platform.client
+    tag = uuid.uuid4().hex[:12]
+    wait_until_listening(client, flower, tag)
+    name = f"thumbs-{tag}"
+    array = client.map(
+        "offload/base",
+        ["sh", "-c", '[ "$OFFLOAD_TASK_INDEX" != 4 ]'],
+        each=[{}] * 5,
+        batch=3,
+        name=name,
+        retries=0,
+        cache=False,
+    )
+    first, second = chunk_id(array.id, 0, 3), chunk_id(array.id, 3, 5)
+    private_platform.start_worker()
+    array.wait(timeout=120)
+
+    def states() -> dict[str, str]:
+        tasks = api_tasks(flower)
+        return {c: tasks[c]["state"] for c in (first, second) if c in tasks}
+
+    wait_for(lambda: states() == {first: "SUCCESS", second: "FAILURE"}, 20, "both chunks")
+    tasks = api_tasks(flower)
+    assert tasks[first]["name"] == f"{name}[0..2]" and tasks[second]["name"] == f"{name}[3..4]"
+    assert not any(t.startswith(array.id) and t not in (first, second) for t in tasks)
+    page = render(f"{flower}/task/{second}")
+    assert "items_failed" in page and "1 failed, 1 succeeded" in page
+    screenshot(f"{flower}/tasks", tmp_path / "chunks.png")
+    assert (tmp_path / "chunks.png").stat().st_size > 0

@@ -153,7 +153,8 @@ def register(broker: Broker, capacity: Capacity) -> None:
             summary += f"; {len(outcome.skipped)} already done or taken"
         failed = outcome.failures()
         if failed:
-            raise TaskFailed("items_failed", f"{summary}; first: {failed[0]}")
+            first = f"item {int(failed[0][24:], 16)} ({failed[0]})"
+            raise TaskFailed("items_failed", f"{summary}; first: {first}")
         return summary
 
 
