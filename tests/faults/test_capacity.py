@@ -133,7 +133,7 @@ def test_a_map_that_redis_refuses_mid_way_leaves_nothing(
     # The fault: once the map's first chunk of records is written, Redis's limit drops to
     # what it uses (an operator's CONFIG SET, another tenant filling it): the second chunk
     # is refused part-way through the batch.
-    queue_create = JobRecords._queue_create
+    queue_create = JobRecords.queue_create
     calls = [0]
 
     def shrinking(self: JobRecords, *args: Any) -> Any:
@@ -142,10 +142,10 @@ def test_a_map_that_redis_refuses_mid_way_leaves_nothing(
             self.r.config_set("maxmemory", str(self.r.info("memory")["used_memory"]))
         return queue_create(self, *args)
 
-    monkeypatch.setattr(JobRecords, "_queue_create", shrinking)
+    monkeypatch.setattr(JobRecords, "queue_create", shrinking)
     with pytest.raises(CapacityError) as refused:
         c.map("offload/base", ["true"], each=[{}] * 800, cpu=2)
-    monkeypatch.setattr(JobRecords, "_queue_create", queue_create)
+    monkeypatch.setattr(JobRecords, "queue_create", queue_create)
     assert calls[0] == 800  # both chunks were sent: the second was refused
     c.broker.redis.config_set("maxmemory", str(MAX))
     assert "Redis refused the write" in str(refused.value) and "nothing was queued" in str(

@@ -15,6 +15,8 @@ fork.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
@@ -24,7 +26,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.archive import ArchiveStore
-from offload.broker.arrays import ArrayInfo, Arrays
+from offload.broker.arrays import TABLE_PART, ArrayInfo, Arrays
 from offload.broker.chunks import ChunkLeases
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
@@ -44,10 +46,13 @@ from offload.errors import BrokerError, CapacityError
 if TYPE_CHECKING:
     from celery import Celery
 
+    from offload.broker.feeder import Feeder
     from offload.broker.limits import Limits
     from offload.broker.pipeline import Pipeline
     from offload.broker.sweeper import Sweeper
     from offload.spec import JobSpec
+
+log = logging.getLogger(__name__)
 
 
 class Broker:
@@ -108,6 +113,7 @@ class Broker:
     def records(self) -> JobRecords:
         records = JobRecords.from_settings(self.redis, self.settings)
         records.archive.store = self._archive
+        records.unfed = self.arrays  # an array's items not fed yet read as queued
         return records
 
     @cached_property
@@ -129,6 +135,13 @@ class Broker:
     @cached_property
     def arrays(self) -> Arrays:
         return Arrays(self.redis, self.settings.record_ttl)
+
+    @cached_property
+    def feeder(self) -> Feeder:
+        """Feeds arrays' items to their queues (:mod:`offload.broker.feeder`)."""
+        from offload.broker.feeder import Feeder
+
+        return Feeder(self)
 
     @cached_property
     def chunks(self) -> ChunkLeases:
@@ -281,6 +294,41 @@ class Broker:
                 f"{exc}; the {len(recs)} jobs are recorded and each is queued once the broker "
                 "answers again (the sweeper publishes the rest)"
             ) from exc
+
+    def submit_array(self, array: ArrayInfo, jobs: Sequence[tuple[str, JobSpec, str]]) -> ArrayInfo:
+        """Record an array of sealed jobs (its items, by index) compactly, all or none, then
+        feed its first items to the queue (:mod:`offload.broker.feeder`; the rest follow as
+        their class has room).
+
+        The array's record is written ``pending``, then its item table, then it is made
+        ``active``: if Redis refuses any step (full, or gone) what was written is deleted and
+        the error raised; if Redis dies mid-way the ``pending`` array reads as absent and
+        the sweeper deletes it. Once active the array is there whole: a feed that fails
+        now (Redis gone) is the sweeper's to do again. Returns the array as written."""
+        rows = [(cls, spec.encode()) for _, spec, cls in jobs]
+        self.admit(len(jobs), sum(len(e) for _, e in rows) // 8 + 64 * len(rows))
+        info = dataclasses.replace(
+            array,
+            state="pending",
+            parts=-(-len(rows) // TABLE_PART),
+            count=len(rows),
+            cls=rows[0][0] if rows else "",
+        )
+        with self._refused_whole(len(jobs)):
+            self.arrays.begin(info)
+            try:
+                self.arrays.write_table(info, rows)
+                self.arrays.activate(info)
+            except BaseException:
+                with contextlib.suppress(Exception):  # gone with Redis: the sweeper deletes it
+                    self.arrays.delete(info.id, info.parts)
+                raise
+        try:
+            self.feeder.feed(info.id)
+        except (BrokerError, redis.RedisError) as exc:
+            log.warning("array %s: recorded; its items are fed once Redis answers (%s)",
+                        info.id, exc)  # fmt: skip
+        return dataclasses.replace(info, state="active")
 
     @contextlib.contextmanager
     def _refused_whole(self, jobs: int) -> Iterator[None]:

@@ -15,6 +15,10 @@ kombu's Redis transport keeps, for a queue ``q``:
 Jobs routed to a node's own queue (``node.<name>``, :mod:`offload.broker.routing`) count as
 work of their class (each message's class read from its job record), ready or delivered.
 
+An array's items not fed to the queue yet count as ready work of its class, one per message
+they will be sent in (:func:`array_backlog`): the feeder holds them back for fairness, not
+because there is no work.
+
 Running jobs are counted from the node registry's running sets
 (``offload:node:<name>:running``, :mod:`offload.broker.keys`), each job's class and status
 read from its record: only ``staging``/``running``/``uploading`` count. With late acks these
@@ -79,7 +83,8 @@ def unacked_class(raw: str | bytes, classes: frozenset[str]) -> str | None:
 def read_depths(
     r: redis.Redis, classes: Iterable[str], *, unacked_key: str = UNACKED_KEY
 ) -> dict[str, ClassWork]:
-    """Ready, unacknowledged and running jobs per class, in three round trips."""
+    """Ready (arrays' items not fed yet included), unacknowledged and running jobs per class,
+    in five round trips."""
     names = list(dict.fromkeys(classes))
     wanted = frozenset(names)
 
@@ -103,11 +108,39 @@ def read_depths(
     for cls, was_delivered in _node_queue_classes(r, nodes, replies[-2]):
         if cls in ready:
             (unacked if was_delivered else ready)[cls] += 1
+    for cls, messages in array_backlog(r).items():
+        if cls in ready:
+            ready[cls] += messages
     running = dict.fromkeys(names, 0)
     for cls in _running_classes(r, nodes):
         if cls in running:
             running[cls] += 1
     return {n: ClassWork(ready=ready[n], unacked=unacked[n], running=running[n]) for n in names}
+
+
+def array_backlog(r: redis.Redis) -> dict[str, int]:
+    """Per class, the messages arrays will still send for the items they have not fed yet
+    (one per item, or per chunk of a batched array): work the autoscaler counts as ready
+    (:mod:`offload.broker.feeder`). Two round trips."""
+    ids = [_str(a) for a in r.zrange(keys.ARRAYS_FEEDING, 0, -1)]
+    if not ids:
+        return {}
+    pipe = r.pipeline(transaction=False)
+    for array_id in ids:
+        pipe.hmget(keys.array(array_id), "count", "batch", "state", "class")
+        pipe.hmget(keys.array_feed(array_id), "fed", "cancelled")
+    replies = pipe.execute()
+    out: dict[str, int] = {}
+    for (count, batch, state, cls), (fed, cancelled) in zip(
+        replies[::2], replies[1::2], strict=True
+    ):
+        if count is None or _str(state or "") != "active" or _str(cancelled or "") == "1":
+            continue
+        left = int(count) - int(fed or 0)
+        if left > 0:
+            per = max(1, int(batch or 0))
+            out[_str(cls)] = out.get(_str(cls), 0) + -(-left // per)
+    return out
 
 
 def _node_queue_classes(

@@ -79,6 +79,19 @@ Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by
                                         item to find them. Written with the items' records,
                                         all or none; TTL ``record_ttl`` from its creation
                                         (about 200 bytes an array, whatever its size)
+    offload:array:<id>:feed      HASH   fed (items whose records exist: 0..fed-1), cancelled;
+                                        the feeder WATCHes it (:mod:`offload.broker.feeder`)
+    offload:array:<id>:t:<n>     STRING items n*1000.. of the array's item table: their sealed
+                                        specs and classes, JSON, zlib (about 60 bytes an item);
+                                        deleted once every item of it is fed
+    offload:array:<id>:live      SET    fed items not ended (at most the feed window); the
+                                        transition script removes an item as it ends
+    offload:array:<id>:bad       ZSET   item index -> id of the items ended not succeeded
+    offload:arrays:feeding       ZSET   array id -> when made: arrays with items still to feed
+                                        (or ``pending``: being written)
+        An array's keys all expire with its record (``record_ttl``); the transition script
+        counts each item's end in its array's record (``n:<status>``), so an array's status
+        is read in O(window), not O(items).
     offload:chunk:<chunk id>     STRING ``<node>:<run>``: the worker running a chunk of a
                                         batched array (:mod:`offload.broker.chunks`); its
                                         lease, PX ``lease_ttl``, renewed while it runs and
@@ -279,10 +292,33 @@ ARCHIVE_WHERE = f"{PREFIX}:archive:where"
 ARCHIVE_SEGMENTS = f"{PREFIX}:archive:segments"
 ARCHIVE_TIMES = f"{PREFIX}:archive:times"
 ARCHIVE_SEQ = f"{PREFIX}:archive:seq"
+ARRAYS_FEEDING = f"{PREFIX}:arrays:feeding"
 
 
 def array(array_id: str) -> str:
     return f"{PREFIX}:array:{array_id}"
+
+
+def array_feed(array_id: str) -> str:
+    return f"{PREFIX}:array:{array_id}:feed"
+
+
+def array_table(array_id: str, part: int) -> str:
+    return f"{PREFIX}:array:{array_id}:t:{part}"
+
+
+def array_live(array_id: str) -> str:
+    return f"{PREFIX}:array:{array_id}:live"
+
+
+def array_bad(array_id: str) -> str:
+    return f"{PREFIX}:array:{array_id}:bad"
+
+
+def array_key_of(job_id: str) -> str:
+    """The array record an item's id points to (a key that never exists for other ids): the
+    transition script counts an item's end there."""
+    return array(job_id[:24]) if len(job_id) == 32 else f"{PREFIX}:array:-"
 
 
 def chunk(chunk_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,34 @@ OUTPUTS_SIG = "outputs_sig"  # the record field; written by the worker (cache.jo
 
 def _num(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+def record_fields(
+    job_id: str,
+    spec: JobSpec,
+    cls: str,
+    status: JobStatus,
+    now: float | None = None,
+    wait: str = "",
+) -> dict[str, str]:
+    """A new job record's fields (:meth:`offload.broker.records.JobRecords.create_many`; an
+    array's item not fed yet, :meth:`offload.broker.arrays.Arrays.unfed_record`)."""
+    at = str(time.time() if now is None else now)
+    fields = {
+        "id": job_id,
+        "spec": spec.encode(),
+        "view": json.dumps(spec.redacted()),
+        "name": spec.display_name(),
+        "image": spec.image,
+        "class": cls,
+        "status": status.value,
+        "created_at": at,
+        "updated_at": at,
+        "attempt": "0",
+    }
+    if wait:
+        fields["wait"] = wait
+    return fields
 
 
 def parse_record(job_id: str, h: dict[str, str], spec: JobSpec | None = None) -> JobRecord:

@@ -111,6 +111,9 @@ class Pipeline:
                 parents.append(parent)  # the script says it does not exist
                 continue
             self.records._run(self.r.sadd, keys.parents(job_id), parent)
+            if not status.terminal:  # an array's item not fed yet: wait for it as for any
+                self._wait_for_unfed(job_id, parent)
+                continue
             if status is not JobStatus.SUCCEEDED:
                 self.fail(job_id, self._why(parent, status.value))
                 return self.records.status(job_id)
@@ -135,6 +138,16 @@ class Pipeline:
         elif int(got[0]) == 0:
             self.release(job_id)
         return self.records.status(job_id)
+
+    def _wait_for_unfed(self, job_id: str, parent: str) -> None:
+        """``job_id`` waits for ``parent``, an array's item whose record the feeder has not
+        written yet: listed among its children, so that its end releases ``job_id``. (Fed and
+        ended in between, it is settled by the sweeper's check of old waiting jobs.)"""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(keys.children(parent), job_id)
+        pipe.expire(keys.children(parent), self.records.record_ttl)
+        pipe.sadd(keys.waiting_on(job_id), parent)
+        self.records._run(pipe.execute)
 
     # -- parents ending ---------------------------------------------------------------------
 

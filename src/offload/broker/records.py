@@ -22,7 +22,7 @@ from offload.broker import keys, scripts
 from offload.broker.archive import Archive, Entry
 from offload.broker.connection import broker_error
 from offload.broker.logs import LogStreams
-from offload.broker.model import Event, JobRecord, parse_record
+from offload.broker.model import Event, JobRecord, parse_record, record_fields
 from offload.broker.status import (
     ACTIVE,
     PENDING,
@@ -60,6 +60,8 @@ class JobRecords:
         self._cancel = client.register_script(scripts.CANCEL)
         self._delay = client.register_script(scripts.DELAY)
         self.archive = Archive(client, after=300.0, ttl=float(record_ttl))
+        # an array's items not fed yet (offload.broker.arrays.Arrays), read when no record is
+        self.unfed: Any = None
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobRecords:
@@ -100,7 +102,7 @@ class JobRecords:
                 pipe = self.r.pipeline(transaction=True)
                 part = jobs[start : start + chunk]
                 for job_id, spec, resource_class, status in part:
-                    out.append(self._queue_create(pipe, job_id, spec, resource_class, status))
+                    out.append(self.queue_create(pipe, job_id, spec, resource_class, status))
                 self._run(pipe.execute)
                 written += [job_id for job_id, *_ in part]
         except Exception:
@@ -108,7 +110,7 @@ class JobRecords:
             raise
         return out
 
-    def _queue_create(
+    def queue_create(
         self,
         pipe: Any,
         job_id: str,
@@ -118,28 +120,18 @@ class JobRecords:
     ) -> JobRecord:
         if status not in PENDING:
             raise ValueError(f"a job starts waiting or queued, not {status}")
-        now = str(time.time())
-        mapping = {
-            "id": job_id,
-            "spec": spec.encode(),
-            "view": json.dumps(spec.redacted()),
-            "name": spec.display_name(),
-            "image": spec.image,
-            "class": resource_class,
-            "status": status.value,
-            "created_at": now,
-            "updated_at": now,
-            "attempt": "0",
-        }
+        now = time.time()
+        mapping = record_fields(job_id, spec, resource_class, status, now)
         pipe.hset(keys.job(job_id), mapping=mapping)
         pipe.xadd(
-            keys.events(job_id), {"status": status.value, "at": now, "node": "", "attempt": "0"}
+            keys.events(job_id),
+            {"status": status.value, "at": mapping["created_at"], "node": "", "attempt": "0"},
         )
-        pipe.zadd(keys.JOBS_INDEX, {job_id: float(now)})
+        pipe.zadd(keys.JOBS_INDEX, {job_id: now})
         if status is JobStatus.QUEUED:
-            pipe.zadd(keys.QUEUED, {job_id: float(now)})
+            pipe.zadd(keys.QUEUED, {job_id: now})
         else:
-            pipe.zadd(keys.WAITING, {job_id: float(now)})
+            pipe.zadd(keys.WAITING, {job_id: now})
         pipe.hincrby(keys.STATS_SUBMITTED, resource_class, 1)  # metrics (broker/stats.py)
         return parse_record(job_id, mapping, spec)
 
@@ -155,7 +147,7 @@ class JobRecords:
         trip; return it as written. One MULTI: when Redis refuses it (an outage, or full)
         none of it is written."""
         pipe = self.r.pipeline(transaction=True)
-        rec = self._queue_create(pipe, job_id, spec, resource_class, JobStatus.QUEUED)
+        rec = self.queue_create(pipe, job_id, spec, resource_class, JobStatus.QUEUED)
         also(pipe, rec)
         self._run(pipe.execute)
         return rec
@@ -247,6 +239,9 @@ class JobRecords:
                 keys.RETRIES,
                 keys.STATS_FINISHED,
                 keys.ENDED,
+                keys.array_key_of(job_id),
+                keys.array_live(job_id[:24]),
+                keys.array_bad(job_id[:24]),
             ],
             "args": args,
         }
@@ -375,9 +370,15 @@ class JobRecords:
 
     def get(self, job_id: str) -> JobRecord:
         h = self._run(self.r.hgetall, keys.job(job_id))
-        if not h:
+        if h:
+            return parse_record(job_id, h)
+        try:
             return parse_record(job_id, self.archived(job_id).record)
-        return parse_record(job_id, h)
+        except JobNotFound:
+            rec = self.unfed.unfed_record(job_id) if self.unfed is not None else None
+            if rec is None:
+                raise
+            return rec  # an array's item not fed yet
 
     def archived(self, job_id: str) -> Entry:
         """The job as the archive holds it (:mod:`offload.broker.archive`); JobNotFound."""
@@ -388,9 +389,15 @@ class JobRecords:
 
     def status(self, job_id: str) -> JobStatus:
         value = self._run(self.r.hget, keys.job(job_id), "status")
-        if value is None:
+        if value is not None:
+            return JobStatus(value)
+        try:
             return JobStatus(self.archived(job_id).record["status"])
-        return JobStatus(value)
+        except JobNotFound:
+            status = self.unfed.unfed_status(job_id) if self.unfed is not None else None
+            if status is None:
+                raise
+            return status  # an array's item not fed yet
 
     def statuses(self, job_ids: Sequence[str], chunk: int = 1000) -> list[JobStatus]:
         """Each job's status, in order: one pipelined round trip per ``chunk`` jobs (an

@@ -17,7 +17,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
 # KEYS: job, events, logs, leases, queued, waiting index, parents, waiting-on, children, retries,
-#       finished counters (metrics), ended index (the archiver's)
+#       finished counters (metrics), ended index (the archiver's), the array record, its live
+#       set, its ended-badly index (for an array's item; a key that never exists otherwise)
 # ARGV: 1 to, 2 now, 3 allowed-from set, 4 ttl (>0: terminal), 5 log maxlen,
 #       6 fencing attempt ('' = any), 7 active set, 8 running-key template,
 #       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, then field/value
@@ -68,6 +69,17 @@ if ttl > 0 then
   local cls = redis.call('HGET', KEYS[1], 'class') or ''
   redis.call('HINCRBY', KEYS[11], cls .. '|' .. ARGV[1] .. '|' .. (reason or ''), 1)
   redis.call('ZADD', KEYS[12], now, ARGV[10])
+  if redis.call('EXISTS', KEYS[13]) == 1 then
+    redis.call('HINCRBY', KEYS[13], 'n:' .. ARGV[1], 1)
+    redis.call('SREM', KEYS[14], ARGV[10])
+    if ARGV[1] ~= 'succeeded' then
+      redis.call('ZADD', KEYS[15], tonumber(string.sub(ARGV[10], 25), 16), ARGV[10])
+      if redis.call('TTL', KEYS[15]) < 0 then
+        local at = redis.call('TTL', KEYS[13])
+        redis.call('EXPIRE', KEYS[15], at > 0 and at or ttl)
+      end
+    end
+  end
 end
 return {1, cur}
 """

@@ -31,6 +31,8 @@ One pass, on Redis server time:
 8. **The archive.** Up to ``archive_batch`` jobs ended ``archive_after`` seconds ago leave
    Redis for one archive segment, and segments older than ``record_ttl`` are pruned
    (:mod:`offload.broker.archive`) — by a sweeper that has an archive store (the workers').
+9. **Arrays.** Each array with items not fed yet is fed as its class has room, and an array
+   whose submit died half way (``pending`` for long) is deleted (:mod:`offload.broker.feeder`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class SweepReport:
     settled: list[str] = field(default_factory=list)  # waiting jobs released or failed
     retried: list[str] = field(default_factory=list)  # delayed retries published when due
     moved: list[str] = field(default_factory=list)  # out of node queues (locality grace)
+    fed: int = 0  # arrays' items fed to their queues
     archived: ArchiveReport = field(default_factory=ArchiveReport)  # not worth a warning
 
     def __bool__(self) -> bool:
@@ -99,6 +102,7 @@ class Sweeper:
         self.pipeline: Pipeline = broker.pipeline
         self.limits: Limits = broker.limits
         self.chunks = broker.chunks
+        self.broker = broker
         self._extend = self.r.register_script(scripts.EXTEND_ALL)
         self._release = self.r.register_script(scripts.RELEASE_LOCK)
 
@@ -142,10 +146,23 @@ class Sweeper:
         report.deregistered = self.forget_lost_nodes(now)
         report.settled = self.pipeline.check_waiting(now - self.grace)
         report.settled += self.limits.sweep(self.queues, now - self.grace)  # permits, holds
+        report.fed = self.feed()
         if report:
             log.warning("sweep: %s", report)
         report.archived = self.archive(now)
         return report
+
+    # -- 9. arrays ---------------------------------------------------------------------------
+
+    def feed(self) -> int:
+        """Feed every array with items left as its class has room (a worker feeds an
+        item's array as it ends; this pass is for the rest: a new node, a crash, scaling),
+        and delete arrays whose submit never finished (:mod:`offload.broker.feeder`)."""
+        try:
+            return self.broker.feeder.feed_all()
+        except Exception:
+            log.exception("feeding arrays failed; tried again next sweep")
+            return 0
 
     # -- 8. the archive -----------------------------------------------------------------------
 

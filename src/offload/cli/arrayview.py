@@ -94,4 +94,21 @@ def cancel(client: Client, array_id: str) -> None:
     click.echo(f"array {array_id}: cancel asked of every item not ended ({shown} before)")
 
 
-__all__ = ["cancel", "expand", "is_array", "item_job_id", "show_status"]
+def not_fed(client: Client, array_id: str) -> int:
+    """Items of the array not fed to the queue yet (no record: ``ls`` cannot list them)."""
+    return client.array(array_id).not_fed()[0]
+
+
+def is_cancelled(client: Client, array_id: str) -> bool:
+    return client.array(array_id).not_fed()[1]
+
+
+__all__ = [
+    "cancel",
+    "expand",
+    "is_array",
+    "is_cancelled",
+    "item_job_id",
+    "not_fed",
+    "show_status",
+]

@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -250,7 +251,10 @@ def ls(
              "labels": r.spec.labels}
             for r in page.jobs
         ]  # fmt: skip
-        click.echo(json.dumps({"jobs": jobs, "next": page.next}, indent=2))
+        data: dict[str, Any] = {"jobs": jobs, "next": page.next}
+        if array:
+            data["not_fed"] = arrayview.not_fed(client_of(ctx), array)
+        click.echo(json.dumps(data, indent=2))
         return
     now = time.time()
     rows = [
@@ -259,6 +263,12 @@ def ls(
         for rec in page.jobs
     ]  # fmt: skip
     more = f"next page: offload ls --after {page.next}" if page.next else None
+    unfed = arrayview.not_fed(client_of(ctx), array) if array else 0
+    if unfed:  # no record yet: listed nowhere, counted by `offload status ARRAY`
+        note = (f"{unfed:,} more items of {array} wait in it to be fed to the queue "
+                f"({'cancelled' if arrayview.is_cancelled(client_of(ctx), array) else 'queued'}"
+                f"; offload status {array})")  # fmt: skip
+        more = f"{more}\n{note}" if more else note
     if not sys.stdout.isatty():
         for row in rows:
             click.echo("\t".join(row))

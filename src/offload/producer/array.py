@@ -86,34 +86,66 @@ class JobArray(Sequence[Job]):
     def ids(self) -> list[str]:
         return self.info.items()
 
+    def not_fed(self) -> tuple[int, bool]:
+        """How many items wait in the array to be fed to the queue (they have no job record
+        yet: listings do not show them), and whether the array was cancelled."""
+        if not self.info.parts:
+            return 0, False
+        feed = self.broker.arrays.feed(self.id)
+        return max(0, len(self) - feed.fed), feed.cancelled
+
     def statuses(self) -> list[JobStatus]:
-        """Each item's status, in order."""
-        return self.broker.records.statuses(self.ids)
+        """Each item's status, in order (the items not fed to the queue yet, without reading
+        them: ``queued``, or ``cancelled`` once the array is)."""
+        if not self.info.parts:  # every item was recorded at submit
+            return self.broker.records.statuses(self.ids)
+        feed = self.broker.arrays.feed(self.id)
+        fed = min(feed.fed, len(self))
+        rest = JobStatus.CANCELLED if feed.cancelled else JobStatus.QUEUED
+        return self.broker.records.statuses(self.ids[:fed]) + [rest] * (len(self) - fed)
 
     def status(self) -> ArrayStatus:
-        """The items counted by status; the failed ones' reasons and indexes."""
-        statuses = self.statuses()
-        ended_badly = [
-            i for i, s in enumerate(statuses) if s.terminal and s is not JobStatus.SUCCEEDED
-        ]
+        """The items counted by status; the failed ones' reasons and indexes. For an array
+        fed from its table, read from its counters and live items: O(live items), whatever
+        its size."""
+        if not self.info.parts:
+            statuses = self.statuses()
+            by_status = Counter(statuses)
+            bad = [i for i, s in enumerate(statuses) if s.terminal and s is not JobStatus.SUCCEEDED]
+        else:
+            counts = self.broker.arrays.counts(self.info)
+            by_status = Counter(counts.ended)
+            by_status.update(self.broker.records.statuses(counts.live))
+            if counts.unfed:
+                rest = JobStatus.CANCELLED if counts.cancelled else JobStatus.QUEUED
+                by_status[rest] += counts.unfed
+            bad = counts.bad
         reasons: Counter[str] = Counter()
-        for i in ended_badly[:1000]:  # a failed item's record is read for its reason
+        for i in bad[:1000]:  # a failed item's record is read for its reason
             rec = self[i].record()
             reasons[str(rec.reason.value if rec.reason else rec.status.value)] += 1
+        if self.info.parts and counts.cancelled and counts.unfed:  # cancelled before fed
+            reasons[JobStatus.CANCELLED.value] += counts.unfed
+            bad = bad + list(range(counts.fed, counts.count))
         return ArrayStatus(
             count=len(self),
-            by_status=dict(Counter(statuses)),
+            by_status={s: n for s, n in by_status.items() if n},
             by_reason=dict(reasons),
-            failed=ended_badly,
+            failed=bad,
         )
 
     def cancel(self) -> dict[JobStatus, int]:
         """Cancel every item not ended yet (a queued or waiting one at once, a running one
-        is killed by its worker); how many items were in each status before."""
-        statuses = self.statuses()
-        live = [job_id for job_id, s in zip(self.ids, statuses, strict=True) if not s.terminal]
+        is killed by its worker; the items not fed yet are never fed); how many items were
+        in each status before."""
+        before = self.status().by_status
+        if self.info.parts:
+            self.broker.arrays.cancel(self.id)  # the feeder stops: O(1), not O(items)
+            live = self.broker.arrays.counts(self.info).live
+        else:
+            live = [j for j, s in zip(self.ids, self.statuses(), strict=True) if not s.terminal]
         self.broker.cancel_many(live)
-        return dict(Counter(statuses))
+        return dict(before)
 
     def results(
         self, timeout: float | None = None, *, as_completed: bool = False, poll: float = 0.5
@@ -129,10 +161,9 @@ class JobArray(Sequence[Job]):
             return
         pending = set(range(len(self)))
         while pending:
-            order = sorted(pending)
-            statuses = self.broker.records.statuses([self.info.item(i) for i in order])
-            for i, status in zip(order, statuses, strict=True):
-                if status.terminal:
+            statuses = self.statuses()
+            for i in sorted(pending):
+                if statuses[i].terminal:
                     pending.discard(i)
                     yield i, JobResult.from_record(self[i].record())
             if not pending:

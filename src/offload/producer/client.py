@@ -159,9 +159,8 @@ class Client:
         for i, (spec, draft) in enumerate(zip(specs, drafts, strict=True)):
             job_id = item_id(array.id, i)
             sealed.append((job_id, seal_job(self.key, job_id, spec), draft.queue))
-        # all or none (offload.broker.core.Broker.submit_many)
-        self.broker.submit_many(sealed, array=array)
-        return JobArray(self.broker, array)
+        # all or none; items fed to the queue as their class has room (broker/feeder.py)
+        return JobArray(self.broker, self.broker.submit_array(array, sealed))
 
     def array(self, array_id: str) -> JobArray:
         """The array ``array_id`` (a ``map``'s); :class:`JobNotFound` if there is none."""

@@ -81,6 +81,7 @@ def build_node(broker: Broker, capacity: Capacity) -> Node:
         fetcher=fetcher,
         deliverer=Deliverer(s3, attempts=settings.deliver_attempts),
         max_losses=settings.max_node_losses,
+        after_item=broker.feeder.after_item,
     )
 
 
@@ -120,6 +121,7 @@ def register(broker: Broker, capacity: Capacity) -> None:
             log.error("job %s: broker error, handing the job back: %s", job_id, exc)
             time.sleep(1)
             raise Reject(str(exc), requeue=True) from exc
+        feed_next(node, job_id)
         if status is None or status.terminal:
             # A job that ended failed / timed_out / cancelled (here, or before this delivery:
             # cancelled while queued) fails the task, so Flower shows FAILURE and its reason.
@@ -145,6 +147,7 @@ def register(broker: Broker, capacity: Capacity) -> None:
             log.error("chunk %s: stopped (%s); the message goes back to the queue", chunk, exc)
             time.sleep(1)
             raise Reject(str(exc), requeue=True) from exc
+        feed_next(node, chunk)
         counts: dict[str, int] = {}
         for status in outcome.ran.values():
             counts[status.value] = counts.get(status.value, 0) + 1
@@ -156,6 +159,15 @@ def register(broker: Broker, capacity: Capacity) -> None:
             first = f"item {int(failed[0][24:], 16)} ({failed[0]})"
             raise TaskFailed("items_failed", f"{summary}; first: {first}")
         return summary
+
+
+def feed_next(node: Node, job_id: str) -> None:
+    """An array's item or chunk ended: its array's next items go to the queue now, not at
+    the next sweep. A failure only delays them (the sweeper feeds too)."""
+    try:
+        node.after_item(job_id)
+    except Exception as exc:
+        log.warning("%s: feeding its array failed (the sweeper will): %s", job_id, exc)
 
 
 # -- the worker's life: Celery's signals, so the rest of worker/ needs no Celery import --------

@@ -1,0 +1,215 @@
+"""The feeder: an array's items become jobs as their class has room, not all at submit.
+
+An array's items wait in its table (:mod:`offload.broker.arrays`) until the feeder *feeds*
+them: it writes their job records (from the sealed, signed specs the producer wrote — the
+feeder signs nothing) and sends their messages, one per item or one per chunk of a batched
+array (:func:`offload.broker.publish.publish_chunks`). After that an item is an ordinary job:
+leases, retries, OOM escalation, limits, memo, dependencies and the archive treat it as any.
+
+**How much.** An array is fed while its class queue holds fewer ready messages than the
+class has slots (at least two): enough that a slot freeing finds work at once, few enough that
+a single job submitted meanwhile waits behind at most one message per slot. Single jobs are
+never held back; arrays share what they leave, round-robin (the sweeper feeds every array a
+pass; a worker feeds an item's array as soon as the item or chunk ends). A class with no node
+(scaling from zero) is fed two messages; the autoscaler counts the items still in the table
+as work of their class (:mod:`offload.broker.depths`).
+
+**Safety.** One feeder at a time per array (a lock, ``SET NX PX``), and each feed is one
+``WATCH``/``MULTI`` on the array's feed state: the records, the new ``fed`` and the live set
+are written together or not at all, so an item is never made twice, and a cancel (which
+writes the feed state) either precedes the feed — nothing is fed — or follows it and
+cancels what was fed. Messages go after the transaction: a feeder that dies between the two
+leaves items ``queued`` without a message, which the sweeper publishes (lost messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from offload.broker import keys
+from offload.broker.arrays import TABLE_PART, ArrayInfo
+from offload.broker.queues import queue_lists
+from offload.broker.status import JobStatus
+from offload.errors import BrokerError, JobNotFound
+from offload.spec import JobSpec
+from offload.spec.arrays import item_id
+
+if TYPE_CHECKING:
+    from offload.broker.core import Broker
+
+log = logging.getLogger(__name__)
+
+LOCK_MS = 30_000
+PENDING_GRACE = 600.0  # seconds a ``pending`` array (a submit that died) is kept
+MIN_TARGET = 2  # ready messages an array's class is fed up to, at least
+
+
+class Feeder:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.r: redis.Redis = broker.redis
+        self.arrays = broker.arrays
+        self.records = broker.records
+        self._slots: tuple[float, dict[str, int]] = (0.0, {})
+
+    # -- who is fed ----------------------------------------------------------------------------
+
+    def feed_all(self) -> int:
+        """Feed every array with items left, and delete ``pending`` arrays left by a submit
+        that died; returns the items fed (the sweeper's step)."""
+        fed = 0
+        ids = [str(a) for a in self.r.zrange(keys.ARRAYS_FEEDING, 0, -1)]
+        for array_id in ids:
+            try:
+                fed += self.feed(array_id)
+            except BrokerError:
+                raise
+            except Exception:  # one bad array must not stop the others
+                log.exception("array %s: feeding failed", array_id)
+        return fed
+
+    def after_item(self, job_id: str) -> int:
+        """An item (or chunk) of an array ended on a worker: feed its array now."""
+        if len(job_id) < 24 or self.r.zscore(keys.ARRAYS_FEEDING, job_id[:24]) is None:
+            return 0
+        return self.feed(job_id[:24])
+
+    def feed(self, array_id: str, *, everything: bool = False) -> int:
+        """Feed ``array_id`` as its class has room (``everything``: all of it); returns how
+        many items were fed."""
+        token = uuid.uuid4().hex
+        lock = f"{keys.array(array_id)}:feeding"
+        if not self.r.set(lock, token, nx=True, px=LOCK_MS):
+            return 0  # another feeder is at it
+        try:
+            return self._feed(array_id, everything)
+        finally:
+            if self.r.get(lock) == token:
+                self.r.delete(lock)
+
+    def _feed(self, array_id: str, everything: bool) -> int:
+        try:
+            info = self.arrays.get(array_id, pending=True)
+        except JobNotFound:
+            self.r.zrem(keys.ARRAYS_FEEDING, array_id)
+            return 0
+        if info.state == "pending":
+            if time.time() - info.created_at > PENDING_GRACE:
+                log.warning("array %s: its submit never finished; deleted", array_id)
+                self.arrays.delete(array_id, info.parts)
+            return 0
+        feed = self.arrays.feed(array_id)
+        if feed.cancelled or feed.fed >= info.count:
+            self._done(info, feed.fed)
+            return 0
+        rows = self._rows(info, feed.fed, info.count - feed.fed if everything else None)
+        if not rows:
+            return 0
+        return self._write(info, feed.fed, rows)
+
+    def _rows(self, info: ArrayInfo, fed: int, n: int | None) -> list[tuple[str, str]]:
+        """The next items' (class, sealed spec): ``n`` of them, or as many as their class
+        has room for now."""
+        part = self.arrays.table(info.id, fed // TABLE_PART)
+        if not part:
+            return []
+        if n is None:
+            cls = part[fed % TABLE_PART][0]
+            messages = self.target(cls) - self.ready(cls)
+            if messages <= 0:
+                return []
+            n = messages * max(1, info.batch)
+        n = min(n, info.count - fed)
+        rows = part[fed % TABLE_PART :]
+        first = fed // TABLE_PART + 1
+        while len(rows) < n:
+            more = self.arrays.table(info.id, first)
+            if not more:
+                break
+            rows += more
+            first += 1
+        return rows[:n]
+
+    def ready(self, cls: str) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for name in queue_lists(cls):
+            pipe.llen(name)
+        return sum(int(n) for n in pipe.execute())
+
+    def target(self, cls: str) -> int:
+        """Ready messages a class is fed up to: its live nodes' slots (read at most every
+        two seconds), at least :data:`MIN_TARGET`."""
+        at, slots = self._slots
+        if time.monotonic() - at > 2.0:
+            slots = {}
+            for node in self.broker.nodes.nodes():
+                if node.lost or node.draining:
+                    continue
+                for c in node.classes:
+                    slots[c] = slots.get(c, 0) + node.slots
+            self._slots = (time.monotonic(), slots)
+        return max(MIN_TARGET, slots.get(cls, 0))
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def _write(self, info: ArrayInfo, fed: int, rows: list[tuple[str, str]]) -> int:
+        jobs = []
+        for i, (cls, encoded) in enumerate(rows):
+            spec = JobSpec.decode(encoded)
+            status = JobStatus.WAITING if spec.parents() else JobStatus.QUEUED
+            jobs.append((item_id(info.id, fed + i), spec, cls, status))
+        ids = [j[0] for j in jobs]
+        feed_key = keys.array_feed(info.id)
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(feed_key)
+                state: Any = pipe.hmget(feed_key, "fed", "cancelled")  # watching: at once
+                if int(state[0] or 0) != fed or state[1] == "1":
+                    return 0  # fed or cancelled meanwhile
+                pipe.multi()
+                recs = [self.records.queue_create(pipe, *job) for job in jobs]
+                pipe.hset(feed_key, "fed", str(fed + len(jobs)))
+                pipe.sadd(keys.array_live(info.id), *ids)
+                pipe.expire(keys.array_live(info.id), self.arrays.ttl)
+                pipe.execute()
+            except redis.WatchError:
+                return 0
+        for rec in recs:
+            if rec.status is JobStatus.WAITING:
+                self.broker.pipeline.link(rec.id, rec.spec)
+        queued = [rec for rec in recs if rec.status is JobStatus.QUEUED]
+        from offload.broker.publish import publish_chunks, publish_many
+
+        try:
+            if info.batch:
+                publish_chunks(self.broker.app, queued, self.broker.producer(), info.batch,
+                               info.name)  # fmt: skip
+            else:
+                publish_many(self.broker.app, queued, self.broker.producer())
+        except Exception as exc:  # kombu's errors too: the sweeper publishes what is left
+            self.broker.close_producer()
+            log.warning("array %s: items fed, not all published (%s)", info.id, exc)
+        if fed + len(jobs) >= info.count:
+            self._done(info, fed + len(jobs))
+        else:  # the table's parts fed whole now are not read again
+            done = range(fed // TABLE_PART, (fed + len(jobs)) // TABLE_PART)
+            if done:
+                self.r.delete(*(keys.array_table(info.id, part) for part in done))
+        return len(jobs)
+
+    def _done(self, info: ArrayInfo, fed: int) -> None:
+        """Nothing more to feed: the array leaves the feeding index; the parts of its table
+        that were fed go (a cancelled array keeps the rest: its items read as cancelled)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(keys.ARRAYS_FEEDING, info.id)
+        for part in range(min(info.parts, fed // TABLE_PART + (fed >= info.count))):
+            pipe.delete(keys.array_table(info.id, part))
+        pipe.execute()
+
+
+__all__ = ["Feeder"]
