@@ -14,7 +14,11 @@ Self-contained: its own ``redis-server`` (no worker, no Docker). The items go to
    ratio of ``map`` to it;
 4. **Status**: ``offload status ARRAY`` in a fresh process (goal <= 0.5 s at 10^6) and
    ``array.status()`` in process;
-5. **Cancel**: ``array.cancel()`` of the N queued items (goal <= 1 s at 10^6).
+5. **Cancel**: ``array.cancel()`` of the N queued items (goal <= 1 s at 10^6);
+6. **The per-item map before the item table** (``--baseline REV``, default ``a827a87``, the
+   main that issue 16's first half landed on: one full job record and message per item),
+   10,000 items in a fresh process from that revision's ``src`` (``git archive``): items/s
+   and bytes a queued item, and the ratio of today's to it.
 
 Each line prints the figure, its goal and the ratio. Record results in docs/benchmarks.md.
 """
@@ -105,9 +109,49 @@ def one(n: int, url: str, home: Path, say: Any) -> dict[str, Any]:
     return out
 
 
+BASELINE = """
+import json, sys, time, redis
+from offload.config import Settings
+from offload.producer.client import Client
+url, home, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = redis.Redis.from_url(url)
+r.flushdb()
+c = Client(Settings(redis_url=url, home=home))
+base = int(r.info("memory")["used_memory"])
+t = time.perf_counter()
+c.map("offload/base", ["true"], each=[{"params": {"photo": f"img-{i:07d}.jpg"}}
+      for i in range(n)], cpu=2)
+s = time.perf_counter() - t
+grown = int(r.info("memory")["used_memory"]) - base
+print(json.dumps({"submit_s": s, "bytes_per_item": grown / n}))
+r.flushdb()
+"""
+
+
+def baseline(rev: str, n: int, url: str, home: Path, tmp: Path, say: Any) -> dict[str, Any]:
+    """``map`` of ``n`` items by the tree of revision ``rev``, in a process of its own."""
+    tree = tmp / f"tree-{rev}"
+    tree.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "src"], capture_output=True,
+                             check=True, timeout=120)  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    done = subprocess.run([sys.executable, "-c", BASELINE, url, str(home), str(n)], env=env,
+                          capture_output=True, text=True, timeout=1800, check=True)  # fmt: skip
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["rev"], out["items"] = rev, n
+    say(
+        f"baseline {rev} (one record a job): map of {n:,} {out['submit_s']:.2f} s = "
+        f"{n / out['submit_s']:,.0f} items/s; Redis {out['bytes_per_item']:,.0f} B a queued item"
+    )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--items", default="10000", help="array sizes, comma separated")
+    p.add_argument("--baseline", default="a827a87", help="revision of the per-item map ('' off)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     say = (lambda *a: None) if args.json else print
@@ -125,8 +169,16 @@ def main() -> None:
         home.mkdir()
         init_key(Settings(redis_url=url, home=home).key_path)
         say(f"load average at start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+        base = baseline(args.baseline, 10_000, url, home, tmp, say) if args.baseline else None
         for n in (int(x) for x in args.items.split(",")):
-            results.append(one(n, url, home, say))
+            res = one(n, url, home, say)
+            if base is not None:
+                rate = (n / res["submit_s"]) / (base["items"] / base["submit_s"])
+                smaller = base["bytes_per_item"] / max(1.0, res["bytes_per_item"])
+                res["vs_baseline"] = {"items_per_s": rate, "bytes_smaller": smaller}
+                say(f"  against {args.baseline}: {rate:.1f}x the items/s, {smaller:.0f}x fewer "
+                    "bytes a queued item")  # fmt: skip
+            results.append(res)
     finally:
         svc.close()
         shutil.rmtree(tmp, ignore_errors=True)

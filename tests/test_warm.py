@@ -89,6 +89,7 @@ def setup(private_platform: Platform, docker_client: docker.DockerClient) -> Ite
 
 def run_items(s: Setup, command: list[str], each: list[dict[str, object]], **common: object):  # type: ignore[no-untyped-def]
     jobs = s.p.client.map("offload/base", command, each=each, cache=False, **common)
+    s.broker.feeder.feed(jobs.id, everything=True)  # every item a job record now
     for job in jobs:
         execute(s.node, job.id)
     return jobs, [s.broker.records.get(job.id) for job in jobs]
@@ -170,6 +171,7 @@ def test_an_item_that_times_out_is_reported_and_the_next_runs(setup: Setup) -> N
         each=[{"params": {"s": 0}}, {"params": {"s": 30}, "timeout": 2}, {"params": {"s": 0}}],
         cache=False,
     )
+    s.broker.feeder.feed(jobs.id, everything=True)  # every item a job record now
     t0 = time.monotonic()
     statuses = [execute(s.node, job.id) for job in jobs]
     assert time.monotonic() - t0 < 20

@@ -7,19 +7,19 @@ A redis-server of the test's own, with a small ``maxmemory`` and ``noeviction`` 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
 import redis
 
 from offload import CapacityError, JobStatus
+from offload.broker import arrays as arrays_module
 from offload.broker import keys
-from offload.broker.records import JobRecords
 from offload.producer.client import Client
 
 from ..conftest import Platform, free_port, make_platform, wait_for
@@ -59,21 +59,22 @@ def records(c: Client) -> int:
 
 
 def fill(c: Client) -> int:
-    """Queue cpu-large jobs (no node serves that class) until Redis admits no more (a batch
+    """Queue cpu-large jobs (no node serves that class) until Redis admits no more (a job
     is admitted only if it keeps Redis below the mark), then settle it just above the mark
     (a limit of used / 0.82: Redis itself still has room, admission none, whatever the size
     asked for — a margin that Redis's own bookkeeping, client buffers included, cannot
-    cross); how many jobs were queued."""
+    cross); how many jobs were queued. Single jobs, each a full record: an array's items
+    wait compactly in its table, and a few hundred thousand of them would fill nothing."""
     queued = 0
-    for _ in range(200):
+    for _ in range(20_000):
         try:
-            c.map("offload/base", ["true"], each=[{}] * 100, cpu=2, params={"fat": FAT})
+            c.submit("offload/base", ["true"], cpu=2, params={"fat": FAT})
         except CapacityError as exc:
-            assert "would take it above its high-water mark" in str(exc), exc
+            assert "high-water mark" in str(exc), exc
             used = int(c.broker.redis.info("memory")["used_memory"])
             c.broker.redis.config_set("maxmemory", str(int(used / 0.82)))
             return queued
-        queued += 100
+        queued += 1
     raise AssertionError(f"{queued} jobs queued and Redis never filled")
 
 
@@ -128,37 +129,37 @@ def test_a_map_that_redis_refuses_mid_way_leaves_nothing(
     c = p.client
     c.map("offload/base", ["true"], each=[{}] * 100, cpu=2)
     before = records(c)
-    ids_before = set(c.broker.redis.zrange(keys.JOBS_INDEX, 0, -1))
+    keys_before = set(c.broker.redis.scan_iter("offload:*"))
 
-    # The fault: once the map's first chunk of records is written, Redis's limit drops to
-    # what it uses (an operator's CONFIG SET, another tenant filling it): the second chunk
-    # is refused part-way through the batch.
-    queue_create = JobRecords.queue_create
-    calls = [0]
+    # The fault: once the map's first part of its item table is written, Redis's limit drops
+    # to what it uses (an operator's CONFIG SET, another tenant filling it): the next part is
+    # refused part-way through the array.
+    monkeypatch.setattr(arrays_module, "PARTS_PER_TRIP", 1)
+    part_key = keys.array_table
+    parts: list[int] = []
 
-    def shrinking(self: JobRecords, *args: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 501:
-            self.r.config_set("maxmemory", str(self.r.info("memory")["used_memory"]))
-        return queue_create(self, *args)
+    def shrinking(array_id: str, part: int) -> str:
+        parts.append(part)
+        if part == 1:
+            r = c.broker.redis
+            r.config_set("maxmemory", str(r.info("memory")["used_memory"]))
+        return part_key(array_id, part)
 
-    monkeypatch.setattr(JobRecords, "queue_create", shrinking)
+    monkeypatch.setattr(keys, "array_table", shrinking)
+    each = [{"params": {"n": os.urandom(64).hex()}} for _ in range(2500)]
     with pytest.raises(CapacityError) as refused:
-        c.map("offload/base", ["true"], each=[{}] * 800, cpu=2)
-    monkeypatch.setattr(JobRecords, "queue_create", queue_create)
-    assert calls[0] == 800  # both chunks were sent: the second was refused
+        c.map("offload/base", ["true"], each=each, cpu=2)
+    monkeypatch.undo()
+    assert parts[:2] == [0, 1]  # the first part was written, the second refused
     c.broker.redis.config_set("maxmemory", str(MAX))
     assert "Redis refused the write" in str(refused.value) and "nothing was queued" in str(
         refused.value
     )
     assert records(c) == before
-    assert set(c.broker.redis.zrange(keys.JOBS_INDEX, 0, -1)) == ids_before
-    left = [
-        k for k in c.broker.redis.scan_iter("offload:job:*") if k.split(":")[2] not in ids_before
-    ]
-    assert left == []  # no record, timeline or log of a refused job is left
+    left = set(c.broker.redis.scan_iter("offload:*")) - keys_before
+    assert left == set()  # nothing of the refused array is left: record, table, feed state
     c.map("offload/base", ["true"], each=[{}] * 10, cpu=2)  # and what fits is taken
-    assert records(c) == before + 10
+    assert c.broker.redis.zcard(keys.ARRAYS_FEEDING) >= 1
 
 
 def test_once_the_archiver_moves_finished_jobs_out_submits_are_accepted_again(

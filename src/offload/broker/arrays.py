@@ -138,20 +138,15 @@ class Arrays:
             pipe.zadd(keys.ARRAYS_FEEDING, {info.id: info.created_at or time.time()})
             pipe.execute()
 
-    def write_table(self, info: ArrayInfo, rows: Sequence[tuple[str, str]]) -> int:
-        """Write the item table: ``rows`` are (class, sealed spec encoded) by index.
-        Returns the bytes written."""
-        written = 0
+    def write_table(self, info: ArrayInfo, parts: Sequence[bytes]) -> None:
+        """Write the item table: ``parts`` (:func:`pack`), part ``n`` holding items
+        ``n * TABLE_PART`` on, :data:`PARTS_PER_TRIP` parts a round trip."""
         with translated():
-            for first in range(0, len(rows), TABLE_PART * PARTS_PER_TRIP):
+            for first in range(0, len(parts), PARTS_PER_TRIP):
                 pipe = self.r.pipeline(transaction=False)
-                stop = min(len(rows), first + TABLE_PART * PARTS_PER_TRIP)
-                for start in range(first, stop, TABLE_PART):
-                    blob = pack(rows[start : start + TABLE_PART])
-                    written += len(blob)
-                    pipe.set(keys.array_table(info.id, start // TABLE_PART), blob, ex=self.ttl)
+                for n in range(first, min(len(parts), first + PARTS_PER_TRIP)):
+                    pipe.set(keys.array_table(info.id, n), parts[n], ex=self.ttl)
                 pipe.execute()
-        return written
 
     def activate(self, info: ArrayInfo) -> None:
         """The last step of a submit: the array is there, whole."""

@@ -26,7 +26,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.archive import ArchiveStore
-from offload.broker.arrays import TABLE_PART, ArrayInfo, Arrays
+from offload.broker.arrays import TABLE_PART, ArrayInfo, Arrays, pack
 from offload.broker.chunks import ChunkLeases
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
@@ -306,18 +306,19 @@ class Broker:
         the sweeper deletes it. Once active the array is there whole: a feed that fails
         now (Redis gone) is the sweeper's to do again. Returns the array as written."""
         rows = [(cls, spec.encode()) for _, spec, cls in jobs]
-        self.admit(len(jobs), sum(len(e) for _, e in rows) // 8 + 64 * len(rows))
+        parts = [pack(rows[i : i + TABLE_PART]) for i in range(0, len(rows), TABLE_PART)]
+        self.admit(len(jobs), sum(len(part) + 100 for part in parts))
         info = dataclasses.replace(
             array,
             state="pending",
-            parts=-(-len(rows) // TABLE_PART),
+            parts=len(parts),
             count=len(rows),
             cls=rows[0][0] if rows else "",
         )
         with self._refused_whole(len(jobs)):
             self.arrays.begin(info)
             try:
-                self.arrays.write_table(info, rows)
+                self.arrays.write_table(info, parts)
                 self.arrays.activate(info)
             except BaseException:
                 with contextlib.suppress(Exception):  # gone with Redis: the sweeper deletes it

@@ -1,0 +1,85 @@
+"""Arrays fed to their queue as their class has room (broker/feeder.py), with real workers."""
+
+from __future__ import annotations
+
+import time
+
+from offload.broker import keys
+from offload.broker.status import JobStatus
+
+from .conftest import Platform, wait_for
+
+
+def test_an_array_waits_in_its_table_and_is_fed_as_slots_free(platform: Platform) -> None:
+    c = platform.client
+    # cpu-large: no node serves it here, so what is fed stays queued
+    array = c.map("offload/base", ["true"], each=[{"params": {"n": i}} for i in range(50)],
+                  batch=2, cpu=2, name="held-big")  # fmt: skip
+    assert array.not_fed() == (46, False)  # two chunks fed (no node: two messages)
+    assert array.statuses() == [JobStatus.QUEUED] * 50
+    rec = array[49].record()  # an item not fed reads as a queued job, from the table
+    assert (rec.status, rec.spec.params, rec.resource_class) == (
+        JobStatus.QUEUED,
+        {"n": 49},
+        "cpu-large",
+    )
+    assert "fed to the queue" in rec.wait
+    work = c.broker.depths(["cpu-large"])["cpu-large"]
+    assert work.ready >= 2 + 23  # two chunk messages, 23 chunks still in the table
+    assert c.broker.feeder.feed(array.id) == 0  # the queue holds enough for its slots
+    st = array.status()
+    assert st.by_status == {JobStatus.QUEUED: 50} and not st.done
+    before = array.cancel()
+    assert before == {JobStatus.QUEUED: 50}
+    assert array.statuses() == [JobStatus.CANCELLED] * 50
+    st = array.status()
+    assert st.by_status == {JobStatus.CANCELLED: 50} and st.done
+    assert st.by_reason == {"cancelled": 50} and st.failed == list(range(50))
+    assert c.broker.feeder.feed(array.id) == 0 and array.not_fed() == (46, True)
+    r = c.broker.redis
+    assert r.zscore(keys.ARRAYS_FEEDING, array.id) is None
+
+
+def test_a_single_job_overtakes_a_running_array(private_platform: Platform) -> None:
+    p = private_platform
+    p.env.update(OFFLOAD_WORKER_SLOTS="1", OFFLOAD_WORKER_CLASSES="cpu-small")
+    p.start_worker()
+    c = p.client
+    array = c.map("offload/base", ["sleep", "0.3"], each=[{}] * 40, cache=False)
+    wait_for(lambda: array[1].status().terminal, 60, "the array to be running")
+    submitted = time.time()
+    single = c.submit("offload/base", ["true"], name="overtaker", cache=False)
+    assert single.result(timeout=60).ok
+    started = single.record().started_at
+    assert started is not None
+    ahead = [
+        j.id for j in array if (s := j.record().started_at) is not None and submitted < s < started
+    ]
+    # behind at most the array's messages already queued (one per slot, at least two)
+    assert len(ahead) <= 3, ahead
+    assert not array.status().done  # it overtook an array still running
+    array.cancel()
+
+
+def test_a_job_over_an_arrays_outputs_waits_for_items_not_fed_yet(
+    private_platform: Platform,
+) -> None:
+    p = private_platform
+    p.env.update(OFFLOAD_WORKER_SLOTS="1", OFFLOAD_WORKER_CLASSES="cpu-small")
+    p.start_worker()
+    c = p.client
+    array = c.map(
+        "offload/base",
+        ["sh", "-c", 'echo "part $OFFLOAD_TASK_INDEX" > /offload/out/p.txt'],
+        each=[{}] * 6,
+        cache=False,
+    )
+    join = c.submit(
+        "offload/base",
+        ["sh", "-c", "cat /offload/in/p0 /offload/in/p5"],
+        inputs={f"p{i}": ref for i, ref in enumerate(array.outputs("p.txt"))},
+        cache=False,
+    )
+    assert join.result(timeout=120).ok
+    assert [line.text for line in join.logs()] == ["part 0", "part 5"]
+    assert array.statuses() == [JobStatus.SUCCEEDED] * 6
