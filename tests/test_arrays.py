@@ -67,16 +67,16 @@ def test_an_arrays_outputs_feed_one_job_and_come_down_to_a_folder(
     ]
 
 
-def test_an_array_is_cancelled_whole_and_shown_as_one(platform: Platform) -> None:
+def test_an_array_is_cancelled_whole_and_shown_as_one(private_platform: Platform) -> None:
+    platform = private_platform  # no worker, and a queue of its own: every item stays queued
     c = platform.client
-    # cpu-large: no node of this platform serves it, so every item stays queued
     array = c.map("offload/base", ["true"], each=[{} for _ in range(5)], cpu=2, name="held")
     assert array.statuses() == [JobStatus.QUEUED] * 5
     shown = platform.cli("status", array.id, "--json")
     assert shown.returncode == 0, shown.stderr
     view = json.loads(shown.stdout)
     assert (view["count"], view["by_status"], view["name"]) == (5, {"queued": 5}, "held")
-    # no node serves cpu-large: two items are fed to its queue, three wait in the array
+    # no node serves the class: two items are fed to its queue, three wait in the array
     listed = json.loads(platform.cli("ls", "--array", array.id, "--json").stdout)
     assert sorted(j["id"] for j in listed["jobs"]) == array.ids[:2]
     assert listed["not_fed"] == 3

@@ -102,13 +102,12 @@ def test_batched_items_time_out_alone_and_the_next_runs(platform: Platform) -> N
     assert [line.text for line in array[2].logs()] == ["done"]
 
 
-def test_one_message_per_chunk_and_cancel_before_it_runs(platform: Platform) -> None:
-    c = platform.client
-    # cpu-large: this platform's worker does not serve it, so the chunks stay queued
+def test_one_message_per_chunk_and_cancel_before_it_runs(private_platform: Platform) -> None:
+    c = private_platform.client  # no worker, and a queue of its own: the chunks stay queued
     array = c.map("offload/base", ["true"], each=[{} for _ in range(7)], batch=3, cpu=2)
     msgs = [json.loads(m) for m in ready_messages(c.broker.redis, "cpu-large")]
     mine = [m for m in msgs if m["headers"]["id"].startswith(array.id)]
-    # no node serves cpu-large: the feeder sends two messages (two chunks), the rest waits
+    # no node serves the class: the feeder sends two messages (two chunks), the rest waits
     assert sorted(m["headers"]["task"] for m in mine) == ["offload.run_chunk"] * 2
     assert sorted(m["headers"]["id"] for m in mine) == [
         chunk_id(array.id, 0, 3),

@@ -10,9 +10,11 @@ from offload.broker.status import JobStatus
 from .conftest import Platform, wait_for
 
 
-def test_an_array_waits_in_its_table_and_is_fed_as_slots_free(platform: Platform) -> None:
-    c = platform.client
-    # cpu-large: no node serves it here, so what is fed stays queued
+def test_an_array_waits_in_its_table_and_is_fed_as_slots_free(
+    private_platform: Platform,
+) -> None:
+    c = private_platform.client
+    # no worker: what is fed stays queued (a queue of its own: nothing else is in it)
     array = c.map("offload/base", ["true"], each=[{"params": {"n": i}} for i in range(50)],
                   batch=2, cpu=2, name="held-big")  # fmt: skip
     assert array.not_fed() == (46, False)  # two chunks fed (no node: two messages)

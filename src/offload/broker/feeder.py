@@ -9,8 +9,9 @@ leases, retries, OOM escalation, limits, memo, dependencies and the archive trea
 **How much.** An array is fed while its class queue holds fewer ready messages than the
 class has slots (at least two): enough that a slot freeing finds work at once, few enough that
 a single job submitted meanwhile waits behind at most one message per slot. Single jobs are
-never held back; arrays share what they leave, round-robin (the sweeper feeds every array a
-pass; a worker feeds an item's array as soon as the item or chunk ends). A class with no node
+never held back; arrays share what they leave, round robin on average (each pass starts at a
+random array; the sweeper feeds every array a pass, and a worker each time one of its jobs
+ends: a slot freed). A class with no node
 (scaling from zero) is fed two messages; the autoscaler counts the items still in the table
 as work of their class (:mod:`offload.broker.depths`).
 
@@ -25,6 +26,7 @@ leaves items ``queued`` without a message, which the sweeper publishes (lost mes
 from __future__ import annotations
 
 import logging
+import random
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -60,11 +62,15 @@ class Feeder:
     # -- who is fed ----------------------------------------------------------------------------
 
     def feed_all(self) -> int:
-        """Feed every array with items left, and delete ``pending`` arrays left by a submit
-        that died; returns the items fed (the sweeper's step)."""
+        """Feed every array with items left as its class has room, starting at a random one
+        (round robin on average), and delete ``pending`` arrays left by a submit that died;
+        returns the items fed. The sweeper's step, and a worker's once a job ends."""
         fed = 0
         ids = [str(a) for a in self.r.zrange(keys.ARRAYS_FEEDING, 0, -1)]
-        for array_id in ids:
+        if not ids:
+            return 0
+        start = random.randrange(len(ids))
+        for array_id in ids[start:] + ids[:start]:
             try:
                 fed += self.feed(array_id)
             except BrokerError:
@@ -74,10 +80,11 @@ class Feeder:
         return fed
 
     def after_item(self, job_id: str) -> int:
-        """An item (or chunk) of an array ended on a worker: feed its array now."""
-        if len(job_id) < 24 or self.r.zscore(keys.ARRAYS_FEEDING, job_id[:24]) is None:
+        """A job (an array's item, a chunk, or any other) ended on a worker: a slot freed,
+        so feed the arrays waiting for one now rather than at the next sweep."""
+        if not self.r.zcard(keys.ARRAYS_FEEDING):
             return 0
-        return self.feed(job_id[:24])
+        return self.feed_all()
 
     def feed(self, array_id: str, *, everything: bool = False) -> int:
         """Feed ``array_id`` as its class has room (``everything``: all of it); returns how
@@ -115,15 +122,14 @@ class Feeder:
     def _rows(self, info: ArrayInfo, fed: int, n: int | None) -> list[tuple[str, str]]:
         """The next items' (class, sealed spec): ``n`` of them, or as many as their class
         has room for now."""
-        part = self.arrays.table(info.id, fed // TABLE_PART)
-        if not part:
-            return []
-        if n is None:
-            cls = part[fed % TABLE_PART][0]
-            messages = self.target(cls) - self.ready(cls)
+        if n is None:  # room in the array's class (its first item's): checked before reading
+            messages = self.target(info.cls) - self.ready(info.cls)
             if messages <= 0:
                 return []
             n = messages * max(1, info.batch)
+        part = self.arrays.table(info.id, fed // TABLE_PART)
+        if not part:
+            return []
         n = min(n, info.count - fed)
         rows = part[fed % TABLE_PART :]
         first = fed // TABLE_PART + 1

@@ -220,6 +220,7 @@ class JobRecords:
             job_id,
             JobStatus.QUEUED.value,
             JobStatus.WAITING.value,
+            JobStatus.SUCCEEDED.value,
         ]
         for name, value in fields.items():
             if value is None:

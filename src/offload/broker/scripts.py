@@ -21,8 +21,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 #       set, its ended-badly index (for an array's item; a key that never exists otherwise)
 # ARGV: 1 to, 2 now, 3 allowed-from set, 4 ttl (>0: terminal), 5 log maxlen,
 #       6 fencing attempt ('' = any), 7 active set, 8 running-key template,
-#       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, then field/value
-#       pairs
+#       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, 13 succeeded
+#       state, then field/value pairs
 # Returns {1, previous} when moved; {0, current} when the table refuses; {-1, current} fenced.
 TRANSITION = (
     _NOW
@@ -34,7 +34,7 @@ local na = redis.call('HMGET', KEYS[1], 'node', 'attempt')
 if ARGV[6] ~= '' and (na[2] or '0') ~= ARGV[6] then return {-1, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
 local reason, message = nil, nil
-for i = 13, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   if ARGV[i] == 'reason' then reason = ARGV[i + 1] end
   if ARGV[i] == 'message' then message = ARGV[i + 1] end
@@ -72,7 +72,7 @@ if ttl > 0 then
   if redis.call('EXISTS', KEYS[13]) == 1 then
     redis.call('HINCRBY', KEYS[13], 'n:' .. ARGV[1], 1)
     redis.call('SREM', KEYS[14], ARGV[10])
-    if ARGV[1] ~= 'succeeded' then
+    if ARGV[1] ~= ARGV[13] then
       redis.call('ZADD', KEYS[15], tonumber(string.sub(ARGV[10], 25), 16), ARGV[10])
       if redis.call('TTL', KEYS[15]) < 0 then
         local at = redis.call('TTL', KEYS[13])

@@ -69,7 +69,7 @@ class Node:
     fetcher: Fetcher | None = None  # input URIs fetched into the store (worker/fetching.py)
     deliverer: Deliverer | None = None  # outputs delivered where spec.deliver says
     max_losses: int = 3  # engine losses (engine_lost requeues) before the job ends failed
-    # an array's item (or chunk) ended here: feed its array's next items (broker/feeder.py)
+    # a job (or chunk) ended here, a slot freed: feed the arrays waiting (broker/feeder.py)
     after_item: Callable[[str], object] = lambda job_id: 0
 
 

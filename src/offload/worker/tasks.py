@@ -162,7 +162,7 @@ def register(broker: Broker, capacity: Capacity) -> None:
 
 
 def feed_next(node: Node, job_id: str) -> None:
-    """An array's item or chunk ended: its array's next items go to the queue now, not at
+    """A job or chunk ended here, a slot freed: arrays waiting for room are fed now, not at
     the next sweep. A failure only delays them (the sweeper feeds too)."""
     try:
         node.after_item(job_id)
