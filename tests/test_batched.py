@@ -144,3 +144,18 @@ def test_cli_map_batch(platform: Platform, tmp_path: Path) -> None:
     assert "succeeded 4" in shown.stdout
     logs = platform.cli("logs", f"{array_id}:3")
     assert logs.stdout.strip() == "n=3", logs.stderr
+
+
+def test_a_batched_item_whose_memo_matches_runs_no_container(platform: Platform) -> None:
+    c = platform.client
+    tag = time.time_ns()
+    script = f'echo "{tag} $OFFLOAD_PARAM_N" > /offload/out/r.txt'
+    each = [{"params": {"n": i}} for i in range(3)]
+    first = c.map("offload/base", ["sh", "-c", script], each=each, batch=3)
+    assert all(r.ok for r in first.wait(timeout=120))
+    again = c.map("offload/base", ["sh", "-c", script], each=each, batch=3)
+    results = again.wait(timeout=120)
+    assert all(r.ok for r in results)
+    recs = [job.record() for job in again]
+    assert [r.cache_hit for r in recs] == [j.id for j in first]  # each its own earlier twin
+    assert [c.read(r.outputs["r.txt"]) for r in recs] == [f"{tag} {i}\n".encode() for i in range(3)]

@@ -117,14 +117,6 @@ class Arrays:
             "class": info.cls,
         }
 
-    def write(self, pipe: Any, info: ArrayInfo) -> None:
-        """Add the record of an array whose items are all recorded now (no table) to
-        ``pipe`` (the transaction that records its items)."""
-        pipe.hset(keys.array(info.id), mapping=self._fields(info))
-        pipe.expire(keys.array(info.id), self.ttl)
-        pipe.hset(keys.array_feed(info.id), mapping={"fed": str(info.count), "cancelled": "0"})
-        pipe.expire(keys.array_feed(info.id), self.ttl)
-
     def begin(self, info: ArrayInfo) -> None:
         """Write the record of an array about to get a table, ``pending``; it is listed
         for the feeder (and the sweeper, which deletes a ``pending`` one left by a submit

@@ -248,53 +248,6 @@ class Broker:
             raise BrokerError(f"could not queue the job: {exc}") from exc
         return JobStatus.QUEUED
 
-    def submit_many(
-        self, jobs: Sequence[tuple[str, JobSpec, str]], array: ArrayInfo | None = None
-    ) -> None:
-        """Record many sealed jobs, then queue them (or link the ones with parents): all or
-        none. The records go first, in chunks — after ``array``'s record, for the items of
-        an array; if Redis refuses any chunk (full, or gone), every record written is deleted
-        and nothing was published — none of the jobs exists, nor their array.
-        Once all are recorded each is published; a publication that fails then (Redis gone
-        mid-way) leaves its job recorded ``queued`` without a message, and the sweeper
-        publishes it once the broker is back (a ``waiting`` one is linked by its check of
-        old waiting jobs): every job of the batch runs."""
-        self.admit(len(jobs), sum(job_bytes(len(spec.encode())) for _, spec, _ in jobs))
-        batch = [
-            (job_id, spec, cls, JobStatus.WAITING if spec.parents() else JobStatus.QUEUED)
-            for job_id, spec, cls in jobs
-        ]
-        with self._refused_whole(len(jobs)):
-            if array is None:
-                recs = self.records.create_many(batch)
-            else:
-                pipe = self.redis.pipeline(transaction=True)
-                self.arrays.write(pipe, array)
-                JobRecords._run(pipe.execute)
-                try:
-                    recs = self.records.create_many(batch)
-                except BaseException:
-                    with contextlib.suppress(Exception):  # gone with Redis: expires
-                        self.arrays.delete(array.id)
-                    raise
-        from offload.broker.publish import publish_chunks, publish_many
-
-        try:
-            for rec in recs:
-                if rec.status is JobStatus.WAITING:
-                    self.pipeline.link(rec.id, rec.spec)
-            queued = [rec for rec in recs if rec.status is JobStatus.QUEUED]
-            if array is not None and array.batch:
-                publish_chunks(self.app, queued, self.producer(), array.batch, array.name)
-            else:
-                publish_many(self.app, queued, self.producer())
-        except Exception as exc:  # kombu's errors too
-            self.close_producer()  # a producer that failed is not sent with again
-            raise BrokerError(
-                f"{exc}; the {len(recs)} jobs are recorded and each is queued once the broker "
-                "answers again (the sweeper publishes the rest)"
-            ) from exc
-
     def submit_array(self, array: ArrayInfo, jobs: Sequence[tuple[str, JobSpec, str]]) -> ArrayInfo:
         """Record an array of sealed jobs (its items, by index) compactly, all or none, then
         feed its first items to the queue (:mod:`offload.broker.feeder`; the rest follow as

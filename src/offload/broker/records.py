@@ -377,9 +377,12 @@ class JobRecords:
             return parse_record(job_id, self.archived(job_id).record)
         except JobNotFound:
             rec = self.unfed.unfed_record(job_id) if self.unfed is not None else None
-            if rec is None:
+            if rec is not None:
+                return rec  # an array's item not fed yet
+            h = self._run(self.r.hgetall, keys.job(job_id))  # or fed a moment ago
+            if not h:
                 raise
-            return rec  # an array's item not fed yet
+            return parse_record(job_id, h)
 
     def archived(self, job_id: str) -> Entry:
         """The job as the archive holds it (:mod:`offload.broker.archive`); JobNotFound."""
@@ -396,9 +399,12 @@ class JobRecords:
             return JobStatus(self.archived(job_id).record["status"])
         except JobNotFound:
             status = self.unfed.unfed_status(job_id) if self.unfed is not None else None
-            if status is None:
+            if status is not None:
+                return status  # an array's item not fed yet
+            value = self._run(self.r.hget, keys.job(job_id), "status")  # or fed a moment ago
+            if value is None:
                 raise
-            return status  # an array's item not fed yet
+            return JobStatus(value)
 
     def statuses(self, job_ids: Sequence[str], chunk: int = 1000) -> list[JobStatus]:
         """Each job's status, in order: one pipelined round trip per ``chunk`` jobs (an
