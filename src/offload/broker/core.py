@@ -26,7 +26,7 @@ import redis
 
 from offload.broker import keys
 from offload.broker.archive import ArchiveStore
-from offload.broker.arrays import TABLE_PART, ArrayInfo, Arrays, pack
+from offload.broker.arrays import ArrayInfo, Arrays
 from offload.broker.chunks import ChunkLeases
 from offload.broker.connection import broker_error, redis_client
 from offload.broker.depths import ClassWork, read_depths
@@ -248,27 +248,20 @@ class Broker:
             raise BrokerError(f"could not queue the job: {exc}") from exc
         return JobStatus.QUEUED
 
-    def submit_array(self, array: ArrayInfo, jobs: Sequence[tuple[str, JobSpec, str]]) -> ArrayInfo:
-        """Record an array of sealed jobs (its items, by index) compactly, all or none, then
-        feed its first items to the queue (:mod:`offload.broker.feeder`; the rest follow as
-        their class has room).
+    def submit_array(self, array: ArrayInfo, parts: Sequence[bytes]) -> ArrayInfo:
+        """Record an array compactly, all or none — ``parts``: its item table, packed
+        (:func:`offload.broker.arrays.pack`: each item's class and sealed spec, part ``n``
+        holding items ``n * TABLE_PART`` on) — then feed its first items to the queue
+        (:mod:`offload.broker.feeder`; the rest follow as their class has room).
 
         The array's record is written ``pending``, then its item table, then it is made
         ``active``: if Redis refuses any step (full, or gone) what was written is deleted and
         the error raised; if Redis dies mid-way the ``pending`` array reads as absent and
         the sweeper deletes it. Once active the array is there whole: a feed that fails
         now (Redis gone) is the sweeper's to do again. Returns the array as written."""
-        rows = [(cls, spec.encode()) for _, spec, cls in jobs]
-        parts = [pack(rows[i : i + TABLE_PART]) for i in range(0, len(rows), TABLE_PART)]
-        self.admit(len(jobs), sum(len(part) + 100 for part in parts))
-        info = dataclasses.replace(
-            array,
-            state="pending",
-            parts=len(parts),
-            count=len(rows),
-            cls=rows[0][0] if rows else "",
-        )
-        with self._refused_whole(len(jobs)):
+        self.admit(array.count, sum(len(part) + 100 for part in parts))
+        info = dataclasses.replace(array, state="pending", parts=len(parts))
+        with self._refused_whole(array.count):
             self.arrays.begin(info)
             try:
                 self.arrays.write_table(info, parts)

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from offload.broker.arrays import ArrayInfo
+from offload.broker.arrays import TABLE_PART, ArrayInfo, pack
 from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
 from offload.broker.listing import JobQuery, Page, list_jobs
@@ -138,29 +138,36 @@ class Client:
                 drafts.append(self.draft(image, command, opts))
             except SpecError as exc:
                 raise within(f"each[{i}]", exc) from None
-        specs = []
-        for i, draft in enumerate(drafts):
-            try:
-                specs.append(self._build(draft))
-            except SpecError as exc:
-                raise within(f"each[{i}]", exc) from None
         if len(each) > MAX_ITEMS:
             raise SpecError("each", f"an array holds at most {MAX_ITEMS:,} items")
-        first = specs[0]
-        array = ArrayInfo(
-            id=uuid.uuid4().hex[:24],
-            count=len(each),
-            name=base.name or first.image,
-            image=first.image,
-            created_at=time.time(),
-            batch=batch or 0,
-        )
-        sealed = []
-        for i, (spec, draft) in enumerate(zip(specs, drafts, strict=True)):
+        array: ArrayInfo | None = None
+        parts: list[bytes] = []  # the item table, packed as it is built (not a spec kept)
+        rows: list[tuple[str, str]] = []
+        for i, draft in enumerate(drafts):
+            try:
+                spec = self._build(draft)  # its local inputs uploaded
+            except SpecError as exc:
+                raise within(f"each[{i}]", exc) from None
+            if array is None:
+                array = ArrayInfo(
+                    id=uuid.uuid4().hex[:24],
+                    count=len(each),
+                    name=base.name or spec.image,
+                    image=spec.image,
+                    created_at=time.time(),
+                    batch=batch or 0,
+                    cls=draft.queue,
+                )
             job_id = item_id(array.id, i)
-            sealed.append((job_id, seal_job(self.key, job_id, spec), draft.queue))
+            rows.append((draft.queue, seal_job(self.key, job_id, spec).encode()))
+            if len(rows) == TABLE_PART:
+                parts.append(pack(rows))
+                rows = []
+        if rows:
+            parts.append(pack(rows))
+        assert array is not None  # each is not empty
         # all or none; items fed to the queue as their class has room (broker/feeder.py)
-        return JobArray(self.broker, self.broker.submit_array(array, sealed))
+        return JobArray(self.broker, self.broker.submit_array(array, parts))
 
     def array(self, array_id: str) -> JobArray:
         """The array ``array_id`` (a ``map``'s); :class:`JobNotFound` if there is none."""
