@@ -82,6 +82,8 @@ def test_an_array_is_cancelled_whole_and_shown_as_one(private_platform: Platform
     assert listed["not_fed"] == 3
     assert array[4].status() is JobStatus.QUEUED  # an item not fed reads as queued
     assert array[4].record().spec.image == "offload/base"
+    text = platform.cli("status", array.id).stdout
+    assert "3 of the queued wait in the array, fed to the queue as cpu-large has room" in text
     one = platform.cli("status", f"{array.id}:2")
     assert one.returncode == 0 and array[2].id in one.stdout, one.stderr
     beyond = platform.cli("logs", f"{array.id}:5")

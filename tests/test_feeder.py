@@ -85,3 +85,35 @@ def test_a_job_over_an_arrays_outputs_waits_for_items_not_fed_yet(
     assert join.result(timeout=120).ok
     assert [line.text for line in join.logs()] == ["part 0", "part 5"]
     assert array.statuses() == [JobStatus.SUCCEEDED] * 6
+
+
+def test_a_held_class_is_fed_nothing_until_released(private_platform: Platform) -> None:
+    c = private_platform.client
+    c.hold("cpu-small")
+    array = c.map("offload/base", ["true"], each=[{}] * 10)
+    assert array.not_fed() == (10, False) and c.broker.feeder.feed(array.id) == 0
+    c.release("cpu-small")
+    assert c.broker.feeder.feed(array.id) == 2 and array.not_fed() == (8, False)
+    array.cancel()
+
+
+def test_items_parked_by_a_limit_do_not_draw_the_whole_table_into_records(
+    private_platform: Platform,
+) -> None:
+    p = private_platform
+    p.env.update(OFFLOAD_WORKER_SLOTS="2", OFFLOAD_WORKER_CLASSES="cpu-small")
+    p.start_worker()
+    c = p.client
+    c.set_limit("feed=one", 1)  # one at a time: the others park, waiting for the permit
+    array = c.map(
+        "offload/base", ["sleep", "0.3"], each=[{}] * 40, labels={"feed": "one"}, cache=False
+    )
+
+    def ended() -> int:
+        return array.status().by_status.get(JobStatus.SUCCEEDED, 0)
+
+    wait_for(lambda: ended() >= 4, 90, "four items to end")
+    counts = c.broker.arrays.counts(array.info)
+    assert len(counts.live) <= 4 * 2, counts  # at most 4 x (two slots) live, not 36
+    assert counts.fed < 40
+    array.cancel()

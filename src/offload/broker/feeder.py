@@ -13,7 +13,9 @@ never held back; arrays share what they leave, round robin on average (each pass
 random array; the sweeper feeds every array a pass, and a worker each time one of its jobs
 ends: a slot freed). A class with no node
 (scaling from zero) is fed two messages; the autoscaler counts the items still in the table
-as work of their class (:mod:`offload.broker.depths`).
+as work of their class (:mod:`offload.broker.depths`). An array's live items (fed, not ended)
+stay under four times that (parked items do not draw the whole table into records), and a
+held class is fed nothing.
 
 **Safety.** One feeder at a time per array (a lock, ``SET NX PX``), and each feed is one
 ``WATCH``/``MULTI`` on the array's feed state: the records, the new ``fed`` and the live set
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 LOCK_MS = 30_000
 PENDING_GRACE = 600.0  # seconds a ``pending`` array (a submit that died) is kept
 MIN_TARGET = 2  # ready messages an array's class is fed up to, at least
+LIVE_PER_MESSAGE = 4  # an array's live items, at most, per ready message of the target
 
 
 class Feeder:
@@ -123,10 +126,9 @@ class Feeder:
         """The next items' (class, sealed spec): ``n`` of them, or as many as their class
         has room for now."""
         if n is None:  # room in the array's class (its first item's): checked before reading
-            messages = self.target(info.cls) - self.ready(info.cls)
-            if messages <= 0:
+            n = self.room(info)
+            if n <= 0:
                 return []
-            n = messages * max(1, info.batch)
         part = self.arrays.table(info.id, fed // TABLE_PART)
         if not part:
             return []
@@ -141,11 +143,26 @@ class Feeder:
             first += 1
         return rows[:n]
 
-    def ready(self, cls: str) -> int:
+    def room(self, info: ArrayInfo) -> int:
+        """How many of ``info``'s items to feed now: a message's worth (an item, or a chunk)
+        for each ready message its class lacks, while the array's live items (fed, not
+        ended) stay under :data:`LIVE_PER_MESSAGE` times the target. Items that leave the
+        queue without ending — parked by a concurrency limit, waiting for an identical job —
+        so stop the feed instead of drawing the whole table into records. A held class is
+        fed nothing."""
+        per = max(1, info.batch)
         pipe = self.r.pipeline(transaction=False)
-        for name in queue_lists(cls):
+        for name in queue_lists(info.cls):
             pipe.llen(name)
-        return sum(int(n) for n in pipe.execute())
+        pipe.scard(keys.array_live(info.id))
+        pipe.sismember(keys.HELD, info.cls)
+        *lengths, live, held = pipe.execute()
+        if held:
+            return 0
+        target = self.target(info.cls)
+        messages = min(target - sum(int(x) for x in lengths),
+                       (LIVE_PER_MESSAGE * target * per - int(live)) // per)  # fmt: skip
+        return max(0, messages) * per
 
     def target(self, cls: str) -> int:
         """Ready messages a class is fed up to: its live nodes' slots (read at most every

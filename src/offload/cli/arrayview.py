@@ -57,6 +57,7 @@ def show_status(client: Client, array_id: str, as_json: bool) -> None:
             "by_status": {s.value: n for s, n in st.by_status.items()},
             "by_reason": st.by_reason,
             "ended": st.ended,
+            "not_fed": array.not_fed()[0],
             "rate_per_s": rate,
             "seconds_left": left,
             "first_failures": [
@@ -77,6 +78,10 @@ def show_status(client: Client, array_id: str, as_json: bool) -> None:
     if left is not None:
         line += f", about {left:.0f}s left at that rate"
     click.echo(line)
+    unfed, cancelled = array.not_fed()
+    if unfed and not cancelled:
+        click.echo(f"{unfed:,} of the queued wait in the array, fed to the queue as "
+                   f"{array.info.cls or 'their class'} has room")  # fmt: skip
     if st.by_reason:
         click.echo("why items did not succeed: " + ", ".join(
             f"{reason} {n:,}" for reason, n in sorted(st.by_reason.items())
