@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import redis
 
-from offload.broker import keys
+from offload.broker import keys, scripts
 from offload.broker.connection import translated
 
 # Set or extend a lease only while it is this run's (or nobody's).
@@ -29,10 +29,6 @@ if v and v ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class ChunkLeases:
@@ -40,7 +36,7 @@ class ChunkLeases:
         self.r = client
         self.ttl_ms = max(1, int(lease_ttl * 1000))
         self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(scripts.RELEASE_LOCK)
 
     @staticmethod
     def owner(node: str, run: int) -> str:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from offload.broker import keys
+from offload.broker import keys, scripts
 from offload.broker.arrays import TABLE_PART, ArrayInfo
 from offload.broker.queues import queue_lists
 from offload.broker.status import JobStatus
@@ -61,6 +61,7 @@ class Feeder:
         self.arrays = broker.arrays
         self.records = broker.records
         self._slots: tuple[float, dict[str, int]] = (0.0, {})
+        self._release = self.r.register_script(scripts.RELEASE_LOCK)
 
     # -- who is fed ----------------------------------------------------------------------------
 
@@ -93,14 +94,13 @@ class Feeder:
         """Feed ``array_id`` as its class has room (``everything``: all of it); returns how
         many items were fed."""
         token = uuid.uuid4().hex
-        lock = f"{keys.array(array_id)}:feeding"
+        lock = keys.array_feeding(array_id)
         if not self.r.set(lock, token, nx=True, px=LOCK_MS):
             return 0  # another feeder is at it
         try:
             return self._feed(array_id, everything)
         finally:
-            if self.r.get(lock) == token:
-                self.r.delete(lock)
+            self._release(keys=[lock], args=[token])
 
     def _feed(self, array_id: str, everything: bool) -> int:
         try:

@@ -81,6 +81,7 @@ Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by
                                         (about 200 bytes an array, whatever its size)
     offload:array:<id>:feed      HASH   fed (items whose records exist: 0..fed-1), cancelled;
                                         the feeder WATCHes it (:mod:`offload.broker.feeder`)
+    offload:array:<id>:feeding   STRING the feeder at work on it (a token; PX 30 s): one at a time
     offload:array:<id>:t:<n>     STRING items n*1000.. of the array's item table: their sealed
                                         specs and classes, JSON, zlib (about 60 bytes an item);
                                         deleted once every item of it is fed
@@ -301,6 +302,10 @@ def array(array_id: str) -> str:
 
 def array_feed(array_id: str) -> str:
     return f"{PREFIX}:array:{array_id}:feed"
+
+
+def array_feeding(array_id: str) -> str:
+    return f"{PREFIX}:array:{array_id}:feeding"
 
 
 def array_table(array_id: str, part: int) -> str:
