@@ -245,3 +245,57 @@ def test_pause_resume_run_now_and_rm(schedules: Schedules, client: Client) -> No
     for op in (schedules.rm, schedules.pause, schedules.resume, schedules.run):
         with pytest.raises(SpecError, match="no schedule named 'ctl'"):
             op("ctl")
+
+
+# -- schedules that submit maps -----------------------------------------------------------------
+
+
+def test_a_map_schedule_makes_an_array_each_run(
+    schedules: Schedules, client: Client, tmp_path: Path
+) -> None:
+    f = tmp_path / "photo.jpg"
+    f.write_text("pixels")
+    each = [{"params": {"n": i}} for i in range(3)] + [{"inputs": {"photo": str(f)}}]
+    s = schedules.add("thumbs", "offload/base", ["true"], every="2s", each=each, batch=2,
+                      params={"size": 128}, now=T0)  # fmt: skip
+    oid = s.each[3]["inputs"]["photo"]  # type: ignore[index]
+    assert oid.startswith("sha256:") and client.read(oid) == b"pixels"  # uploaded once, now
+    f.unlink()
+    sch = scheduler(client)
+    [first] = sch.tick(T0 + 2)
+    assert first.outcome == "submitted" and first.job_id is not None
+    array = client.array(first.job_id)
+    assert len(array) == 4 and array.info.batch == 2 and array.info.name == "thumbs"
+    rec = array[3].record()  # not fed yet (no worker): read from the array's table
+    assert rec.spec.inputs == {"photo": oid} and rec.spec.params == {"size": 128}
+    assert rec.spec.labels == {"schedule": "thumbs"}
+    assert rec.spec.env["OFFLOAD_SCHEDULED_AT"] == "2027-01-15T08:00:02Z"
+    assert array[1].record().spec.params == {"size": 128, "n": 1}
+    [skipped] = sch.tick(T0 + 4)  # its items are still queued: overlap skip
+    assert skipped.outcome == f"skipped: run {array.id} is running (0/4 items ended)"
+    assert schedules.get("thumbs").last_status == "running 0/4"
+    array.cancel()
+    [second] = sch.tick(T0 + 6)
+    assert second.outcome == "submitted" and second.job_id != array.id
+    run_now = schedules.run("thumbs", now=T0 + 7)
+    assert run_now.id != second.job_id and len(run_now) == 4  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"each": [{"params": {"n": 1}}, {"memory": "lots"}]}, "each[1].resources.memory"),
+        ({"each": [{"after": ["x"]}]}, "each[0].after"),
+        ({"each": [{"inputs": {"a": "/no/such/file"}}]}, "each[0].inputs.a"),
+        ({"each": []}, "each"),
+        ({"batch": 2}, "batch"),
+        ({"each": [{}], "batch": 0}, "batch"),
+    ],
+)
+def test_a_bad_map_schedule_is_refused_naming_the_item(
+    schedules: Schedules, kwargs: dict[str, object], field: str
+) -> None:
+    with pytest.raises(SpecError) as err:
+        schedules.add("bad", "offload/base", ["true"], every="2s", **kwargs)  # type: ignore[arg-type]
+    assert err.value.field == field, err.value
+    assert schedules.ls() == []

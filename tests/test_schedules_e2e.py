@@ -126,3 +126,23 @@ def test_cli_manages_schedules_and_names_bad_input(idle: Platform) -> None:
     assert idle.cli("schedule", "rm", "nightly").returncode == 0
     gone = idle.cli("schedule", "rm", "nightly")
     assert gone.returncode == 2 and "no schedule named 'nightly'" in gone.stderr
+
+
+def test_cli_schedule_add_each_makes_an_array_a_run(
+    private_platform: Platform, tmp_path: Path
+) -> None:
+    p = private_platform
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"params": {"n": 1}}\n{"params": {"n": 2}}\n\n{"memory": "lots"}\n')
+    bad = p.cli("schedule", "add", "thumbs", "offload/base", "--every", "1h",
+                "--each", str(items), "--", "true")  # fmt: skip
+    assert bad.returncode == 2 and f"{items}:4 (each[2]).resources.memory" in bad.stderr
+    items.write_text('{"params": {"n": 1}}\n{"params": {"n": 2}}\n')
+    add = p.cli("schedule", "add", "thumbs", "offload/base", "--every", "1h",
+                "--each", str(items), "--batch", "2", "--", "true")  # fmt: skip
+    assert add.returncode == 0 and "thumbs: an array of 2 items every 1h" in add.stdout, add
+    ran = p.cli("schedule", "run", "thumbs")
+    assert ran.returncode == 0, ran.stderr
+    array = p.client.array(ran.stdout.strip())
+    assert len(array) == 2 and array.info.batch == 2
+    array.cancel()

@@ -52,6 +52,23 @@ def read_items(stream: IO[str], source: str) -> tuple[list[dict[str, Any]], list
     return items, lines
 
 
+def load_items(each: str) -> tuple[list[dict[str, Any]], list[int], str]:
+    """``--each``'s items (a JSON Lines file, or ``-`` for stdin), the line each came from,
+    and the name of where they came from."""
+    source = "<stdin>" if each == "-" else each
+    if each == "-":
+        items, lines = read_items(sys.stdin, source)
+        return items, lines, source
+    try:
+        with open(each, encoding="utf-8") as f:
+            items, lines = read_items(f, source)
+    except OSError as exc:
+        raise SpecError("--each", f"cannot read {each!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError("--each", f"{each!r} is not UTF-8 text: {exc.reason}") from None
+    return items, lines, source
+
+
 def on_line(exc: SpecError, source: str, lines: Sequence[int]) -> SpecError:
     """``each[i].field`` named by the line of the items file it came from."""
     head, _, rest = exc.field.partition(".")
@@ -146,17 +163,7 @@ def map_(
     a bad item is refused naming its line, and no job of the map exists. Each job sees its
     place in OFFLOAD_TASK_INDEX / OFFLOAD_TASK_COUNT.
     """
-    source = "<stdin>" if each == "-" else each
-    if each == "-":
-        items, lines = read_items(sys.stdin, source)
-    else:
-        try:
-            with open(each, encoding="utf-8") as f:
-                items, lines = read_items(f, source)
-        except OSError as exc:
-            raise SpecError("--each", f"cannot read {each!r}: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise SpecError("--each", f"{each!r} is not UTF-8 text: {exc.reason}") from None
+    items, lines, source = load_items(each)
     client = client_of(ctx)
     common = parse_job_options(inputs=parse_inputs(inputs), name=name, **options)
     from rich.console import Console

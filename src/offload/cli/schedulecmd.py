@@ -17,10 +17,13 @@ from rich.table import Table
 
 from offload.cli import cli, handle_errors, settings_of
 from offload.cli.common import job_options, pairs, parse_job_options
+from offload.cli.mapcmd import EACH_HELP, load_items, on_line
+from offload.errors import SpecError
 from offload.producer.client import Client
 from offload.producer.schedules import OVERLAPS, ScheduleInfo, Schedules
 from offload.producer.timing import iso
 from offload.scheduler import DEFAULT_INTERVAL, DEFAULT_LOCK_TTL, Scheduler
+from offload.spec.arrays import MAX_BATCH
 
 console = Console(highlight=False)
 
@@ -48,6 +51,19 @@ def schedule() -> None:
     help="skip: no new run while the previous one is unfinished; allow: run anyway.",
 )
 @click.option("--input", "inputs", multiple=True, metavar="NAME=PATH|NAME=sha256:…|NAME=s3://…")
+@click.option(
+    "--each",
+    default=None,
+    metavar="ITEMS.jsonl",
+    help="Make each run an array, as `offload map --each` does: " + EACH_HELP,
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, MAX_BATCH),
+    default=None,
+    metavar="K",
+    help="With --each: up to K items a warm container, as `offload map --batch`.",
+)
 @job_options
 @click.pass_context
 @handle_errors
@@ -60,23 +76,33 @@ def add(
     every: str | None,
     overlap: str,
     inputs: tuple[str, ...],
+    each: str | None,
+    batch: int | None,
     **options: Any,
 ) -> None:
     """Add schedule NAME running IMAGE (optionally with COMMAND) on --cron or --every.
 
-    Takes every option of `offload submit`; local input files are uploaded once, now.
+    Takes every option of `offload submit`; local input files are uploaded once, now. With
+    --each every run is an array of those items (checked now, a bad one named by its line).
     """
-    s = _schedules(ctx).add(
-        name,
-        image,
-        list(command) or None,
-        cron=cron,
-        every=every,
-        overlap=overlap,  # type: ignore[arg-type]  # click.Choice checked it
-        options=parse_job_options(inputs=dict(pairs("--input", inputs)), **options),
-    )
+    items, lines, source = load_items(each) if each is not None else (None, [], "")
+    try:
+        s = _schedules(ctx).add(
+            name,
+            image,
+            list(command) or None,
+            cron=cron,
+            every=every,
+            overlap=overlap,  # type: ignore[arg-type]  # click.Choice checked it
+            options=parse_job_options(inputs=dict(pairs("--input", inputs)), **options),
+            each=items,
+            batch=batch,
+        )
+    except SpecError as exc:
+        raise on_line(exc, source, lines) if items is not None else exc from None
     nxt = _schedules(ctx).state(s.name).next_at
-    click.echo(f"{s.name}: {s.timing.describe()}, next run {iso(nxt)}")
+    what = f"an array of {len(s.each):,} items" if s.each else "a job"
+    click.echo(f"{s.name}: {what} {s.timing.describe()}, next run {iso(nxt)}")
 
 
 def _row(info: ScheduleInfo, now: float) -> dict[str, str]:

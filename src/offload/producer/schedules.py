@@ -9,7 +9,10 @@ uploaded once, then referred to by content id) plus its timing and its overlap p
 * ``allow``: every fire time makes a job.
 
 Each run is an ordinary job named after its schedule, labelled ``schedule=<name>``, with its
-scheduled time (ISO 8601 UTC) in ``OFFLOAD_SCHEDULED_AT``. Definitions and state live in
+scheduled time (ISO 8601 UTC) in ``OFFLOAD_SCHEDULED_AT``. A schedule with ``each`` (a
+``map``'s items, each checked at ``add`` as ``map`` checks it) makes an array each run
+instead — optionally batched (``batch``) — its items the jobs; "the previous run has not
+finished" then means an item of the previous array has not. Definitions and state live in
 Redis (:mod:`offload.broker.keys`: ``offload:schedules``, ``offload:schedule:<name>:state``);
 :mod:`offload.scheduler` fires them. :meth:`Schedules.fire` is the one way a fire time
 becomes a job: it *claims* the time first, in one Lua script, so a time is handled once.
@@ -29,11 +32,14 @@ from typing import Any, Literal
 
 from offload.broker.schedules import ScheduleStore
 from offload.errors import JobNotFound, OffloadError, SpecError
+from offload.producer.array import JobArray
 from offload.producer.client import Client
+from offload.producer.items import within
 from offload.producer.job import Job
 from offload.producer.options import JobOptions, check_names
 from offload.producer.timing import Timing, iso
 from offload.spec import OutputRef
+from offload.spec.arrays import ARRAY_ID_RE, check_batch
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,8 @@ class Schedule:
     timing: Timing
     overlap: Overlap = "skip"
     created_at: float = 0.0
+    each: list[dict[str, Any]] | None = None  # a map's items: each run is an array
+    batch: int | None = None  # the array's items per warm container
 
     def encode(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -141,6 +149,8 @@ class Schedules:
         overlap: Overlap = "skip",
         now: float | None = None,
         options: JobOptions | None = None,
+        each: Sequence[dict[str, Any]] | None = None,
+        batch: int | None = None,
         **fields: Any,
     ) -> Schedule:
         """Store a schedule running ``image`` (with ``command``) on ``cron`` or ``every``.
@@ -148,6 +158,10 @@ class Schedules:
         ``options`` and ``fields`` are a job's options (:class:`JobOptions`: inputs, params,
         secrets, cpu, memory, gpus, timeout, retries, env, network, cache, labels, …), checked
         as submit checks them. The first run is at the first fire time after now.
+
+        ``each`` makes every run a ``map`` over those items (each checked now, naming
+        ``each[<i>].<field>``; their local input files uploaded once, now), ``batch`` its
+        items per warm container, as :meth:`Client.map` takes them.
         """
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise SpecError(
@@ -172,6 +186,7 @@ class Schedules:
         if opts.inputs:  # local files uploaded once; s3:// imported at each run
             refs = {k: v for k, v in draft.refs.items() if not str(v).startswith("s3://")}
             opts = opts.replace(inputs={**draft.refs, **self.client.upload_inputs(refs)})
+        items = self._items(image, command, opts.replace(name=name), each, batch)
         schedule = Schedule(
             name=name,
             image=image,
@@ -181,6 +196,8 @@ class Schedules:
             timing=timing,
             overlap=overlap,
             created_at=now,
+            each=items,
+            batch=batch,
         )
         try:
             encoded = schedule.encode()
@@ -190,6 +207,52 @@ class Schedules:
         if not self.store.add(name, encoded, state):
             raise SpecError("name", f"a schedule named {name!r} exists; remove it first")
         return schedule
+
+    def _items(
+        self,
+        image: str,
+        command: str | Sequence[str] | None,
+        opts: JobOptions,
+        each: Sequence[dict[str, Any]] | None,
+        batch: int | None,
+    ) -> list[dict[str, Any]] | None:
+        """A map schedule's items, checked as ``map`` checks them, their local input files
+        uploaded (stored as content ids); None for a schedule of single jobs."""
+        if batch is not None:
+            check_batch(batch)
+            if each is None:
+                raise SpecError("batch", "is for a schedule of maps (with each)")
+        if each is None:
+            return None
+        if not each:
+            raise SpecError("each", "expected at least one item to map over")
+        items = []
+        for i, item in enumerate(each):
+            try:
+                if not isinstance(item, dict):
+                    raise SpecError("", f"expected a mapping of job options, got {item!r}")
+                check_names(item, SCHEDULABLE, "a schedule's item")
+                draft = self.client.draft(image, command, opts.merged(item))
+                stored = dict(item)
+                if item.get("inputs"):  # local files uploaded once, now: content ids stored
+                    refs = {k: v for k, v in draft.refs.items() if k in item["inputs"]}
+                    local = {k: v for k, v in refs.items() if not str(v).startswith("s3://")}
+                    uploaded = {**refs, **self.client.upload_inputs(local)}
+                    stored["inputs"] = {k: str(v) for k, v in uploaded.items()}
+                items.append(stored)
+            except SpecError as exc:
+                raise within(f"each[{i}]", exc) from None
+        return items
+
+    def _submit(self, schedule: Schedule, at: float) -> Job | JobArray:
+        """Submit the run of ``at``: a job, or an array for a map schedule."""
+        opts = schedule.job_options(at)
+        if schedule.each is None:
+            return self.client.submit(schedule.image, schedule.command, opts)
+        return self.client.map(
+            schedule.image, schedule.command, each=schedule.each, options=opts,
+            batch=schedule.batch,
+        )  # fmt: skip
 
     def get(self, name: str) -> ScheduleInfo:
         raw = self.store.definition(name)
@@ -228,13 +291,14 @@ class Schedules:
         nxt = info.schedule.timing.next_after(now)
         self.store.set_state(name, {"paused": "0", "next_at": repr(nxt)})
 
-    def run(self, name: str, now: float | None = None) -> Job:
-        """Submit a run now (``OFFLOAD_SCHEDULED_AT`` = now), paused or not; timing unchanged."""
+    def run(self, name: str, now: float | None = None) -> Job | JobArray:
+        """Submit a run now (``OFFLOAD_SCHEDULED_AT`` = now), paused or not; timing unchanged.
+        Returns its job (its array, for a map schedule)."""
         schedule = self.get(name).schedule
         at = round(time.time() if now is None else now, 3)
-        job = self.client.submit(schedule.image, schedule.command, schedule.job_options(at))
-        self._record(name, at, job.id, "")
-        return job
+        made = self._submit(schedule, at)
+        self._record(name, at, made.id, "")
+        return made
 
     # -- firing (the scheduler) ------------------------------------------------------------
 
@@ -259,16 +323,16 @@ class Schedules:
             log.info("schedule %s: %s skipped, %s", schedule.name, iso(at), outcome)
             return Fired(schedule.name, at, None, outcome)
         try:
-            job = self.client.submit(schedule.image, schedule.command, schedule.job_options(at))
+            run_id = self._submit(schedule, at).id
         except OffloadError as exc:
             log.warning(
                 "schedule %s: the run of %s was not submitted: %s", schedule.name, iso(at), exc
             )
             self._record(schedule.name, at, "", f"error: {exc}")
             return Fired(schedule.name, at, None, f"error: {exc}")
-        self._record(schedule.name, at, job.id, "submitted")
-        log.info("schedule %s: %s submitted as job %s", schedule.name, iso(at), job.id)
-        return Fired(schedule.name, at, job.id, "submitted")
+        self._record(schedule.name, at, run_id, "submitted")
+        log.info("schedule %s: %s submitted as %s", schedule.name, iso(at), run_id)
+        return Fired(schedule.name, at, run_id, "submitted")
 
     def _record(self, name: str, at: float, job_id: str, outcome: str) -> None:
         self.store.record(name, repr(at), job_id, outcome)
@@ -278,6 +342,9 @@ class Schedules:
         if job_id is None:
             return None
         try:
+            if ARRAY_ID_RE.match(job_id):  # a map schedule's run: unfinished while an item is
+                st = self.client.array(job_id).status()
+                return None if st.done else f"running ({st.ended:,}/{st.count:,} items ended)"
             status = self.client.broker.records.status(job_id)
         except JobNotFound:
             return None
@@ -287,7 +354,11 @@ class Schedules:
         last: str | None = None
         if state.last_job:
             try:
-                last = self.client.broker.records.status(state.last_job).value
+                if ARRAY_ID_RE.match(state.last_job):
+                    st = self.client.array(state.last_job).status()
+                    last = f"{'ended' if st.done else 'running'} {st.ended:,}/{st.count:,}"
+                else:
+                    last = self.client.broker.records.status(state.last_job).value
             except JobNotFound:
                 last = "expired"
         return ScheduleInfo(schedule, state, last)
