@@ -4,6 +4,7 @@ segments, every read finds them there, Redis keeps little of them, history is pr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from offload.broker import keys
 from offload.broker.archive import ArchiveReport
+from offload.broker.arrays import ArrayInfo
 from offload.broker.core import Broker
 from offload.broker.listing import JobQuery, list_jobs
 from offload.broker.status import JobStatus, Reason
@@ -22,6 +24,7 @@ from offload.errors import JobNotFound
 from offload.producer.client import Client
 from offload.producer.job import Job
 from offload.spec import JobSpec, OutputRef
+from offload.spec.arrays import item_id
 from tests.conftest import make_platform, new_db, offload_cli, wait_for
 
 SPEC = JobSpec(image="offload/base", command=("echo", "hi"), params={"n": 1})
@@ -216,3 +219,27 @@ def test_a_worker_archives_finished_jobs_and_a_child_uses_an_archived_parents_ou
         assert [line.text for line in child.logs()] == ["42"]
     finally:
         p.stop_worker()
+
+
+def test_an_arrays_items_are_found_through_its_archive_index(broker: Broker) -> None:
+    """An array's archived items cost 8 bytes each in Redis (plus their ``ls`` member), not a
+    field of the where hash each; they read back as any archived job."""
+    array = ArrayInfo(id="ab" * 12, count=3000, name="photos", created_at=time.time())
+    broker.arrays.begin(array)
+    broker.arrays.activate(array)
+    items = [item_id(array.id, i) for i in (0, 1, 2999)]
+    for j in items:
+        finish(broker, j)
+    before = {j: broker.records.get(j) for j in items}
+    assert archive(broker).archived == 3
+    r = broker.redis
+    assert r.hlen(keys.ARCHIVE_WHERE) == 0  # not one field for them
+    assert r.strlen(keys.archive_array(array.id)) == 3000 * 8
+    assert r.ttl(keys.archive_array(array.id)) > 0
+    fresh = Broker(broker.settings, archive=SealedArchive(lambda: open_store(broker.settings)))
+    for j in items:
+        assert fresh.records.get(j) == before[j]
+        assert fresh.records.status(j) is JobStatus.SUCCEEDED
+    assert set(fresh.records.archive.entries([*items, item_id(array.id, 5)])) == set(items)
+    with pytest.raises(JobNotFound):  # an item never archived (nor made) is not found
+        fresh.records.get(item_id(array.id, 5))

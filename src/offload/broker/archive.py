@@ -7,7 +7,9 @@ compressed, then sealed like every object: encrypted, in the CAS and S3 when con
 in one Lua script, deletes their keys from Redis and notes each job's segment. What Redis
 keeps of an archived job (:mod:`offload.broker.keys`): its member of ``offload:jobs`` (for
 ``offload ls``) and one field ``job id -> segment number`` of ``offload:archive:where`` —
-about 200 bytes (``bench/scale.py`` measures it).
+about 200 bytes (``bench/scale.py`` measures it). An array's item keeps 8 bytes in its array's
+index (``offload:archive:array:<id>``: the segment number at 8 x its index) instead of the
+field (``bench/array_finished.py``).
 
 **How an id finds its segment:** ``HGET offload:archive:where <id>`` gives the segment number,
 ``HGET offload:archive:segments <n>`` its content id. Any id, old (uuid4) or new, is found so.
@@ -69,17 +71,28 @@ class ArchiveStore(ABC):
 
 # KEYS: ended index, where hash, segments hash, segment times
 # ARGV: 1 segment number, 2 its reference, 3 when it was archived (Redis time), 4..9 key
-#       templates (job, events, logs, parents, waiting-on, children), then (job id,
-#       updated_at) pairs.
+#       templates (job, events, logs, parents, waiting-on, children), 10 an array's record
+#       template, 11 an array's archive index template, 12 that index's TTL (seconds), then
+#       (job id, updated_at) pairs.
+# An array's item is noted in its array's index (8 hex digits of segment number at 8 * its
+# index) rather than as a field of the where hash: 8 bytes an item, not about 100.
 # Returns how many jobs moved: a job whose record changed since it was read stays in Redis.
 COMMIT = """
 local n = 0
-for i = 10, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local id = ARGV[i]
   local at = redis.call('HGET', string.format(ARGV[4], id), 'updated_at')
   if at == ARGV[i + 1] then
     for t = 4, 9 do redis.call('DEL', string.format(ARGV[t], id)) end
-    redis.call('HSET', KEYS[2], id, ARGV[1])
+    local array = string.sub(id, 1, 24)
+    if #id == 32 and redis.call('EXISTS', string.format(ARGV[10], array)) == 1 then
+      local index = string.format(ARGV[11], array)
+      redis.call('SETRANGE', index, tonumber(string.sub(id, 25), 16) * 8,
+                 string.format('%08x', tonumber(ARGV[1])))
+      redis.call('EXPIRE', index, ARGV[12])
+    else
+      redis.call('HSET', KEYS[2], id, ARGV[1])
+    end
     redis.call('ZREM', KEYS[1], id)
     n = n + 1
   elseif not at then
@@ -174,17 +187,32 @@ class Archive:
 
     def entry(self, job_id: str) -> Entry | None:
         """The archived job ``job_id``; None when it is not archived (or was pruned)."""
-        seg = self.r.hget(keys.ARCHIVE_WHERE, job_id)
-        if seg is None:
-            return None
-        entries = self.segment(str(seg))
-        return None if entries is None else entries.get(job_id)
+        return self.entries([job_id]).get(job_id)
+
+    def where(self, job_ids: list[str]) -> list[str | None]:
+        """The segment of each job (None: not archived): the where hash, else, for an
+        array's item, its array's archive index. Two round trips at most."""
+        segs: list[str | None] = [None if s is None else str(s)
+                                  for s in self.r.hmget(keys.ARCHIVE_WHERE, job_ids)]  # fmt: skip
+        items = [i for i, (j, s) in enumerate(zip(job_ids, segs, strict=True))
+                 if s is None and _item(j) is not None]  # fmt: skip
+        if items:
+            pipe = self.r.pipeline(transaction=False)
+            for i in items:
+                array, index = _item(job_ids[i]) or ("", 0)
+                pipe.getrange(keys.archive_array(array), index * 8, index * 8 + 7)
+            for i, raw in zip(items, pipe.execute(), strict=True):
+                text = str(raw or "").strip("\x00")
+                if len(text) == 8 and int(text, 16):
+                    segs[i] = str(int(text, 16))
+        return segs
 
     def entries(self, job_ids: list[str]) -> dict[str, Entry]:
-        """The archived ones of ``job_ids`` (one round trip, then each segment once)."""
+        """The archived ones of ``job_ids`` (one or two round trips, then each segment
+        once)."""
         if not job_ids:
             return {}
-        segs = self.r.hmget(keys.ARCHIVE_WHERE, job_ids)
+        segs = self.where(job_ids)
         out: dict[str, Entry] = {}
         for job_id, seg in zip(job_ids, segs, strict=True):
             if seg is None:
@@ -261,7 +289,10 @@ class Archive:
             return
         seg = str(self.r.incr(keys.ARCHIVE_SEQ))
         ref = self._store().put(encode_segment(seg, entries))
-        args: list[Any] = [seg, ref, now, *TEMPLATES]
+        args: list[Any] = [
+            seg, ref, now, *TEMPLATES, keys.array("%s"), keys.archive_array("%s"),
+            int(self.ttl) + 86_400,
+        ]  # fmt: skip
         for e in entries:
             args += [e.id, e.record.get("updated_at", "")]
         moved = int(
@@ -305,6 +336,16 @@ class Archive:
             self._store().delete(ref)
         except Exception as exc:  # an unreferenced blob is harmless
             log.warning("could not delete archive blob %s: %s", ref, exc)
+
+
+def _item(job_id: str) -> tuple[str, int] | None:
+    """(array id, index) of an id of an array's item's form (32 hex digits), else None."""
+    if len(job_id) != 32:
+        return None
+    try:
+        return job_id[:24], int(job_id[24:], 16)
+    except ValueError:
+        return None
 
 
 __all__ = ["Archive", "ArchiveReport", "ArchiveStore", "Entry"]

@@ -108,7 +108,10 @@ The archive (:mod:`offload.broker.archive`; written by the sweeper, read by ever
     offload:archive:where        HASH   archived job id -> its segment number: how an id finds
                                         its segment. Bound: one field per archived job (about
                                         100 bytes), removed when its segment is pruned after
-                                        ``record_ttl``; no TTL
+                                        ``record_ttl``; no TTL. Not for an array's items:
+    offload:archive:array:<id>   STRING an array's archived items' segment numbers, 8 hex
+                                        digits at 8 x the item's index (8 bytes an item);
+                                        TTL ``record_ttl`` + 1 day from its last archived item
     offload:archive:segments     HASH   segment number -> the content id of its sealed blob;
                                         removed when pruned. Bound: jobs / ``archive_batch``
     offload:archive:times        ZSET   segment number -> when it was archived (Redis time; what
@@ -324,6 +327,10 @@ def array_key_of(job_id: str) -> str:
     """The array record an item's id points to (a key that never exists for other ids): the
     transition script counts an item's end there."""
     return array(job_id[:24]) if len(job_id) == 32 else f"{PREFIX}:array:-"
+
+
+def archive_array(array_id: str) -> str:
+    return f"{PREFIX}:archive:array:{array_id}"
 
 
 def chunk(chunk_id: str) -> str:
