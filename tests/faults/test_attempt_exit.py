@@ -12,6 +12,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import redis
 
 from offload.broker.core import Broker
 from offload.broker.status import JobStatus, Reason
@@ -121,6 +122,9 @@ def test_a_step_that_crashes_releases_everything_and_fails_the_job(
     ("error", "raised"),
     [
         (BrokerError("broker (Redis) error: connection lost"), BrokerError),
+        # a Redis call no part translated (here a failover's former master): an outage too,
+        # never the job's failure (worker_error)
+        (redis.ReadOnlyError("You can't write against a read only replica."), BrokerError),
         (KeyboardInterrupt(), KeyboardInterrupt),  # the process is being stopped
     ],
 )

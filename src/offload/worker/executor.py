@@ -18,6 +18,8 @@ import shutil
 import time
 from collections.abc import Callable
 
+import redis
+
 from offload.broker.status import JobStatus, Reason
 from offload.errors import BrokerError, CacheError, ForgedJob
 from offload.spec import JobSpec, format_memory
@@ -151,6 +153,8 @@ class Attempt:
             return functools.partial(self.node.records.status, self.job_id)
         except BrokerError:
             raise
+        except redis.RedisError as exc:  # a Redis call no part translated: an outage as well
+            raise BrokerError(f"broker (Redis) error: {exc}") from exc
         except Exception as exc:
             log.exception("job %s attempt %d: worker error", self.job_id, self.attempt)
             why = f"{type(exc).__name__}: {exc}"
