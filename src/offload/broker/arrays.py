@@ -7,10 +7,11 @@ Submitting an array (:meth:`offload.broker.core.Broker.submit_array`) writes:
 * its **record** (count, name, image, batch, when made; ``state`` ``pending`` while the rest
   is written, ``active`` once it all is — a submit cut half way leaves a ``pending`` array,
   which reads as absent and the sweeper deletes: an array is wholly there or wholly absent);
-* its **item table**: each item's sealed, signed spec and class, JSON, compressed a part of
-  :data:`TABLE_PART` items at a time — tens of bytes an item instead of a job record's
-  kilobytes (near-identical specs compress well; each keeps its own signature, so Redis
-  write access still cannot change an item);
+* its **common spec**, sealed and signed once for the array (field ``spec``);
+* its **item table**: each item's class ("" for the array's), its own fields over the common
+  spec (JSON) and their MAC for the item's id, compressed a part of :data:`TABLE_PART` items
+  at a time — tens of bytes an item instead of a job record's kilobytes, and Redis write
+  access still cannot change an item (:mod:`offload.cache.jobseal`);
 * its **feed state** (``fed``, ``cancelled``): items ``0..fed-1`` have job records; the others
   exist only in the table until the feeder (:mod:`offload.broker.feeder`) makes their records
   and messages, as the class has room.
@@ -38,9 +39,9 @@ from offload.broker import keys
 from offload.broker.connection import broker_error, translated
 from offload.broker.model import JobRecord, parse_record, record_fields
 from offload.broker.status import JobStatus
-from offload.errors import JobNotFound
+from offload.errors import JobNotFound, SpecError
 from offload.spec import JobSpec
-from offload.spec.arrays import item_id
+from offload.spec.arrays import item_id, item_spec
 
 TABLE_PART = 1000  # items in one part of an array's table
 PARTS_PER_TRIP = 50  # table parts written in one round trip
@@ -59,7 +60,8 @@ class ArrayInfo:
     batch: int = 0  # items run one after another in one warm container (0: not batched)
     state: str = "active"  # "pending" while being written
     parts: int = 0  # parts of its item table (0: every item recorded at submit, no table)
-    cls: str = ""  # its first item's resource class (the autoscaler counts the rest there)
+    cls: str = ""  # its common spec's resource class (the autoscaler counts the rest there)
+    spec: str = ""  # its common spec, sealed and signed (JSON); an item's is this and its fields
 
     def item(self, index: int) -> str:
         """The job id of item ``index``; IndexError outside ``0..count-1``."""
@@ -115,6 +117,7 @@ class Arrays:
             "state": info.state,
             "parts": str(info.parts),
             "class": info.cls,
+            "spec": info.spec,
         }
 
     def begin(self, info: ArrayInfo) -> None:
@@ -186,6 +189,7 @@ class Arrays:
             state=h.get("state", "active") or "active",
             parts=int(h.get("parts", 0) or 0),
             cls=h.get("class", ""),
+            spec=h.get("spec", ""),
         )
 
     def feed(self, array_id: str) -> Feed:
@@ -193,8 +197,16 @@ class Arrays:
             fed, cancelled = self.r.hmget(keys.array_feed(array_id), "fed", "cancelled")
         return Feed(int(fed or 0), cancelled == "1")
 
-    def table(self, array_id: str, part: int) -> list[tuple[str, str]]:
-        """Part ``part`` of the item table: (class, sealed spec) by index; [] once deleted."""
+    def common(self, array_id: str) -> JobSpec | None:
+        """The array's common spec, as its record holds it (a worker checks its signature);
+        None when there is no such array."""
+        try:
+            return JobSpec.decode(self.get(array_id).spec)
+        except (JobNotFound, SpecError):
+            return None
+
+    def table(self, array_id: str, part: int) -> list[Row]:
+        """Part ``part`` of the item table: rows by index; [] once deleted."""
         with translated():  # compressed bytes: not decoded as text
             blob = self.r.execute_command(
                 "GET", keys.array_table(array_id, part), **{NEVER_DECODE: True}
@@ -251,19 +263,23 @@ class Arrays:
         rows = self.table(info.id, index // TABLE_PART)
         if len(rows) <= index % TABLE_PART:
             return None
-        cls, encoded = rows[index % TABLE_PART]
-        spec = JobSpec.decode(encoded)
+        cls, own, sig = rows[index % TABLE_PART]
+        spec = item_spec(JobSpec.decode(info.spec), own, index, sig)
         status = JobStatus.CANCELLED if feed.cancelled else JobStatus.QUEUED
-        fields = record_fields(job_id, spec, cls, status, info.created_at, UNFED)
+        fields = record_fields(job_id, spec, cls or info.cls, status, info.created_at, UNFED)
         return parse_record(job_id, fields, spec)
 
 
-def pack(rows: Sequence[tuple[str, str]]) -> bytes:
-    return zlib.compress(json.dumps(list(rows), separators=(",", ":")).encode(), 6)
+Row = tuple[str, str, str]  # an item: its class ("": the array's), its own fields, their MAC
 
 
-def unpack(blob: bytes) -> list[tuple[str, str]]:
-    return [(str(c), str(e)) for c, e in json.loads(zlib.decompress(blob))]
+def pack(rows: Sequence[Row]) -> bytes:
+    text = json.dumps(rows, separators=(",", ":"), ensure_ascii=False)
+    return zlib.compress(text.encode("utf-8"), 6)
 
 
-__all__ = ["TABLE_PART", "ArrayInfo", "Arrays", "Counts", "Feed", "pack", "unpack"]
+def unpack(blob: bytes) -> list[Row]:
+    return [(str(c), str(f), str(s)) for c, f, s in json.loads(zlib.decompress(blob))]
+
+
+__all__ = ["TABLE_PART", "ArrayInfo", "Arrays", "Counts", "Feed", "Row", "pack", "unpack"]

@@ -1,9 +1,10 @@
 """The feeder: an array's items become jobs as their class has room, not all at submit.
 
 An array's items wait in its table (:mod:`offload.broker.arrays`) until the feeder *feeds*
-them: it writes their job records (from the sealed, signed specs the producer wrote — the
-feeder signs nothing) and sends their messages, one per item or one per chunk of a batched
-array (:func:`offload.broker.publish.publish_chunks`). After that an item is an ordinary job:
+them: it writes their job records (each the array's common spec with the item's own fields
+over it, both as the producer signed them — the feeder signs nothing) and sends their
+messages, one per item or one per chunk of a batched array
+(:func:`offload.broker.publish.publish_chunks`). After that an item is an ordinary job:
 leases, retries, OOM escalation, limits, memo, dependencies and the archive treat it as any.
 
 **How much.** An array is fed while its class queue holds fewer ready messages than the
@@ -36,12 +37,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from offload.broker import keys, scripts
-from offload.broker.arrays import TABLE_PART, ArrayInfo
+from offload.broker.arrays import TABLE_PART, ArrayInfo, Row
 from offload.broker.queues import queue_lists
 from offload.broker.status import JobStatus
 from offload.errors import BrokerError, JobNotFound
 from offload.spec import JobSpec
-from offload.spec.arrays import item_id
+from offload.spec.arrays import item_id, item_spec
 
 if TYPE_CHECKING:
     from offload.broker.core import Broker
@@ -122,9 +123,9 @@ class Feeder:
             return 0
         return self._write(info, feed.fed, rows)
 
-    def _rows(self, info: ArrayInfo, fed: int, n: int | None) -> list[tuple[str, str]]:
-        """The next items' (class, sealed spec): ``n`` of them, or as many as their class
-        has room for now."""
+    def _rows(self, info: ArrayInfo, fed: int, n: int | None) -> list[Row]:
+        """The next items' table rows: ``n`` of them, or as many as their class has room
+        for now."""
         if n is None:  # room in the array's class (its first item's): checked before reading
             n = self.room(info)
             if n <= 0:
@@ -180,12 +181,13 @@ class Feeder:
 
     # -- feeding -------------------------------------------------------------------------------
 
-    def _write(self, info: ArrayInfo, fed: int, rows: list[tuple[str, str]]) -> int:
+    def _write(self, info: ArrayInfo, fed: int, rows: list[Row]) -> int:
         jobs = []
-        for i, (cls, encoded) in enumerate(rows):
-            spec = JobSpec.decode(encoded)
+        common = JobSpec.decode(info.spec)
+        for i, (cls, own, sig) in enumerate(rows):
+            spec = item_spec(common, own, fed + i, sig)
             status = JobStatus.WAITING if spec.parents() else JobStatus.QUEUED
-            jobs.append((item_id(info.id, fed + i), spec, cls, status))
+            jobs.append((item_id(info.id, fed + i), spec, cls or info.cls, status))
         ids = [j[0] for j in jobs]
         feed_key = keys.array_feed(info.id)
         with self.r.pipeline(transaction=True) as pipe:

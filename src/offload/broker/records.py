@@ -14,7 +14,7 @@ import collections
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -35,6 +35,9 @@ from offload.broker.status import (
 from offload.config import DEFAULT_LOG_MAX_BYTES, Settings
 from offload.errors import JobNotFound, JobTimeout
 from offload.spec import JobSpec
+
+if TYPE_CHECKING:
+    from offload.broker.arrays import Arrays
 
 
 class JobRecords:
@@ -61,7 +64,7 @@ class JobRecords:
         self._delay = client.register_script(scripts.DELAY)
         self.archive = Archive(client, after=300.0, ttl=float(record_ttl))
         # an array's items not fed yet (offload.broker.arrays.Arrays), read when no record is
-        self.unfed: Any = None
+        self.unfed: Arrays | None = None
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobRecords:

@@ -11,7 +11,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from offload.broker.arrays import TABLE_PART, ArrayInfo, pack
 from offload.broker.core import Broker
 from offload.broker.limits import LimitUsage
 from offload.broker.listing import JobQuery, Page, list_jobs
@@ -24,10 +23,11 @@ from offload.cache.store import Progress, Store
 from offload.config import Settings, load_settings
 from offload.errors import CacheError, JobNotFound, SpecError
 from offload.producer.array import JobArray
+from offload.producer.arraybuild import ArrayBuilder
 from offload.producer.control import Control
 from offload.producer.download import Progress as DownloadProgress
 from offload.producer.download import Report, download
-from offload.producer.items import InputRef, check_ref, fill_inputs, output_ref, within
+from offload.producer.items import InputRef, check_ref, fill_inputs, output_ref
 from offload.producer.job import Job, JobResult
 from offload.producer.options import JobOptions
 from offload.spec import (
@@ -37,7 +37,7 @@ from offload.spec import (
     RetryPolicy,
     resolve_class,
 )
-from offload.spec.arrays import MAX_ITEMS, check_batch, item_id
+from offload.spec.arrays import MAX_ITEMS, check_batch
 from offload.spec.uris import is_uri
 
 PLACEHOLDER_ID = "sha256:" + "0" * 64
@@ -127,47 +127,14 @@ class Client:
             check_batch(batch)
         if not each:
             raise SpecError("each", "expected at least one item to map over")
-        base = JobOptions.of(options, **common)
-        self.broker.admit(len(each))  # refused whole before anything is checked or uploaded
-        drafts = []
-        for i, item in enumerate(each):
-            try:
-                if not isinstance(item, Mapping | JobOptions):
-                    raise SpecError("", f"expected a mapping of job options, got {item!r}")
-                opts = base.merged(item).replace(task=(i, len(each)))
-                drafts.append(self.draft(image, command, opts))
-            except SpecError as exc:
-                raise within(f"each[{i}]", exc) from None
         if len(each) > MAX_ITEMS:
             raise SpecError("each", f"an array holds at most {MAX_ITEMS:,} items")
-        array: ArrayInfo | None = None
-        parts: list[bytes] = []  # the item table, packed as it is built (not a spec kept)
-        rows: list[tuple[str, str]] = []
-        for i, draft in enumerate(drafts):
-            try:
-                spec = self._build(draft)  # its local inputs uploaded
-            except SpecError as exc:
-                raise within(f"each[{i}]", exc) from None
-            if array is None:
-                array = ArrayInfo(
-                    id=uuid.uuid4().hex[:24],
-                    count=len(each),
-                    name=base.name or spec.image,
-                    image=spec.image,
-                    created_at=time.time(),
-                    batch=batch or 0,
-                    cls=draft.queue,
-                )
-            job_id = item_id(array.id, i)
-            rows.append((draft.queue, seal_job(self.key, job_id, spec).encode()))
-            if len(rows) == TABLE_PART:
-                parts.append(pack(rows))
-                rows = []
-        if rows:
-            parts.append(pack(rows))
-        assert array is not None  # each is not empty
+        base = JobOptions.of(options, **common)
+        self.broker.admit(len(each))  # refused whole before anything is checked or uploaded
+        # the common spec checked and signed once, each item's own fields over it
+        info, parts = ArrayBuilder(self, image, command, base, len(each), batch or 0).build(each)
         # all or none; items fed to the queue as their class has room (broker/feeder.py)
-        return JobArray(self.broker, self.broker.submit_array(array, parts))
+        return JobArray(self.broker, self.broker.submit_array(info, parts))
 
     def array(self, array_id: str) -> JobArray:
         """The array ``array_id`` (a ``map``'s); :class:`JobNotFound` if there is none."""

@@ -79,6 +79,10 @@ class Seal(BaseModel):
     gives (the spec holds ``***`` in their place); ``sig``: the job's signature, over the job
     id and the spec as submitted; ``refs``: the inputs resolved at release, by name, with the
     output reference the signature covers.
+
+    An array's item (:func:`offload.spec.arrays.item_spec`) is signed otherwise: ``item`` holds
+    its own fields (JSON, as the producer wrote them in the array's item table) and
+    ``item_sig`` their signature; the rest of its spec is the array's common spec, signed once.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -86,6 +90,8 @@ class Seal(BaseModel):
     box: str = ""
     sig: str = ""
     refs: dict[str, str] = Field(default_factory=dict)
+    item: str = ""
+    item_sig: str = ""
 
 
 class JobSpec(BaseModel):

@@ -10,13 +10,22 @@ A **chunk** is a run of consecutive items of a batched array (``map(..., batch=K
 message carries, run one after another in one warm container
 (:mod:`offload.worker.chunks`). Its id is the array's id, ``x``, its first index and ``x``,
 its end (exclusive), each in 8 hex digits: the items it holds are read from its id alone.
+
+An item's **spec** is the array's *common* spec (checked, sealed and signed once) with the
+item's own *fields* over it (:func:`item_spec`): ``params``, ``inputs``, ``env`` and
+``labels`` merged into the common ones, any other field replacing the common one, ``task``
+set to ``(index, count)``. The fields are what the array's item table holds for the item,
+as JSON the producer signed (:mod:`offload.cache.jobseal`).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from offload.errors import SpecError
+from offload.spec import JobSpec, Seal, build_spec
 
 ARRAY_ID_RE = re.compile(r"^[0-9a-f]{24}\Z")
 ITEM_RE = re.compile(r"^([0-9a-f]{24}):([0-9]+)\Z")
@@ -30,6 +39,49 @@ def item_id(array_id: str, index: int) -> str:
     if not 0 <= index < MAX_ITEMS:
         raise ValueError(f"an array's item index is 0..{MAX_ITEMS - 1}, got {index}")
     return f"{array_id}{index:08x}"
+
+
+MERGED = ("params", "inputs", "env", "labels")  # an item's fields merged into the common ones
+BOX = "box"  # an item's own sealed secrets, among its fields (not a spec field)
+
+
+def item_spec(common: JobSpec, fields: str, index: int, sig: str = "") -> JobSpec:
+    """Item ``index``'s spec: ``common`` (its ``task`` is ``(0, count)``) with ``fields``
+    (JSON, as signed) over it, sealed with the item's box or else the common one;
+    :class:`SpecError` when the result is not a valid spec."""
+    own: dict[str, Any] = json.loads(fields)
+    data = common.model_dump(exclude={"seal", "task"})
+    for name, value in own.items():
+        if name == BOX:
+            continue
+        data[name] = {**data[name], **value} if name in MERGED else value
+    count = common.task[1] if common.task else index + 1
+    data["task"] = (index, count)
+    box = own.get(BOX) or (common.seal.box if common.seal else "")
+    data["seal"] = Seal(box=box, item=fields, item_sig=sig)
+    return build_spec(JobSpec.model_validate, data)
+
+
+def item_fields(common: dict[str, Any], item: dict[str, Any], box: str = "") -> dict[str, Any]:
+    """What item ``item`` (a spec's JSON form) has of its own over ``common`` (the common
+    spec's): the inverse of :func:`item_spec`."""
+    out: dict[str, Any] = {}
+    for name, value in item.items():
+        if name in ("seal", "task"):
+            continue
+        mine = common.get(name)
+        if name in MERGED:
+            base: dict[str, Any] = mine or {}
+            if not set(base) <= set(value):  # merged over: an item cannot drop a key
+                raise ValueError(f"{name}: an item's keys must include the common ones")
+            own = {k: v for k, v in value.items() if k not in base or base[k] != v}
+            if own:
+                out[name] = own
+        elif value != mine:
+            out[name] = value
+    if box:
+        out[BOX] = box
+    return out
 
 
 def parse_item(text: str) -> tuple[str, int] | None:
@@ -94,13 +146,17 @@ def chunks(array_id: str, indexes: list[int], batch: int) -> list[str]:
 
 __all__ = [
     "ARRAY_ID_RE",
+    "BOX",
     "MAX_BATCH",
     "MAX_ITEMS",
+    "MERGED",
     "check_batch",
     "chunk_id",
     "chunk_items",
     "chunks",
+    "item_fields",
     "item_id",
+    "item_spec",
     "parse_chunk",
     "parse_item",
 ]

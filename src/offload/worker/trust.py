@@ -23,7 +23,7 @@ def verify(node: Node, job_id: str, spec: JobSpec) -> JobSpec:
     if node.key is None:
         why = f"node {node.name} has no cluster key to check jobs with"
         raise Outcome(JobStatus.FAILED, Reason.WORKER_ERROR, why)
-    opened = jobseal.open_job(node.key, job_id, spec)
+    opened = jobseal.open_job(node.key, job_id, spec, lambda a: common_spec(node, a))
     assert opened.seal is not None
     for name, ref in sorted(opened.seal.refs.items()):
         parent = parse_output_ref(ref)
@@ -44,13 +44,32 @@ def verify(node: Node, job_id: str, spec: JobSpec) -> JobSpec:
     return opened
 
 
+_COMMON: dict[str, JobSpec] = {}  # arrays' common specs, as read (their signature is checked)
+_COMMON_MAX = 64
+
+
+def common_spec(node: Node, array_id: str) -> JobSpec | None:
+    """Array ``array_id``'s common spec (what its items' specs are built over), read once a
+    process while it is among the last arrays seen; None when there is no such array."""
+    spec = _COMMON.get(array_id)
+    if spec is None:
+        arrays = node.records.unfed
+        spec = arrays.common(array_id) if arrays is not None else None
+        if spec is None:
+            return None
+        if len(_COMMON) >= _COMMON_MAX:
+            _COMMON.pop(next(iter(_COMMON)))
+        _COMMON[array_id] = spec
+    return spec
+
+
 def outputs_of(node: Node, job_id: str, digest: str, memo_key: str) -> dict[str, str] | None:
     """The outputs of ``job_id`` if it is signed, did the action ``memo_key`` names, and a
     key holder recorded them; None otherwise (the asking job then runs itself)."""
     assert node.key is not None  # verify() ran
     rec = node.records.get(job_id)
     try:
-        same = jobseal.open_job(node.key, job_id, rec.spec)
+        same = jobseal.open_job(node.key, job_id, rec.spec, lambda a: common_spec(node, a))
     except ForgedJob:
         return None
     if jobseal.memo_key(node.key, action_key(same, digest)) != memo_key:
