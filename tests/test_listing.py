@@ -123,3 +123,49 @@ def test_the_cli_lists_pages_as_json_and_names_bad_options(
     ]:
         bad = offload_cli(env, "ls", *args)
         assert bad.returncode != 0 and option in bad.stderr, (args, bad.stderr)
+
+
+def test_an_array_is_one_member_of_the_index_and_lists_as_its_items(client: Client) -> None:
+    b = client.broker
+    r = b.redis
+    before = r.zcard(keys.JOBS_INDEX)
+    array = client.map("offload/base", ["true"], each=[{"params": {"n": i}} for i in range(30)])
+    assert b.feeder.feed(array.id, everything=True) == 28  # two fed at submit
+    single = client.submit("offload/base", ["true"], name="after-the-array")
+    assert r.zcard(keys.JOBS_INDEX) == before + 2  # the array's one member, the single job's
+    items = [job.id for job in reversed(list(array))]  # last first, as a listing walks them
+    listed = [rec.id for rec in client.jobs(500)]
+    assert listed[:31] == [single.id, *items]
+    assert len(listed) == N + 31
+    seen: list[str] = []  # pages of 7 cross the array's items once, in order
+    after = None
+    while True:
+        page = client.job_page(7, after=after)
+        seen += [rec.id for rec in page.jobs]
+        if page.next is None:
+            break
+        after = page.next
+    assert seen == listed
+    # --array walks that array alone, paged by item
+    assert [rec.id for rec in client.jobs(100, array=array.id)] == items
+    first = client.job_page(4, array=array.id)
+    second = client.job_page(4, array=array.id, after=first.next)
+    assert [rec.id for rec in first.jobs + second.jobs] == items[:8]
+    # ended and archived items are still listed, through the array's archive index
+    for job in array[:10]:
+        assert b.records.transition(job.id, JobStatus.CANCELLED, reason=Reason.CANCELLED)
+    while b.records.archive.run(b.server_time()).archived:
+        pass
+    assert not r.exists(keys.job(array[0].id))
+    cancelled = client.jobs(100, array=array.id, status=["cancelled"])
+    assert [rec.id for rec in cancelled] == items[-10:]
+    # an array not wholly fed lists the items fed so far
+    each = [{"params": {"n": i}} for i in range(10)]
+    part = client.map("offload/base", ["true"], each=each, cpu=2)  # an empty queue: 2 fed
+    assert part.not_fed() == (8, False)
+    assert [rec.id for rec in client.jobs(100, array=part.id)] == [part[1].id, part[0].id]
+    # an expired array's member leaves the index as a walk meets it
+    r.delete(keys.array(part.id))
+    assert client.jobs(100, array=part.id) == []
+    client.jobs(500)
+    assert r.zscore(keys.JOBS_INDEX, part.id) is None

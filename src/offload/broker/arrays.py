@@ -131,6 +131,8 @@ class Arrays:
             for key in (keys.array(info.id), keys.array_feed(info.id)):
                 pipe.expire(key, self.ttl)
             pipe.zadd(keys.ARRAYS_FEEDING, {info.id: info.created_at or time.time()})
+            # one member for all its items, listed through it (broker/listing.py)
+            pipe.zadd(keys.JOBS_INDEX, {info.id: info.created_at or time.time()})
             pipe.execute()
 
     def write_table(self, info: ArrayInfo, parts: Sequence[bytes]) -> None:
@@ -157,6 +159,7 @@ class Arrays:
             for part in range(parts):
                 pipe.delete(keys.array_table(array_id, part))
             pipe.zrem(keys.ARRAYS_FEEDING, array_id)
+            pipe.zrem(keys.JOBS_INDEX, array_id)
             pipe.execute()
 
     def cancel(self, array_id: str) -> None:

@@ -197,7 +197,8 @@ class Feeder:
                 if int(state[0] or 0) != fed or state[1] == "1":
                     return 0  # fed or cancelled meanwhile
                 pipe.multi()
-                recs = [self.records.queue_create(pipe, *job) for job in jobs]
+                # the array's member of offload:jobs lists its items (broker/listing.py)
+                recs = [self.records.queue_create(pipe, *job, indexed=False) for job in jobs]
                 pipe.hset(feed_key, "fed", str(fed + len(jobs)))
                 pipe.sadd(keys.array_live(info.id), *ids)
                 pipe.expire(keys.array_live(info.id), self.arrays.ttl)

@@ -48,10 +48,11 @@ Job records (written by the producer at submit, then by the worker; read by ever
                                         a=<attempt>          — an attempt begins
                                         eof=<status>         — the job reached a terminal status
     offload:jobs                 ZSET   every job id, scored by created_at (for `offload ls`),
-                                        archived ones too; no TTL (one index): members leave
-                                        with their archive segment (pruned after
-                                        ``record_ttl``), or lazily by readers of ids whose
-                                        record expired
+                                        archived ones too; an array is one member, its id,
+                                        for all its items (:mod:`offload.broker.listing`);
+                                        no TTL (one index): members leave with their archive
+                                        segment (pruned after ``record_ttl``), or lazily by
+                                        readers of ids (or arrays) whose record expired
 
 Dependencies (:mod:`offload.broker.pipeline`; written at submit, read until the job ends)::
 
@@ -73,7 +74,8 @@ non-terminal job's keys have no TTL: the job is still owed an outcome.
 
 Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by everyone)::
 
-    offload:array:<id>           HASH   id, count (items), name, image, created_at, batch; its items
+    offload:array:<id>           HASH   id, count (items), name, image, created_at, batch, class,
+                                        spec (the common spec, sealed and signed); its items
                                         are the jobs ``<id><index as 8 hex digits>``
                                         (:mod:`offload.spec.arrays`): nothing is stored per
                                         item to find them. Written with the items' records,
@@ -82,8 +84,9 @@ Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by
     offload:array:<id>:feed      HASH   fed (items whose records exist: 0..fed-1), cancelled;
                                         the feeder WATCHes it (:mod:`offload.broker.feeder`)
     offload:array:<id>:feeding   STRING the feeder at work on it (a token; PX 30 s): one at a time
-    offload:array:<id>:t:<n>     STRING items n*1000.. of the array's item table: their sealed
-                                        specs and classes, JSON, zlib (about 60 bytes an item);
+    offload:array:<id>:t:<n>     STRING items n*1000.. of the array's item table: each one's
+                                        class, own fields over the common spec and their
+                                        MAC, JSON, zlib (about 26 bytes an item);
                                         deleted once every item of it is fed
     offload:array:<id>:live      SET    fed items not ended (at most the feed window); the
                                         transition script removes an item as it ends
@@ -118,7 +121,8 @@ The archive (:mod:`offload.broker.archive`; written by the sweeper, read by ever
                                         pruning after ``record_ttl`` goes by); same bound
     offload:archive:seq          STRING the last segment number given (INCR); no TTL (one key)
 
-An archived job keeps its member of ``offload:jobs`` too (``ls`` pages through it).
+An archived job keeps its member of ``offload:jobs`` too (``ls`` pages through it); an
+array's archived item has none (its array's member stands for it).
 
 The node registry (:mod:`offload.broker.nodes`; written by each worker's heartbeat)::
 

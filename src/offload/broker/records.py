@@ -120,7 +120,11 @@ class JobRecords:
         spec: JobSpec,
         resource_class: str,
         status: JobStatus,
+        *,
+        indexed: bool = True,
     ) -> JobRecord:
+        """Add a new job's record to ``pipe``; ``indexed``: with its member of
+        ``offload:jobs`` (an array's item has none: its array's stands for it)."""
         if status not in PENDING:
             raise ValueError(f"a job starts waiting or queued, not {status}")
         now = time.time()
@@ -130,7 +134,8 @@ class JobRecords:
             keys.events(job_id),
             {"status": status.value, "at": mapping["created_at"], "node": "", "attempt": "0"},
         )
-        pipe.zadd(keys.JOBS_INDEX, {job_id: now})
+        if indexed:
+            pipe.zadd(keys.JOBS_INDEX, {job_id: now})
         if status is JobStatus.QUEUED:
             pipe.zadd(keys.QUEUED, {job_id: now})
         else:
