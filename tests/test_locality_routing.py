@@ -16,10 +16,11 @@ from offload.broker.app import make_app
 from offload.broker.core import Broker
 from offload.broker.depths import read_depths as read_work
 from offload.broker.nodes import NodeRegistry
-from offload.broker.publish import move_overdue, publish
+from offload.broker.publish import move_overdue, publish, publish_chunks
 from offload.broker.records import JobRecords
 from offload.broker.room import Room, Share, entry
 from offload.broker.routing import NodeView, decide, read_nodes
+from offload.broker.status import JobStatus, Reason
 from offload.broker.sweeper import Sweeper
 from offload.cache.keys import ClusterKey
 from offload.cache.localblobs import LocalBlobStore
@@ -27,6 +28,7 @@ from offload.cache.objindex import ObjectIndex
 from offload.cache.sealed import SealedStore
 from offload.config import Settings
 from offload.spec import GiB, JobSpec
+from offload.spec.arrays import chunk_id, item_id
 from tests.conftest import new_db, ready_messages
 
 MiB = 1024 * 1024
@@ -170,6 +172,42 @@ def test_publish_routes_to_the_holder_records_why_and_the_sweeper_moves_it_after
     ]
     assert r.zcard(keys.ROUTED) == 0
     assert read_work(r, ["cpu-small"])["cpu-small"].ready == 2  # counted once, still
+
+
+def test_a_chunk_goes_where_most_of_its_items_input_bytes_are_and_moves_after_the_grace(
+    settings: Settings, r: redis.Redis
+) -> None:
+    records, app = JobRecords.from_settings(r, settings), make_app(settings)
+    for name in ("n1", "n2"):
+        register(r, name)
+    ObjectIndex(r, "n1", min_bytes=MiB, max_objects=10).add(A, 200 * MiB)
+    ObjectIndex(r, "n2", min_bytes=MiB, max_objects=10).add(B, 16 * MiB)
+    array = uuid.uuid4().hex[:24]
+    items = [item_id(array, i) for i in range(4)]
+    for job_id, inputs in zip(items, [{"a": A}, {"b": B}, {"a": A}, {}], strict=True):
+        records.create(job_id, JobSpec(image="offload/base", inputs=inputs), "cpu-small")
+    chunk = chunk_id(array, 0, 4)
+
+    assert publish_chunks(app, [records.get(j) for j in items], None, 4) == [chunk]
+    assert [m for m in ready_messages(r, "node.n1") if chunk in m]
+    assert ready_messages(r, "cpu-small") == [] and ready_messages(r, "node.n2") == []
+    for job_id in items:  # each item says where its chunk went, and why
+        assert r.hmget(keys.job(job_id), "routed_to", "route_why") == [
+            "n1",
+            "batched: chunk 0..3: holds 200 MiB of 216 MiB inputs",
+        ]
+    assert r.zrange(keys.ROUTED, 0, -1) == [chunk]  # the chunk is what is moved, not its items
+
+    assert move_overdue(app, records, 5, now(r)) == []  # within the grace: left alone
+    records.transition(items[3], JobStatus.CANCELLED, reason=Reason.CANCELLED)
+    assert sorted(move_overdue(app, records, 5, now(r) + 6)) == items[:3]
+    assert ready_messages(r, "node.n1") == [] and r.zcard(keys.ROUTED) == 0
+    moved = ready_messages(r, "cpu-small")
+    assert len(moved) == 1 and chunk_id(array, 0, 3) in moved[0]  # the ones still queued
+    assert r.hmget(keys.job(items[0]), "routed_to", "route_why") == [
+        "",
+        "batched: chunk 0..2: node n1 did not start it within 5 s",
+    ]
 
 
 def test_a_message_the_node_took_first_is_not_moved_and_sweeper_sees_node_queues(

@@ -16,6 +16,7 @@ from the app's settings for an app made without one).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 import weakref
@@ -30,8 +31,9 @@ from offload.broker.app import CHUNK_TASK_NAME, EXCHANGE, route, settings_of
 from offload.broker.connection import redis_client
 from offload.broker.records import JobRecord, JobRecords
 from offload.broker.room import Share
+from offload.broker.status import JobStatus
 from offload.errors import JobNotFound
-from offload.spec.arrays import chunks, parse_chunk
+from offload.spec.arrays import chunk_items, chunks, parse_chunk
 
 if TYPE_CHECKING:
     from offload.spec import JobSpec
@@ -216,16 +218,25 @@ def publish_many(
 
 
 def publish_chunks(
-    app: Celery, recs: list[JobRecord], producer: Any, batch: int, name: str = ""
+    app: Celery,
+    recs: list[JobRecord],
+    producer: Any,
+    batch: int,
+    name: str = "",
+    *,
+    class_queue_because: str = "",
+    suffix: str = "",
 ) -> list[str]:
     """Send the queued items ``recs`` of a batched array (ascending index) as chunk messages of
     up to ``batch`` consecutive items (:func:`offload.spec.arrays.chunks`); returns the chunks'
-    ids. A chunk goes to its items' class queue (never a node queue: a node queue's message
-    that its node does not take is moved by :func:`move_overdue`, job by job) with its first
-    item's priority; Flower shows it as ``<name>[first..last]``. Each item's record says it
-    was routed to the class queue. As :func:`publish_many`, not a transaction: an item whose
-    chunk was not written is ``queued`` without a message, and the sweeper publishes it
-    (alone)."""
+    ids. A chunk goes where most of its items' input bytes are (:func:`choose_chunk`: a node
+    queue, its id in the routed index so that :func:`move_overdue` moves it to the class
+    queue if the node does not start it) or to its class queue (``class_queue_because``:
+    there, for that reason), with its first item's priority; Flower shows it as
+    ``<name>[first..last]``. Each item's record says where its chunk went and why.
+    ``suffix``: added to each chunk's task id (a moved chunk's new message). As
+    :func:`publish_many`, not a transaction: an item whose chunk was not written is
+    ``queued`` without a message, and the sweeper publishes it (alone)."""
     if not recs:
         return []
     r = _redis(app)
@@ -233,16 +244,22 @@ def publish_chunks(
     by_index = {int(rec.id[24:], 16): rec for rec in recs}
     ids = chunks(array_id, sorted(by_index), batch)
 
-    def sender(chunk: str) -> Any:
+    def items(chunk: str) -> list[JobRecord]:
+        _, first, stop = parse_chunk(chunk) or ("", 0, 0)
+        return [by_index[i] for i in range(first, stop)]
+
+    def sender(chunk: str, decision: routing.Route) -> Any:
         _, first, stop = parse_chunk(chunk) or ("", 0, 0)
         head = by_index[first]
+        if decision.node is not None:
+            declare_node_queue(app, decision.node)
         return lambda: route(
             app,
             chunk,
-            head.resource_class,
+            decision.queue,
             f"{name or head.spec.display_name()}[{first}..{stop - 1}]",
             f"{stop - first} items of array {array_id}",
-            chunk,
+            chunk + suffix,
             priority=head.spec.priority,
             producer=producer,
             task=CHUNK_TASK_NAME,
@@ -252,18 +269,48 @@ def publish_chunks(
     for start in range(0, len(ids), per_trip):
         pipe = r.pipeline(transaction=False)
         for i, chunk in enumerate(ids[start : start + per_trip]):
-            _, first, stop = parse_chunk(chunk) or ("", 0, 0)
-            why = f"batched: chunk {first}..{stop - 1}"
-            for index in range(first, stop):
-                rec = by_index[index]
-                routing.record(pipe, rec.id, routing.Route(rec.resource_class, why))
-            if not _captured(pipe, producer, sender(chunk)):  # a kombu before 5.7
+            mine = items(chunk)
+            decision = choose_chunk(app, chunk, mine, class_queue_because)
+            for rec in mine:
+                routing.record(pipe, rec.id, decision, routed=chunk)
+            if not _captured(pipe, producer, sender(chunk, decision)):  # a kombu before 5.7
                 pipe.execute()
                 for each in ids[start + i :]:
-                    sender(each)()
+                    sender(each, choose_chunk(app, each, items(each), class_queue_because))()
                 return ids
         pipe.execute()
     return ids
+
+
+def choose_chunk(
+    app: Celery, chunk: str, recs: list[JobRecord], class_queue_because: str = ""
+) -> routing.Route:
+    """Where a chunk goes: the node holding the most of its items' input bytes that can take
+    its first item (:func:`offload.broker.routing.decide` over the union of the items'
+    inputs), else its class queue."""
+    _, first, stop = parse_chunk(chunk) or ("", 0, 0)
+    head = recs[0]
+    what = f"batched: chunk {first}..{stop - 1}"
+    if class_queue_because:
+        return routing.Route(head.resource_class, f"{what}: {class_queue_because}")
+    decision = None
+    if app.conf.get("offload_locality", True):
+        try:
+            refs = {f"{i}/{k}": v for i, rec in enumerate(recs) for k, v in rec.spec.inputs.items()}
+            ids = routing.input_ids(refs) + routing.fetched_ids(_redis(app), refs)
+            if ids:
+                lost_after = float(app.conf.get("offload_lost_after") or 15.0)
+                nodes = routing.read_nodes(
+                    _redis(app), head.resource_class, ids, lost_after=lost_after
+                )
+                res = head.spec.resources
+                need = Share(res.cpu, res.memory, res.gpus)
+                decision = routing.decide(head.resource_class, ids, nodes, need)
+        except redis.RedisError as exc:  # routing is an optimisation: never lose items to it
+            log.warning("chunk %s: locality routing unavailable (%s); class queue", chunk, exc)
+    if decision is None:
+        return routing.Route(head.resource_class, what)
+    return dataclasses.replace(decision, why=f"{what}: {decision.why}")
 
 
 def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> list[str]:
@@ -277,8 +324,10 @@ def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> 
     """
     r = records.r
     due = [str(j) for j in r.zrangebyscore(keys.ROUTED, "-inf", now - grace)]
+    moved = [j for c in due if parse_chunk(c) for j in _move_chunk(app, records, c, grace)]
+    due = [j for j in due if not parse_chunk(j)]
     if not due:
-        return []
+        return moved
     pipe = r.pipeline(transaction=False)
     for job_id in due:
         pipe.hmget(keys.job(job_id), "status", "routed_to")
@@ -287,7 +336,6 @@ def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> 
     for job_id in set(due) - set(waiting):
         r.zrem(keys.ROUTED, job_id)
     messages = routing.node_queue_messages(r, waiting.values())
-    moved = []
     for job_id, node in sorted(waiting.items()):
         mine = [(lst, raw) for lst, raw, j in messages if j == job_id]
         mine = [(lst, raw) for lst, raw in mine if lst.startswith(keys.node_queue(node))]
@@ -304,3 +352,40 @@ def move_overdue(app: Celery, records: JobRecords, grace: float, now: float) -> 
         log.warning("job %s: %s; moved to class queue %s", job_id, why, rec.resource_class)
         moved.append(job_id)
     return moved
+
+
+def _move_chunk(app: Celery, records: JobRecords, chunk: str, grace: float) -> list[str]:
+    """:func:`move_overdue` for a chunk routed to a node queue: its message taken out of
+    the node's list (``LREM``: nothing when the node took it first), its items still
+    ``queued`` sent to their class queue as a chunk again; returns those items' ids."""
+    r = records.r
+    ids = chunk_items(chunk)
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.job(job_id), "status", "routed_to")
+    states = pipe.execute()
+    nodes = {str(s[1]) for s in states if s[0] == "queued" and s[1]}
+    r.zrem(keys.ROUTED, chunk)
+    if not nodes:
+        return []
+    node = nodes.pop()
+    taken = any(
+        int(r.lrem(lst, 1, raw)) == 1
+        for lst, raw, j in routing.node_queue_messages(r, [node])
+        if j == chunk and lst.startswith(keys.node_queue(node))
+    )
+    if not taken:
+        return []  # the node took it meanwhile (or it is lost: the sweeper republishes it)
+    recs = []
+    for job_id in ids:
+        try:
+            rec = records.get(job_id)
+        except JobNotFound:
+            continue
+        if rec.status is JobStatus.QUEUED:
+            recs.append(rec)
+    why = f"node {node} did not start it within {grace:g} s"
+    publish_chunks(app, recs, None, len(ids), class_queue_because=why,
+                   suffix=f".m{uuid.uuid4().hex[:6]}")  # fmt: skip
+    log.warning("chunk %s: %s; moved to its class queue", chunk, why)
+    return [rec.id for rec in recs]

@@ -34,16 +34,18 @@ from offload.broker.room import Room, Share
 from offload.spec import OBJECT_ID_RE
 from offload.spec.uris import is_uri, parse_uri, uri_digest
 
-# KEYS: job record, routed index.  ARGV: 1 job id, 2 node ('' = class queue), 3 why.
+# KEYS: job record, routed index.  ARGV: 1 job id, 2 node ('' = class queue), 3 why,
+# 4 the id that enters the routed index ('' = none: an item of a chunk, whose chunk does).
 # Only while the record exists; a node route enters the routed index at Redis time.
 _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'routed_to', ARGV[2], 'route_why', ARGV[3])
+if ARGV[4] == '' then return 1 end
 if ARGV[2] ~= '' then
   local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[1])
+  redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1000000, ARGV[4])
 else
-  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[4])
 end
 return 1
 """
@@ -256,10 +258,14 @@ def read_nodes(
     return out
 
 
-def record(r: redis.Redis | Any, job_id: str, route: Route) -> None:
+def record(r: redis.Redis | Any, job_id: str, route: Route, routed: str | None = None) -> None:
     """Write the decision into the job record (and the routed index for a node queue);
-    ``r`` may be a pipeline (a submit writes the record and its route in one transaction)."""
-    r.eval(_RECORD, 2, keys.job(job_id), keys.ROUTED, job_id, route.node or "", route.why)
+    ``r`` may be a pipeline (a submit writes the record and its route in one transaction).
+    ``routed``: the id the routed index holds for it (a chunk's, for each of its items; ""
+    for none), else the job's own."""
+    routed = job_id if routed is None else routed
+    args = (job_id, route.node or "", route.why, routed)
+    r.eval(_RECORD, 2, keys.job(job_id), keys.ROUTED, *args)
 
 
 # -- node queues' messages -------------------------------------------------------------------
