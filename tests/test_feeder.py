@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 
 from offload.broker import keys
+from offload.broker.depths import array_backlog
+from offload.broker.queues import message_job
 from offload.broker.status import JobStatus
+from offload.spec.arrays import parse_chunk
 
-from .conftest import Platform, wait_for
+from .conftest import Platform, ready_messages, wait_for
 
 
 def test_an_array_waits_in_its_table_and_is_fed_as_slots_free(
@@ -117,3 +120,27 @@ def test_items_parked_by_a_limit_do_not_draw_the_whole_table_into_records(
     assert len(counts.live) <= 4 * 2, counts  # at most 4 x (two slots) live, not 36
     assert counts.fed < 40
     array.cancel()
+
+
+def test_an_array_of_two_classes_is_fed_and_counted_by_each_class(
+    private_platform: Platform,
+) -> None:
+    c = private_platform.client
+    r = c.broker.redis
+    # items 0, 1, 4, 5, ... in cpu-small; 2, 3, 6, 7, ... ask for 2 CPUs: cpu-large
+    each = [{"params": {"n": i}, **({"cpu": 2} if i % 4 >= 2 else {})} for i in range(40)]
+    array = c.map("offload/base", ["true"], each=each, batch=2, name="mixed")
+    assert c.broker.arrays.get(array.id).classes == {"cpu-small": 20, "cpu-large": 20}
+    # no node: each class is fed up to two messages, in order, and a chunk is of one class
+    assert array.not_fed() == (32, False)
+    firsts = {}
+    for queue in ("cpu-small", "cpu-large"):
+        chunks = [parse_chunk(message_job(raw) or "") for raw in ready_messages(r, queue)]
+        firsts[queue] = sorted(chunk[1] for chunk in chunks if chunk)
+    assert firsts == {"cpu-small": [0, 4], "cpu-large": [2, 6]}
+    assert [array[i].record().resource_class for i in (0, 2, 37, 38)] == [
+        "cpu-small", "cpu-large", "cpu-small", "cpu-large"
+    ]  # fmt: skip
+    # the autoscaler counts what is left of each class as that class's work
+    assert array_backlog(r) == {"cpu-small": 8, "cpu-large": 8}
+    assert c.broker.feeder.feed(array.id) == 0  # both queues hold enough for their slots

@@ -62,6 +62,8 @@ class ArrayInfo:
     parts: int = 0  # parts of its item table (0: every item recorded at submit, no table)
     cls: str = ""  # its common spec's resource class (the autoscaler counts the rest there)
     spec: str = ""  # its common spec, sealed and signed (JSON); an item's is this and its fields
+    # items by class when they fall in more than one ({} otherwise: all in ``cls``)
+    classes: dict[str, int] = field(default_factory=dict)
 
     def item(self, index: int) -> str:
         """The job id of item ``index``; IndexError outside ``0..count-1``."""
@@ -118,6 +120,7 @@ class Arrays:
             "parts": str(info.parts),
             "class": info.cls,
             "spec": info.spec,
+            "classes": json.dumps(info.classes) if info.classes else "",
         }
 
     def begin(self, info: ArrayInfo) -> None:
@@ -193,6 +196,7 @@ class Arrays:
             parts=int(h.get("parts", 0) or 0),
             cls=h.get("class", ""),
             spec=h.get("spec", ""),
+            classes=json.loads(h["classes"]) if h.get("classes") else {},
         )
 
     def feed(self, array_id: str) -> Feed:

@@ -127,19 +127,23 @@ def array_backlog(r: redis.Redis) -> dict[str, int]:
         return {}
     pipe = r.pipeline(transaction=False)
     for array_id in ids:
-        pipe.hmget(keys.array(array_id), "count", "batch", "state", "class")
-        pipe.hmget(keys.array_feed(array_id), "fed", "cancelled")
+        pipe.hmget(keys.array(array_id), "count", "batch", "state", "class", "classes")
+        pipe.hgetall(keys.array_feed(array_id))
     replies = pipe.execute()
     out: dict[str, int] = {}
-    for (count, batch, state, cls), (fed, cancelled) in zip(
-        replies[::2], replies[1::2], strict=True
-    ):
-        if count is None or _str(state or "") != "active" or _str(cancelled or "") == "1":
+    for (count, batch, state, cls, classes), feed in zip(replies[::2], replies[1::2], strict=True):
+        feed = {_str(k): _str(v) for k, v in feed.items()}
+        if count is None or _str(state or "") != "active" or feed.get("cancelled") == "1":
             continue
-        left = int(count) - int(fed or 0)
-        if left > 0:
-            per = max(1, int(batch or 0))
-            out[_str(cls)] = out.get(_str(cls), 0) + -(-left // per)
+        per = max(1, int(batch or 0))
+        # items by class (an array of several classes; its feeder counts fed:<class>)
+        total = json.loads(classes) if classes else {_str(cls): int(count)}
+        fed = {c: int(feed.get(f"fed:{c}", 0)) for c in total} if classes else {
+            _str(cls): int(feed.get("fed", 0))}  # fmt: skip
+        for c, n in total.items():
+            left = int(n) - fed[c]
+            if left > 0:
+                out[c] = out.get(c, 0) + -(-left // per)
     return out
 
 

@@ -16,7 +16,9 @@ ends: a slot freed). A class with no node
 (scaling from zero) is fed two messages; the autoscaler counts the items still in the table
 as work of their class (:mod:`offload.broker.depths`). An array's live items (fed, not ended)
 stay under four times that (parked items do not draw the whole table into records), and a
-held class is fed nothing.
+held class is fed nothing. An array whose items fall in several classes (items built with
+resources of their own) is fed in order while the class of each next item has room, and
+counted as work of each class by its items not fed yet (``fed:<class>`` in its feed state).
 
 **Safety.** One feeder at a time per array (a lock, ``SET NX PX``), and each feed is one
 ``WATCH``/``MULTI`` on the array's feed state: the records, the new ``fed`` and the live set
@@ -28,6 +30,7 @@ leaves items ``queued`` without a message, which the sweeper publishes (lost mes
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import time
@@ -126,13 +129,25 @@ class Feeder:
     def _rows(self, info: ArrayInfo, fed: int, n: int | None) -> list[Row]:
         """The next items' table rows: ``n`` of them, or as many as their class has room
         for now."""
-        if n is None:  # room in the array's class (its first item's): checked before reading
-            n = self.room(info)
+        mixed = n is None and bool(info.classes)
+        if n is None and not mixed:  # room in the array's one class: checked before reading
+            n = self.room(info, info.cls)
             if n <= 0:
                 return []
         part = self.arrays.table(info.id, fed // TABLE_PART)
         if not part:
             return []
+        if mixed:  # in order, while the class of each next item has room (read as met)
+            rows, rooms = part[fed % TABLE_PART :], dict[str, int]()
+            for take, (cls, *_) in enumerate(rows):
+                cls = cls or info.cls
+                if cls not in rooms:
+                    rooms[cls] = self.room(info, cls)
+                if rooms[cls] <= 0:
+                    return rows[:take]
+                rooms[cls] -= 1
+            return rows
+        assert n is not None
         n = min(n, info.count - fed)
         rows = part[fed % TABLE_PART :]
         first = fed // TABLE_PART + 1
@@ -144,23 +159,23 @@ class Feeder:
             first += 1
         return rows[:n]
 
-    def room(self, info: ArrayInfo) -> int:
-        """How many of ``info``'s items to feed now: a message's worth (an item, or a chunk)
-        for each ready message its class lacks, while the array's live items (fed, not
-        ended) stay under :data:`LIVE_PER_MESSAGE` times the target. Items that leave the
-        queue without ending — parked by a concurrency limit, waiting for an identical job —
-        so stop the feed instead of drawing the whole table into records. A held class is
-        fed nothing."""
+    def room(self, info: ArrayInfo, cls: str) -> int:
+        """How many of ``info``'s items of class ``cls`` to feed now: a message's worth (an
+        item, or a chunk) for each ready message the class lacks, while the array's live items
+        (fed, not ended) stay under :data:`LIVE_PER_MESSAGE` times the target. Items that leave
+        the queue without ending — parked by a concurrency limit, waiting for an identical job —
+        so stop the feed instead of drawing the whole table into records. A held class is fed
+        nothing."""
         per = max(1, info.batch)
         pipe = self.r.pipeline(transaction=False)
-        for name in queue_lists(info.cls):
+        for name in queue_lists(cls):
             pipe.llen(name)
         pipe.scard(keys.array_live(info.id))
-        pipe.sismember(keys.HELD, info.cls)
+        pipe.sismember(keys.HELD, cls)
         *lengths, live, held = pipe.execute()
         if held:
             return 0
-        target = self.target(info.cls)
+        target = self.target(cls)
         messages = min(target - sum(int(x) for x in lengths),
                        (LIVE_PER_MESSAGE * target * per - int(live)) // per)  # fmt: skip
         return max(0, messages) * per
@@ -200,6 +215,9 @@ class Feeder:
                 # the array's member of offload:jobs lists its items (broker/listing.py)
                 recs = [self.records.queue_create(pipe, *job, indexed=False) for job in jobs]
                 pipe.hset(feed_key, "fed", str(fed + len(jobs)))
+                if info.classes:  # per class, for the autoscaler's backlog (depths.py)
+                    for cls, n in collections.Counter(job[2] for job in jobs).items():
+                        pipe.hincrby(feed_key, f"fed:{cls}", n)
                 pipe.sadd(keys.array_live(info.id), *ids)
                 pipe.expire(keys.array_live(info.id), self.arrays.ttl)
                 pipe.execute()

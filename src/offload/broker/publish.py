@@ -228,21 +228,27 @@ def publish_chunks(
     suffix: str = "",
 ) -> list[str]:
     """Send the queued items ``recs`` of a batched array (ascending index) as chunk messages of
-    up to ``batch`` consecutive items (:func:`offload.spec.arrays.chunks`); returns the chunks'
-    ids. A chunk goes where most of its items' input bytes are (:func:`choose_chunk`: a node
-    queue, its id in the routed index so that :func:`move_overdue` moves it to the class
-    queue if the node does not start it) or to its class queue (``class_queue_because``:
-    there, for that reason), with its first item's priority; Flower shows it as
-    ``<name>[first..last]``. Each item's record says where its chunk went and why.
+    up to ``batch`` consecutive items of one class (:func:`offload.spec.arrays.chunks`); returns
+    the chunks' ids. A chunk goes where most of its items' input bytes are
+    (:func:`choose_chunk`: a node queue, its id in the routed index so that :func:`move_overdue`
+    moves it to the class queue if the node does not start it) or to its class queue
+    (``class_queue_because``: there, for that reason), with its first item's priority; Flower
+    shows it as ``<name>[first..last]``. Each item's record says where its chunk went and why.
     ``suffix``: added to each chunk's task id (a moved chunk's new message). As
-    :func:`publish_many`, not a transaction: an item whose chunk was not written is
-    ``queued`` without a message, and the sweeper publishes it (alone)."""
+    :func:`publish_many`, not a transaction: an item whose chunk was not written is ``queued``
+    without a message, and the sweeper publishes it (alone)."""
     if not recs:
         return []
     r = _redis(app)
     array_id = recs[0].id[:24]
     by_index = {int(rec.id[24:], 16): rec for rec in recs}
-    ids = chunks(array_id, sorted(by_index), batch)
+    by_class: dict[str, list[int]] = {}  # a chunk's items are of one class
+    for index in sorted(by_index):
+        by_class.setdefault(by_index[index].resource_class, []).append(index)
+    ids = sorted(
+        (c for indexes in by_class.values() for c in chunks(array_id, indexes, batch)),
+        key=lambda c: (parse_chunk(c) or ("", 0, 0))[1],
+    )
 
     def items(chunk: str) -> list[JobRecord]:
         _, first, stop = parse_chunk(chunk) or ("", 0, 0)

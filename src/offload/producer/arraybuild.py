@@ -171,6 +171,7 @@ class ArrayBuilder:
         if rows:
             parts.append(rows)
         common = seal_array(key, self.id, self.client._build(self.draft))  # inputs uploaded
+        others: dict[str, int] = {}  # items of another class than the common spec's
         data = common.model_dump(mode="json")
         for i, draft in full:
             try:
@@ -183,6 +184,8 @@ class ArrayBuilder:
             own = item_fields(data, sealed.model_dump(mode="json"), box)
             text = json.dumps(own, separators=(",", ":"), ensure_ascii=False)
             cls = "" if draft.queue == self.draft.queue else draft.queue
+            if cls:
+                others[cls] = others.get(cls, 0) + 1
             part = parts[i // TABLE_PART]
             assert isinstance(part, list)
             part[i % TABLE_PART] = (cls, text, sign_item(key, job_id, text.encode("utf-8")))
@@ -195,6 +198,9 @@ class ArrayBuilder:
             batch=self.batch,
             cls=self.draft.queue,
             spec=common.encode(),
+            classes={self.draft.queue: self.count - sum(others.values()), **others}
+            if others
+            else {},
         )
         return info, [p if isinstance(p, bytes) else pack(p) for p in parts]
 
