@@ -144,3 +144,15 @@ def test_an_array_of_two_classes_is_fed_and_counted_by_each_class(
     # the autoscaler counts what is left of each class as that class's work
     assert array_backlog(r) == {"cpu-small": 8, "cpu-large": 8}
     assert c.broker.feeder.feed(array.id) == 0  # both queues hold enough for their slots
+
+
+def test_results_as_completed_reads_the_fed_window_and_ends_on_a_cancel(
+    private_platform: Platform,
+) -> None:
+    c = private_platform.client
+    array = c.map("offload/base", ["true"], each=[{"params": {"n": i}} for i in range(30)], cpu=2)
+    assert array.not_fed() == (28, False)
+    array.cancel()  # the two fed are cancelled, the 28 in the table never fed
+    got = dict(array.results(timeout=10, as_completed=True))
+    assert sorted(got) == list(range(30))
+    assert {res.status for res in got.values()} == {JobStatus.CANCELLED}

@@ -102,12 +102,11 @@ def watch(array: JobArray) -> Counter[str]:
     ) as bar:
         task = bar.add_task(f"array {array.id}", total=len(array), counts="")
         while True:
-            statuses = array.statuses()
-            counts = Counter(s.value for s in statuses)
-            done = sum(1 for s in statuses if s.terminal)
+            st = array.status()  # counters and live items: the same cost at any size
+            counts = Counter({s.value: n for s, n in st.by_status.items()})
             shown = "  ".join(f"{s} {n}" for s, n in sorted(counts.items()))
-            bar.update(task, completed=done, counts=shown)
-            if done == len(array):
+            bar.update(task, completed=st.ended, counts=shown)
+            if st.done:
                 return counts
             time.sleep(0.5)
 
@@ -167,12 +166,24 @@ def map_(
     client = client_of(ctx)
     common = parse_job_options(inputs=parse_inputs(inputs), name=name, **options)
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("checking items", total=len(items))
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.update(task, description=f"{stage} items", completed=done, total=total)
 
     try:
-        with Console(stderr=True).status(f"checking and queueing {len(items):,} items…"):
-            array = client.map(
-                image, list(command) or None, each=items, options=common, batch=batch
-            )
+        with bar:
+            array = client.map(image, list(command) or None, each=items, options=common,
+                               batch=batch, progress=progress)  # fmt: skip
     except SpecError as exc:
         raise on_line(exc, source, lines) from None
     click.echo(array.id)

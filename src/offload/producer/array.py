@@ -159,17 +159,33 @@ class JobArray(Sequence[Job]):
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 yield i, job.result(left, raise_on_failure=False)
             return
-        pending = set(range(len(self)))
-        while pending:
-            statuses = self.statuses()
-            for i in sorted(pending):
-                if statuses[i].terminal:
-                    pending.discard(i)
+        # only the items fed and not ended are read each poll (a window, whatever the size)
+        watching: list[int] = []
+        seen = 0  # items 0..seen-1 are watched or yielded
+        left = len(self)
+        while left:
+            feed = self.broker.arrays.feed(self.id) if self.info.parts else None
+            fed = len(self) if feed is None else min(feed.fed, len(self))
+            watching += range(seen, fed)
+            seen = max(seen, fed)
+            statuses = self.broker.records.statuses([self.info.item(i) for i in watching])
+            still = []
+            for i, status in zip(watching, statuses, strict=True):
+                if status.terminal:
+                    left -= 1
                     yield i, JobResult.from_record(self[i].record())
-            if not pending:
+                else:
+                    still.append(i)
+            watching = still
+            if feed is not None and feed.cancelled and seen < len(self):  # never to be fed
+                for i in range(seen, len(self)):
+                    left -= 1
+                    yield i, JobResult.from_record(self[i].record())
+                seen = len(self)
+            if not left:
                 return
             if deadline is not None and time.monotonic() >= deadline:
-                raise JobTimeout(f"array {self.id}: {len(pending)} items not ended")
+                raise JobTimeout(f"array {self.id}: {left} items not ended")
             time.sleep(poll)
 
     def wait(self, timeout: float | None = None) -> list[JobResult]:

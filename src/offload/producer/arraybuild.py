@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from offload.broker.arrays import TABLE_PART, ArrayInfo, pack
@@ -148,11 +148,15 @@ class ArrayBuilder:
     # -- the whole array ---------------------------------------------------------------------
 
     def build(
-        self, each: Sequence[Mapping[str, Any] | JobOptions]
+        self,
+        each: Sequence[Mapping[str, Any] | JobOptions],
+        progress: Callable[[str, int, int], object] | None = None,
     ) -> tuple[ArrayInfo, list[bytes]]:
         """Check every item, then upload the inputs and pack the table: the array's record
         and its table's parts; :class:`SpecError` naming ``each[<i>]`` and nothing uploaded
-        past the common inputs when an item is bad."""
+        when an item is bad. ``progress(stage, done, total)`` is told how far it is
+        (``checking`` the items, a part at a time; ``building`` the items built in full)."""
+        tell = progress or (lambda stage, done, total: None)
         key = self.client.key
         parts: list[bytes | list[Any]] = []
         rows: list[Any] = []
@@ -168,12 +172,15 @@ class ArrayBuilder:
             if len(rows) == TABLE_PART:
                 parts.append(rows if full and full[-1][0] >= i - TABLE_PART + 1 else pack(rows))
                 rows = []
+                tell("checking", i + 1, self.count)
         if rows:
             parts.append(rows)
         common = seal_array(key, self.id, self.client._build(self.draft))  # inputs uploaded
         others: dict[str, int] = {}  # items of another class than the common spec's
         data = common.model_dump(mode="json")
-        for i, draft in full:
+        tell("checking", self.count, self.count)
+        for k, (i, draft) in enumerate(full):
+            tell("building", k, len(full))
             try:
                 spec = self.client._build(draft)  # its local inputs uploaded
             except SpecError as exc:

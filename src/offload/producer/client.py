@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -106,6 +106,7 @@ class Client:
         each: Sequence[Mapping[str, Any] | JobOptions],
         options: JobOptions | None = None,
         batch: int | None = None,
+        progress: Callable[[str, int, int], object] | None = None,
         **common: Any,
     ) -> JobArray:
         """Fan out: an array of one job per item of ``each``, with ``OFFLOAD_TASK_INDEX`` /
@@ -122,6 +123,9 @@ class Client:
         (one message, one container start), each item still seeing exactly what a job sees
         and keeping its own exit code, timeout, logs, outputs and retries
         (:mod:`offload.worker.chunks`); for tiny items. Unset: one container per item.
+
+        ``progress(stage, done, total)``, if given, is told how far the checking
+        (``"checking"``, items) and the full builds (``"building"``) are: a progress bar's.
         """
         if batch is not None:
             check_batch(batch)
@@ -132,7 +136,8 @@ class Client:
         base = JobOptions.of(options, **common)
         self.broker.admit(len(each))  # refused whole before anything is checked or uploaded
         # the common spec checked and signed once, each item's own fields over it
-        info, parts = ArrayBuilder(self, image, command, base, len(each), batch or 0).build(each)
+        builder = ArrayBuilder(self, image, command, base, len(each), batch or 0)
+        info, parts = builder.build(each, progress)
         # all or none; items fed to the queue as their class has room (broker/feeder.py)
         return JobArray(self.broker, self.broker.submit_array(info, parts))
 
