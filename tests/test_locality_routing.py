@@ -197,6 +197,10 @@ def test_a_chunk_goes_where_most_of_its_items_input_bytes_are_and_moves_after_th
             "batched: chunk 0..3: holds 200 MiB of 216 MiB inputs",
         ]
     assert r.zrange(keys.ROUTED, 0, -1) == [chunk]  # the chunk is what is moved, not its items
+    # its message stands for each item (not lost) and counts as one message of their class
+    sweeper = Sweeper(Broker(settings, client=r, app=app))
+    assert set(items) <= sweeper.jobs_with_a_message(0)[0]
+    assert read_work(r, ["cpu-small"])["cpu-small"].ready == 1
 
     assert move_overdue(app, records, 5, now(r)) == []  # within the grace: left alone
     records.transition(items[3], JobStatus.CANCELLED, reason=Reason.CANCELLED)

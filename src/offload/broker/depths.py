@@ -41,6 +41,7 @@ from offload.broker import keys
 from offload.broker.queues import PRIORITY_STEPS, UNACKED, message_job, queue_lists
 from offload.broker.routing import node_queue_messages
 from offload.broker.status import ACTIVE
+from offload.spec.arrays import chunk_items
 
 UNACKED_KEY = UNACKED
 _ACTIVE = frozenset(s.value for s in ACTIVE)
@@ -168,8 +169,8 @@ def _node_queue_classes(
     if not jobs:
         return []
     pipe = r.pipeline(transaction=False)
-    for job_id, _ in jobs:
-        pipe.hget(keys.job(job_id), "class")
+    for job_id, _ in jobs:  # a chunk (one message) is of its items' class: its first's
+        pipe.hget(keys.job((chunk_items(job_id) or [job_id])[0]), "class")
     return [
         (_str(cls), was)
         for (_, was), cls in zip(jobs, pipe.execute(), strict=True)

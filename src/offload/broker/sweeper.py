@@ -259,7 +259,8 @@ class Sweeper:
         for queue in self.queues:
             for name in queue_lists(queue):
                 present.update(message_jobs(self.r.lrange(name, 0, -1)))
-        present.update(j for _, _, j in node_queue_messages(self.r, registered_nodes(self.r)))
+        for _, _, j in node_queue_messages(self.r, registered_nodes(self.r)):
+            present.update(chunk_items(j) or [j])  # a chunk routed to a node: its items
         since = {str(t) for t in self.r.zrangebyscore(UNACKED_INDEX, delivered_before, "+inf")}
         old: dict[str, list[str]] = {}
         running: dict[str, str] = {}  # a chunk delivered long ago -> its delivery tag
