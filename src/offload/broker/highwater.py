@@ -126,12 +126,16 @@ def read_usage(r: redis.Redis, settings: Settings) -> RedisUsage:
     pipe.zcard(keys.QUEUED)
     pipe.zcard(keys.WAITING)
     pipe.hlen(keys.ARCHIVE_WHERE)
-    records, queued, waiting, archived = pipe.execute()
+    pipe.zcard(keys.ENDED)
+    indexed, queued, waiting, archived, ended = pipe.execute()
+    # an array's items have no member of offload:jobs (their array's stands for them): the
+    # queued, waiting and ended-not-archived ones are counted from those indexes instead
+    records = max(int(indexed) - int(archived), int(queued) + int(waiting) + int(ended))
     return RedisUsage(
         used,
         most,
         settings.redis_high_water,
-        int(records) - int(archived),  # an archived job keeps only its index entries
+        records,  # an archived job keeps only its index entries
         int(queued),
         int(waiting),
         settings.record_ttl,
