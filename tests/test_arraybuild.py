@@ -5,12 +5,15 @@ gives, item for item, and a worker refuses an item whose spec, fields or array w
 from __future__ import annotations
 
 import json
+import time
+import uuid
+import zlib
 from typing import Any
 
 import pytest
 
 from offload import JobOptions, SpecError
-from offload.broker.arrays import unpack
+from offload.broker.arrays import ArrayInfo, unpack
 from offload.cache import jobseal
 from offload.errors import ForgedJob
 from offload.producer.arraybuild import ArrayBuilder
@@ -141,3 +144,30 @@ def test_a_table_part_holds_tens_of_bytes_an_item(private_platform: Platform) ->
     assert len(parts) == 1
     assert len(parts[0]) / 1000 < 60, len(parts[0])
     assert len(unpack(parts[0])) == 1000
+
+
+def test_an_array_written_before_common_specs_is_still_fed(private_platform: Platform) -> None:
+    """A table of (class, whole sealed spec) rows, as main wrote them before common specs
+    (an array in flight across an upgrade): fed, read and checked as it was."""
+    client = private_platform.client
+    b = client.broker
+    array_id = uuid.uuid4().hex[:24]
+    specs = [
+        jobseal.seal_job(
+            client.key,
+            item_id(array_id, i),
+            JobSpec.create(image="offload/base", command=["true"], params={"n": i}, task=(i, 3)),
+        )
+        for i in range(3)
+    ]
+    rows = [["cpu-small", spec.encode()] for spec in specs]
+    part = zlib.compress(json.dumps(rows, separators=(",", ":")).encode())
+    info = ArrayInfo(id=array_id, count=3, name="old", image="offload/base",
+                     created_at=time.time(), cls="cpu-small")  # fmt: skip
+    b.submit_array(info, [part])
+    assert b.records.get(item_id(array_id, 2)).spec.params == {"n": 2}  # read from the table
+    b.feeder.feed(array_id, everything=True)
+    for i in range(3):
+        rec = b.records.get(item_id(array_id, i))
+        assert rec.spec.params == {"n": i} and rec.spec.seal is not None and rec.spec.seal.sig
+        assert jobseal.open_job(client.key, rec.id, rec.spec).params == {"n": i}

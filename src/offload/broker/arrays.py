@@ -270,8 +270,10 @@ class Arrays:
         rows = self.table(info.id, index // TABLE_PART)
         if len(rows) <= index % TABLE_PART:
             return None
-        cls, own, sig = rows[index % TABLE_PART]
-        spec = item_spec(JobSpec.decode(info.spec), own, index, sig)
+        cls = rows[index % TABLE_PART][0]
+        spec = row_spec(
+            info, JobSpec.decode(info.spec) if info.spec else None, rows[index % TABLE_PART], index
+        )
         status = JobStatus.CANCELLED if feed.cancelled else JobStatus.QUEUED
         fields = record_fields(job_id, spec, cls or info.cls, status, info.created_at, UNFED)
         return parse_record(job_id, fields, spec)
@@ -286,7 +288,30 @@ def pack(rows: Sequence[Row]) -> bytes:
 
 
 def unpack(blob: bytes) -> list[Row]:
-    return [(str(c), str(f), str(s)) for c, f, s in json.loads(zlib.decompress(blob))]
+    """A packed part's rows; a part written before arrays had a common spec holds (class,
+    whole sealed spec) pairs: read with an empty MAC (:func:`row_spec` knows them)."""
+    rows = json.loads(zlib.decompress(blob))
+    return [(str(row[0]), str(row[1]), str(row[2]) if len(row) > 2 else "") for row in rows]
 
 
-__all__ = ["TABLE_PART", "ArrayInfo", "Arrays", "Counts", "Feed", "Row", "pack", "unpack"]
+def row_spec(info: ArrayInfo, common: JobSpec | None, row: Row, index: int) -> JobSpec:
+    """Item ``index``'s spec from its row: ``common`` (the array's common spec, decoded) with
+    the item's fields over it; for an array written before common specs (no ``spec`` in its
+    record), the whole sealed spec the row holds."""
+    _, own, sig = row
+    if common is None or not info.spec:
+        return JobSpec.decode(own)
+    return item_spec(common, own, index, sig)
+
+
+__all__ = [
+    "TABLE_PART",
+    "ArrayInfo",
+    "Arrays",
+    "Counts",
+    "Feed",
+    "Row",
+    "pack",
+    "row_spec",
+    "unpack",
+]

@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from offload.broker import keys, scripts
-from offload.broker.arrays import TABLE_PART, ArrayInfo, Row
+from offload.broker.arrays import TABLE_PART, ArrayInfo, Row, row_spec
 from offload.broker.queues import queue_lists
 from offload.broker.status import JobStatus
 from offload.errors import BrokerError, JobNotFound
 from offload.spec import JobSpec
-from offload.spec.arrays import item_id, item_spec
+from offload.spec.arrays import item_id
 
 if TYPE_CHECKING:
     from offload.broker.core import Broker
@@ -198,9 +198,10 @@ class Feeder:
 
     def _write(self, info: ArrayInfo, fed: int, rows: list[Row]) -> int:
         jobs = []
-        common = JobSpec.decode(info.spec)
-        for i, (cls, own, sig) in enumerate(rows):
-            spec = item_spec(common, own, fed + i, sig)
+        common = JobSpec.decode(info.spec) if info.spec else None
+        for i, row in enumerate(rows):
+            cls = row[0]
+            spec = row_spec(info, common, row, fed + i)
             status = JobStatus.WAITING if spec.parents() else JobStatus.QUEUED
             jobs.append((item_id(info.id, fed + i), spec, cls or info.cls, status))
         ids = [j[0] for j in jobs]
