@@ -88,7 +88,7 @@ def list_jobs(records: JobRecords, q: JobQuery) -> Page:
         if q.until is None or score <= q.until:
             top, at = repr(score), (score, last)
     bottom = "-inf" if q.since is None else repr(q.since)
-    ids = _array(records, q, at) if q.array else _walk(records, top, bottom, at)
+    ids = _array(records, q, at, top, bottom) if q.array else _walk(records, top, bottom, at)
     chunk: list[tuple[str, float]] = []
     for job_id, score in ids:
         chunk.append((job_id, score))
@@ -143,12 +143,13 @@ def _walk(
 
 
 def _array(
-    records: JobRecords, q: JobQuery, at: tuple[float, str] | None
+    records: JobRecords, q: JobQuery, at: tuple[float, str] | None, top: str, bottom: str
 ) -> Iterator[tuple[str, float]]:
-    """The items of ``q.array`` fed so far, last first, within ``q``'s times."""
+    """The items of ``q.array`` fed so far, last first, within ``q``'s times. An array made
+    before arrays were one member (each item its own) is found by its items' ids."""
     found = records._run(records.r.zscore, keys.JOBS_INDEX, q.array)
     if found is None:
-        return iter(())
+        return (j for j in _walk(records, top, bottom, at) if j[0].startswith(q.array))
     score = float(found)
     if (q.since is not None and score < q.since) or (q.until is not None and score > q.until):
         return iter(())
