@@ -16,6 +16,7 @@ from offload.broker.arrays import ArrayInfo
 from offload.broker.core import Broker
 from offload.broker.listing import JobQuery, list_jobs
 from offload.broker.status import JobStatus, Reason
+from offload.broker.sweeper import Sweeper
 from offload.cache.archive import SealedArchive
 from offload.cache.factory import open_store
 from offload.cache.keys import init_key
@@ -243,3 +244,17 @@ def test_an_arrays_items_are_found_through_its_archive_index(broker: Broker) -> 
     assert set(fresh.records.archive.entries([*items, item_id(array.id, 5)])) == set(items)
     with pytest.raises(JobNotFound):  # an item never archived (nor made) is not found
         fresh.records.get(item_id(array.id, 5))
+
+
+def test_one_sweep_archives_segment_after_segment_while_a_backlog_is_due(
+    broker: Broker,
+) -> None:
+    """Jobs ending faster than a segment a sweep (an array's tiny items) do not pile up in
+    Redis: the sweeper archives segment after segment while full ones are due."""
+    for job_id in ids(23):
+        finish(broker, job_id)
+    broker.records.archive.batch = 5
+    sweeper = Sweeper(broker)
+    report = sweeper.archive(broker.server_time())
+    assert (report.archived, report.segments) == (23, 5)
+    assert broker.redis.zcard(keys.ENDED) == 0
