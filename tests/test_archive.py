@@ -258,3 +258,22 @@ def test_one_sweep_archives_segment_after_segment_while_a_backlog_is_due(
     report = sweeper.archive(broker.server_time())
     assert (report.archived, report.segments) == (23, 5)
     assert broker.redis.zcard(keys.ENDED) == 0
+
+
+def test_an_arrays_ended_items_are_archived_sooner_than_jobs(settings: Settings) -> None:
+    s = settings.model_copy(update={"archive_after": 300.0, "archive_items_after": 30.0})
+    b = Broker(s, archive=SealedArchive(lambda: open_store(s)))
+    assert b.records.items_sooner == 270.0
+    array = ArrayInfo(id="cd" * 12, count=2, name="photos", created_at=time.time())
+    b.arrays.begin(array)
+    b.arrays.activate(array)
+    job, item = ids(1, 7)[0], item_id(array.id, 1)
+    for j in (job, item):
+        finish(b, j)
+    now = b.server_time()
+    assert b.records.archive.run(now + 10).archived == 0  # neither is due yet
+    report = b.records.archive.run(now + 31)  # the item's 30 s are past, not the job's 300
+    assert report.archived == 1 and not b.redis.exists(keys.job(item))
+    assert b.redis.exists(keys.job(job))
+    assert b.records.get(item).status is JobStatus.SUCCEEDED  # read from the archive
+    assert b.records.archive.run(now + 301).archived == 1

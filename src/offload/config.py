@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     record_ttl: int = Field(default=30 * 24 * 3600, ge=60)
     # seconds after its end a job leaves Redis for the archive (broker/archive.py)
     archive_after: float = Field(default=300.0, ge=0)
+    # the same for an array's item (at most archive_after): items end by the hundred a second
+    archive_items_after: float = Field(default=30.0, ge=0)
     archive_batch: int = Field(default=500, ge=1, le=10_000)  # jobs per segment, at most
     memo_ttl: int = Field(default=30 * 24 * 3600, ge=60)
     pull_timeout: float = Field(default=60.0, gt=0)

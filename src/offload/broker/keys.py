@@ -103,9 +103,11 @@ Arrays (:mod:`offload.broker.arrays`; written by the producer's ``map``, read by
 
 The archive (:mod:`offload.broker.archive`; written by the sweeper, read by everyone)::
 
-    offload:ended                ZSET   job id -> when it ended (Redis time); added by the
-                                        transition script at the move to a terminal status,
-                                        removed when the job is archived (or found expired).
+    offload:ended                ZSET   job id -> when it ended (Redis time; an array's item:
+                                        that less ``archive_after - archive_items_after``,
+                                        so it is archived sooner); added by the transition
+                                        script at the move to a terminal status, removed
+                                        when the job is archived (or found expired).
                                         Bound: the jobs ended in the last ``archive_after``
                                         seconds plus the archiver's backlog; no TTL
     offload:archive:where        HASH   archived job id -> its segment number: how an id finds

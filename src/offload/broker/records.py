@@ -65,6 +65,9 @@ class JobRecords:
         self.archive = Archive(client, after=300.0, ttl=float(record_ttl))
         # an array's items not fed yet (offload.broker.arrays.Arrays), read when no record is
         self.unfed: Arrays | None = None
+        # seconds an array's ended item is archived sooner than a job (archive_after less
+        # archive_items_after): items end by the hundred a second, their records need not wait
+        self.items_sooner = 0.0
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> JobRecords:
@@ -77,6 +80,7 @@ class JobRecords:
         )
         records.archive.after = settings.archive_after
         records.archive.batch = settings.archive_batch
+        records.items_sooner = max(0.0, settings.archive_after - settings.archive_items_after)
         return records
 
     # -- writes ----------------------------------------------------------------------------
@@ -229,6 +233,7 @@ class JobRecords:
             JobStatus.QUEUED.value,
             JobStatus.WAITING.value,
             JobStatus.SUCCEEDED.value,
+            repr(self.items_sooner),
         ]
         for name, value in fields.items():
             if value is None:

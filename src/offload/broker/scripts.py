@@ -22,7 +22,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 # ARGV: 1 to, 2 now, 3 allowed-from set, 4 ttl (>0: terminal), 5 log maxlen,
 #       6 fencing attempt ('' = any), 7 active set, 8 running-key template,
 #       9 owners-key template, 10 job id, 11 queued state, 12 waiting state, 13 succeeded
-#       state, then field/value pairs
+#       state, 14 seconds an array's item is archived sooner than a job (it enters the ended
+#       index that much in the past), then field/value pairs
 # Returns {1, previous} when moved; {0, current} when the table refuses; {-1, current} fenced.
 TRANSITION = (
     _NOW
@@ -34,7 +35,7 @@ local na = redis.call('HMGET', KEYS[1], 'node', 'attempt')
 if ARGV[6] ~= '' and (na[2] or '0') ~= ARGV[6] then return {-1, cur} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
 local reason, message = nil, nil
-for i = 14, #ARGV, 2 do
+for i = 15, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   if ARGV[i] == 'reason' then reason = ARGV[i + 1] end
   if ARGV[i] == 'message' then message = ARGV[i + 1] end
@@ -68,8 +69,9 @@ if ttl > 0 then
   for _, i in ipairs({1, 2, 3, 7, 8, 9}) do redis.call('EXPIRE', KEYS[i], ttl) end
   local cls = redis.call('HGET', KEYS[1], 'class') or ''
   redis.call('HINCRBY', KEYS[11], cls .. '|' .. ARGV[1] .. '|' .. (reason or ''), 1)
-  redis.call('ZADD', KEYS[12], now, ARGV[10])
-  if redis.call('EXISTS', KEYS[13]) == 1 then
+  local item = redis.call('EXISTS', KEYS[13]) == 1
+  redis.call('ZADD', KEYS[12], item and now - tonumber(ARGV[14]) or now, ARGV[10])
+  if item then
     redis.call('HINCRBY', KEYS[13], 'n:' .. ARGV[1], 1)
     redis.call('SREM', KEYS[14], ARGV[10])
     if ARGV[1] ~= ARGV[13] then
