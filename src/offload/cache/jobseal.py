@@ -197,9 +197,9 @@ def open_job(
         )
     if not spec.secret and not seal.box:
         return spec
-    # an item's box is its own (sealed for its id) or its array's common one
-    box_id = job_id[:24] if seal.item and BOX not in json.loads(seal.item) else job_id
-    try:
+    try:  # an item's box is its own (sealed for its id) or its array's common one
+        own = json.loads(seal.item) if seal.item else {BOX: ""}
+        box_id = job_id if not isinstance(own, dict) or BOX in own else job_id[:24]
         raw = base64.b64decode(seal.box, validate=True)
         plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
             raw[_NONCE:], _AD + box_id.encode("ascii"), raw[:_NONCE], key.secrets_key
