@@ -6,8 +6,9 @@ sweeps every 0.5 s), Docker for the items. An array of N no-op items (``true``, 
 ``params`` each, ``batch=500``) runs to the end; ``used_memory`` against its value before the
 map gives the bytes an ended item holds before the archive takes it (its full record), and,
 once the archiver has moved every item out of Redis (30 s after its end), the bytes a
-finished item keeps (goal of issue 16: <= 150, outputs included, logs excepted). The floor, in the same run: the same number of 8-byte values written by a raw
-pipeline (what the array's archive index holds per item), and the ratio.
+finished item keeps (goal of issue 16: <= 150, outputs included, logs excepted). The floor,
+in the same run: the same number of 8-byte values written by a raw pipeline (what the
+array's archive index holds per item), and the ratio.
 
     python bench/array_finished.py               # N = 2,000
     python bench/array_finished.py --items 10000 --json
