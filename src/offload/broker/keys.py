@@ -62,7 +62,11 @@ Dependencies (:mod:`offload.broker.pipeline`; written at submit, read until the 
                                         when it empties
     offload:job:<id>:children    SET    the jobs that depend on this one (kept for views once it
                                         ended), and identical jobs waiting for its outputs
-                                        (their ``wait`` = ``memo:<id>``)
+                                        (their ``wait`` = ``memo:<id>``). ``<id>`` may be an
+                                        array's (24 hex digits): the jobs with an input over
+                                        every item (``array.output``), which are also in
+                                        their parents and waiting sets by the array's id;
+                                        TTL ``record_ttl``
     offload:waiting              ZSET   every ``waiting`` job -> when it began waiting; the
                                         sweeper checks the old ones (a release a crash missed).
                                         Members leave with the move out of ``waiting``

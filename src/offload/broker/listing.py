@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from offload.broker import keys
-from offload.broker.model import JobRecord, parse_record
+from offload.broker.model import JobRecord
 from offload.broker.records import JobRecords
 from offload.broker.status import JobStatus
 from offload.errors import SpecError
@@ -180,23 +180,9 @@ def _items(
 def _records(
     records: JobRecords, chunk: list[tuple[str, float]]
 ) -> list[tuple[str, float, JobRecord | None]]:
-    """The records of a chunk of ids, in order: live ones in one round trip, archived ones
-    from their segments; None for an id with neither (its record expired or was pruned)."""
-    pipe = records.r.pipeline(transaction=False)
-    for job_id, _ in chunk:
-        pipe.hgetall(keys.job(job_id))
-    live = records._run(pipe.execute)
-    missing = [job_id for (job_id, _), h in zip(chunk, live, strict=True) if not h]
-    archived = records._run(records.archive.entries, missing) if missing else {}
-    out: list[tuple[str, float, JobRecord | None]] = []
-    for (job_id, score), h in zip(chunk, live, strict=True):
-        if h:
-            out.append((job_id, score, parse_record(job_id, h)))
-        elif job_id in archived:
-            out.append((job_id, score, parse_record(job_id, archived[job_id].record)))
-        else:
-            out.append((job_id, score, None))
-    return out
+    """The records of a chunk of ids, in order (:meth:`JobRecords.get_many`)."""
+    recs = records.get_many([job_id for job_id, _ in chunk])
+    return [(job_id, score, rec) for (job_id, score), rec in zip(chunk, recs, strict=True)]
 
 
 __all__ = ["JobQuery", "Page", "cursor_of", "list_jobs", "parse_cursor"]

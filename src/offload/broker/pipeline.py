@@ -101,7 +101,12 @@ class Pipeline:
 
     def link(self, job_id: str, spec: JobSpec) -> JobStatus:
         parents = []
-        for parent in spec.parents():  # an archived parent has ended: settled here
+        for array_id in [p for p in spec.parents() if len(p) == 24]:  # a whole array's outputs
+            failed = self._link_array(job_id, array_id)
+            if failed:
+                self.fail(job_id, failed)
+                return self.records.status(job_id)
+        for parent in [p for p in spec.parents() if len(p) != 24]:  # archived: settled here
             if self.records._run(self.r.exists, keys.job(parent)):
                 parents.append(parent)
                 continue
@@ -139,6 +144,66 @@ class Pipeline:
             self.release(job_id)
         return self.records.status(job_id)
 
+    def _link_array(self, job_id: str, array_id: str) -> str:
+        """``job_id`` waits for every item of ``array_id`` (an input naming the output of
+        each): linked as the array's child unless the array has ended. Returns why the job
+        fails ("" when it does not): no such array, or an item that did not succeed."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.sadd(keys.parents(job_id), array_id)
+        pipe.sadd(keys.children(array_id), job_id)
+        pipe.expire(keys.children(array_id), self.records.record_ttl)
+        pipe.sadd(keys.waiting_on(job_id), array_id)
+        self.records._run(pipe.execute)
+        # after the links, so that an array ending meanwhile is seen here or by its last item
+        ended, why = self.array_ended(array_id)
+        if ended and not why:
+            self.records._run(self.r.srem, keys.waiting_on(job_id), array_id)
+        return why
+
+    def array_ended(self, array_id: str) -> tuple[bool, str]:
+        """Whether every item of the array has ended, and if one did not succeed (or there
+        is no such array), why its dependents fail."""
+        arrays = self.records.unfed
+        try:
+            if arrays is None:
+                raise JobNotFound(array_id)
+            info = arrays.get(array_id)
+        except JobNotFound:
+            return True, f"array {array_id} does not exist (any more)"
+        counts = arrays.counts(info)
+        ended = sum(counts.ended.values()) + (counts.unfed if counts.cancelled else 0)
+        if ended < info.count:
+            return False, ""
+        good = counts.ended.get(JobStatus.SUCCEEDED, 0)
+        if good == info.count:
+            return True, ""
+        return True, (f"array {info.name or array_id} ({array_id}): {info.count - good} of "
+                      f"{info.count} items did not succeed")  # fmt: skip
+
+    def on_array_item_done(self, job_id: str) -> list[str]:
+        """An array's item ended: once the whole array has, release or fail the jobs that
+        wait for it (an input naming the output of every item)."""
+        return self.settle_array(job_id[:24]) if len(job_id) == 32 else []
+
+    def settle_array(self, array_id: str) -> list[str]:
+        """Release (every item succeeded) or fail (one did not) the jobs waiting for the
+        whole array, once every item has ended (or was cancelled before it was fed)."""
+        if not self.r.exists(keys.children(array_id)):
+            return []
+        ended, why = self.array_ended(array_id)
+        if not ended:
+            return []
+        touched = []
+        for child in sorted(str(c) for c in self.r.smembers(keys.children(array_id))):
+            if why:
+                if self.fail(child, why):
+                    touched.append(child)
+                continue
+            self.r.srem(keys.waiting_on(child), array_id)
+            if self.r.scard(keys.waiting_on(child)) == 0 and self.release(child):
+                touched.append(child)
+        return touched
+
     def _wait_for_unfed(self, job_id: str, parent: str) -> None:
         """``job_id`` waits for ``parent``, an array's item whose record the feeder has not
         written yet: listed among its children, so that its end releases ``job_id``. (Fed and
@@ -159,7 +224,7 @@ class Pipeline:
             return []
         if not status.terminal:
             return []
-        touched = []
+        touched = self.on_array_item_done(job_id)
         for child in sorted(self.r.smembers(keys.children(job_id))):
             child = str(child)
             if self._twin_of(child) == job_id:  # identical, not dependent: queued either way
@@ -193,6 +258,8 @@ class Pipeline:
             return False
         outputs: dict[str, str] = {}
         for name, ref in rec.spec.refs().items():
+            if ref.array:  # every item's output: read by the worker that stages the job
+                continue
             try:
                 parent = self.records.get(ref.job_id)
             except JobNotFound:

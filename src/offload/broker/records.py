@@ -397,6 +397,27 @@ class JobRecords:
                 raise
             return parse_record(job_id, h)
 
+    def get_many(self, job_ids: Sequence[str], chunk: int = 1000) -> list[JobRecord | None]:
+        """The records of ``job_ids``, in order, live ones ``chunk`` a round trip, archived
+        ones from their segments; None for an id with neither."""
+        out: list[JobRecord | None] = []
+        for start in range(0, len(job_ids), chunk):
+            part = job_ids[start : start + chunk]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in part:
+                pipe.hgetall(keys.job(job_id))
+            live = self._run(pipe.execute)
+            missing = [j for j, h in zip(part, live, strict=True) if not h]
+            archived = self._run(self.archive.entries, missing) if missing else {}
+            for job_id, h in zip(part, live, strict=True):
+                if h:
+                    out.append(parse_record(job_id, h))
+                elif job_id in archived:
+                    out.append(parse_record(job_id, archived[job_id].record))
+                else:
+                    out.append(None)
+        return out
+
     def archived(self, job_id: str) -> Entry:
         """The job as the archive holds it (:mod:`offload.broker.archive`); JobNotFound."""
         entry = self._run(self.archive.entry, job_id)

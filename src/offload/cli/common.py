@@ -62,7 +62,7 @@ def pairs(option: str, values: tuple[str, ...]) -> list[tuple[str, str]]:
 
 # ``--input NAME=JOB_ID:OUTPUT``: a value that starts with 32 hex digits and a colon names
 # another job's output; anything else is a content id, an s3:// URI or a local path.
-JOB_OUTPUT_RE = re.compile(r"^([0-9a-f]{32}):(.*)\Z", re.DOTALL)
+JOB_OUTPUT_RE = re.compile(r"^([0-9a-f]{32}|[0-9a-f]{24}):(.*)\Z", re.DOTALL)
 INPUT_HELP = (
     "An input, mounted at /offload/in/NAME: NAME=PATH (a local file, uploaded), "
     "NAME=sha256:<id> (a stored object), NAME=https://host/path, NAME=http://…, "
@@ -70,8 +70,10 @@ INPUT_HELP = (
     "#sha256=<hex>), or NAME=JOB_ID:OUTPUT — "
     "another job's output OUTPUT (its path under /offload/out), where JOB_ID is the 32 "
     "hex digits `offload submit` printed; the job then waits until that job succeeds. "
-    "A value that starts with 32 hex digits and ':' is always read as JOB_ID:OUTPUT: "
-    "write such a local file as ./PATH. Repeatable."
+    "NAME=ARRAY:OUTPUT (ARRAY: the 24 hex digits `offload map` printed) is the output "
+    "OUTPUT of every item of the array, one input: a folder, /offload/in/NAME/<index><suffix>, "
+    "once every item succeeded. A value that starts with 32 (or 24) hex digits and ':' is "
+    "always read so: write such a local file as ./PATH. Repeatable."
 )
 
 

@@ -11,7 +11,7 @@ from typing import overload
 from offload.broker.arrays import ArrayInfo
 from offload.broker.core import Broker
 from offload.broker.status import JobStatus
-from offload.errors import JobTimeout
+from offload.errors import JobTimeout, SpecError
 from offload.producer.job import Job, JobResult
 from offload.spec import OutputRef
 
@@ -145,6 +145,7 @@ class JobArray(Sequence[Job]):
         else:
             live = [j for j, s in zip(self.ids, self.statuses(), strict=True) if not s.terminal]
         self.broker.cancel_many(live)
+        self.broker.pipeline.settle_array(self.id)  # jobs waiting for the whole array fail
         return dict(before)
 
     def results(
@@ -196,6 +197,16 @@ class JobArray(Sequence[Job]):
         """Item by item, a reference to its output ``name``: inputs of a later job (fan-in),
         which then waits for every item."""
         return [job.output(name) for job in self]
+
+    def output(self, name: str) -> OutputRef:
+        """The output ``name`` of every item, as **one** input of a later job, whatever the
+        array's size: the job waits for the whole array (it fails if an item does not
+        succeed) and sees a folder, ``/offload/in/<input>/<index><suffix>`` — item 7's
+        ``fingerprint.json`` is ``7.json`` (:mod:`offload.worker.fanin`)."""
+        try:
+            return OutputRef(self.id, name)
+        except ValueError as exc:
+            raise SpecError("output", str(exc)) from None
 
 
 __all__ = ["ArrayStatus", "JobArray"]

@@ -211,7 +211,10 @@ class Client:
 
     def _check_job(self, field: str, job_id: str) -> None:
         try:
-            self.broker.records.status(job_id)
+            if len(job_id) == 24:  # every item of an array (JobArray.output)
+                self.broker.arrays.get(job_id)
+            else:
+                self.broker.records.status(job_id)
         except JobNotFound:
             raise SpecError(field, f"no job {job_id} (a job must exist to be waited for)") from None
 

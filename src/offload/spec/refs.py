@@ -5,6 +5,13 @@
 platform replaces each reference with the content id of that output and queues the job.
 A reference can only name a job that exists when it is made, so a graph of jobs can never
 hold a cycle.
+
+``output:<array id>/<output name>`` (an array's id: 24 hex digits;
+:meth:`offload.producer.array.JobArray.output`) names that output of *every* item of an
+array: one input, whatever the array's size. The job waits for the whole array, and sees
+the outputs as a folder, ``/offload/in/<input>/<index><suffix of the output's name>``, one
+file per item (:mod:`offload.worker.fanin`). It is never replaced by content ids: the
+worker reads each item's signed outputs when it stages the job.
 """
 
 from __future__ import annotations
@@ -13,20 +20,29 @@ import re
 from dataclasses import dataclass
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
-OUTPUT_REF_RE = re.compile(r"^output:([0-9a-f]{32})/(.+)\Z", re.DOTALL)
+ARRAY_REF_ID_RE = re.compile(r"^[0-9a-f]{24}\Z")
+OUTPUT_REF_RE = re.compile(r"^output:([0-9a-f]{32}|[0-9a-f]{24})/(.+)\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
 class OutputRef:
-    """The output ``name`` of job ``job_id`` — usable as an input before it exists."""
+    """The output ``name`` of job ``job_id`` — usable as an input before it exists; of every
+    item of an array when ``job_id`` is an array's id (:attr:`array`)."""
 
     job_id: str
     name: str
 
     def __post_init__(self) -> None:
-        if not JOB_ID_RE.match(self.job_id):
-            raise ValueError(f"expected a job id (32 hex digits), got {self.job_id!r}")
+        if not JOB_ID_RE.match(self.job_id) and not ARRAY_REF_ID_RE.match(self.job_id):
+            raise ValueError(
+                f"expected a job id (32 hex digits) or an array id (24), got {self.job_id!r}"
+            )
         check_output_name(self.name)
+
+    @property
+    def array(self) -> bool:
+        """Whether it names the output of every item of an array (one input, a folder)."""
+        return len(self.job_id) == 24
 
     def __str__(self) -> str:
         return f"output:{self.job_id}/{self.name}"

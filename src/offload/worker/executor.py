@@ -23,7 +23,7 @@ import redis
 from offload.broker.status import JobStatus, Reason
 from offload.errors import BrokerError, CacheError, ForgedJob
 from offload.spec import JobSpec, format_memory
-from offload.worker import deliver, engine, staging, trust
+from offload.worker import deliver, engine, fanin, staging, trust
 from offload.worker.admission import take_room
 from offload.worker.endings import Recorder, retries_used
 from offload.worker.fetching import Fetched, resolve_uris, spool_dir
@@ -231,6 +231,10 @@ class Attempt:
         self.identical.check(self.spec, digest)  # CacheHit, or Parked behind an identical job
         uid = int(self.node.user.split(":")[0]) if self.node.user[:1].isdigit() else None
         try:
+            folders = fanin.array_inputs(self.node, self.spec)  # every item's output
+        except ForgedJob as exc:
+            raise Outcome(JobStatus.FAILED, Reason.FORGED, f"refused, not run: {exc}") from None
+        try:
             self.workspace = staging.prepare(
                 self.node.work_dir,
                 self.job_id,
@@ -239,6 +243,7 @@ class Attempt:
                 self.node.store,
                 uid,
                 self.fetched.files,
+                folders,
             )
             held.callback(self.workspace.remove)
         except staging.InputMissing as exc:

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +72,12 @@ def prepare(
     store: Store,
     uid: int | None,
     fetched: Mapping[str, Path] | None = None,
+    folders: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> Workspace:
     """Create the attempt's folder, copy inputs out of the store (or move in the ones just
-    fetched for it: ``fetched``, by input name), write the params file."""
+    fetched for it: ``fetched``, by input name), write the params file. ``folders``: inputs
+    staged as a folder of objects, (file name, content id) each (an array's outputs:
+    :mod:`offload.worker.fanin`)."""
     ws = Workspace(work_dir / f"{job_id}-{attempt}")
     private_dir(work_dir)
     if ws.root.exists():
@@ -84,6 +87,17 @@ def prepare(
     ws.outputs.mkdir()
     for name, oid in spec.inputs.items():
         dest = ws.inputs / name
+        if folders and name in folders:
+            dest.mkdir()
+            for file, each in folders[name]:
+                try:
+                    store.export(each, dest / file)
+                except ObjectNotFound:
+                    why = f"input {name!r}: {file} ({each}) is not in the store"
+                    raise InputMissing(why) from None
+                os.chmod(dest / file, 0o444)
+            os.chmod(dest, 0o555)
+            continue
         if fetched and name in fetched:
             os.replace(fetched[name], dest)
             os.chmod(dest, 0o444)
