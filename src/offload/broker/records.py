@@ -22,7 +22,7 @@ from offload.broker import keys, scripts
 from offload.broker.archive import Archive, Entry
 from offload.broker.connection import broker_error
 from offload.broker.logs import LogStreams
-from offload.broker.model import Event, JobRecord, parse_record, record_fields
+from offload.broker.model import OUTPUTS_SIG, Event, JobRecord, parse_record, record_fields
 from offload.broker.status import (
     ACTIVE,
     PENDING,
@@ -416,6 +416,31 @@ class JobRecords:
                     out.append(parse_record(job_id, archived[job_id].record))
                 else:
                     out.append(None)
+        return out
+
+    def outputs_many(
+        self, job_ids: Sequence[str], chunk: int = 1000
+    ) -> list[tuple[dict[str, str], str] | None]:
+        """Each job's (outputs, their signature), in order, without reading the rest of its
+        record (live ``chunk`` a round trip, archived from their segments); None for an id
+        with no record."""
+        out: list[tuple[dict[str, str], str] | None] = []
+        for start in range(0, len(job_ids), chunk):
+            part = job_ids[start : start + chunk]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in part:
+                pipe.hmget(keys.job(job_id), "status", "outputs", OUTPUTS_SIG)
+            live = self._run(pipe.execute)
+            missing = [j for j, h in zip(part, live, strict=True) if h[0] is None]
+            archived = self._run(self.archive.entries, missing) if missing else {}
+            for job_id, (status, outputs, sig) in zip(part, live, strict=True):
+                if status is None and job_id in archived:
+                    h = archived[job_id].record
+                    status, outputs, sig = h.get("status"), h.get("outputs"), h.get(OUTPUTS_SIG)
+                if status is None:
+                    out.append(None)
+                    continue
+                out.append((json.loads(outputs or "{}"), str(sig or "")))
         return out
 
     def archived(self, job_id: str) -> Entry:

@@ -1,13 +1,13 @@
 """Fan-in over a whole array: one input, a folder of every item's output.
 
-An input ``output:<array id>/<name>`` (:meth:`offload.producer.array.JobArray.output`) is
-staged as the folder ``/offload/in/<input>/``, holding item ``i``'s output ``name`` as
-``<i><suffix of name>`` (``7.json``). The pipeline queued the job once every item succeeded
+An input ``output:<array id>/<name>`` (:meth:`offload.producer.array.JobArray.output`) is staged
+as the folder ``/offload/in/<input>/``, holding item ``i``'s output ``name`` as ``<i><suffix of
+name>`` (``7.json``). The pipeline queued the job once every item succeeded
 (:meth:`offload.broker.pipeline.Pipeline.settle_array`); here the worker reads the items'
-records (live or archived, a thousand a round trip), takes each item's output only when the
-item's worker signed its outputs (:func:`offload.cache.jobseal.check_outputs`: Redis is not
-trusted with them), and the staging copies each object out of the store.
-"""
+outputs (live or archived, a thousand a round trip, not their whole records), takes each item's
+output only when the item's worker signed its outputs
+(:func:`offload.cache.jobseal.check_outputs`: Redis is not trusted with them), and the staging
+copies each object out of the store."""
 
 from __future__ import annotations
 
@@ -43,15 +43,17 @@ def array_inputs(node: Node, spec: JobSpec) -> dict[str, Folder]:
         ids = [item_id(ref.job_id, i) for i in range(count)]
         suffix = PurePosixPath(ref.name).suffix
         folder: Folder = []
-        for index, (job_id, rec) in enumerate(zip(ids, node.records.get_many(ids), strict=True)):
-            oid = rec.outputs.get(ref.name) if rec is not None else None
-            if rec is None or oid is None:
-                made = "no record" if rec is None else f"outputs {sorted(rec.outputs)}"
+        recorded = node.records.outputs_many(ids)  # not whole records: a million of them
+        for index, (job_id, got) in enumerate(zip(ids, recorded, strict=True)):
+            outputs, sig = got if got is not None else ({}, "")
+            oid = outputs.get(ref.name)
+            if got is None or oid is None:
+                made = "no record" if got is None else f"outputs {sorted(outputs)}"
                 why = f"input {name!r}: item {index} of array {ref.job_id} has no output "
                 raise Outcome(JobStatus.FAILED, Reason.INPUT_MISSING,
                               f"{why}{ref.name!r} ({made})")  # fmt: skip
             assert node.key is not None  # verify() ran
-            if not jobseal.check_outputs(node.key, job_id, rec.outputs, rec.outputs_sig):
+            if not jobseal.check_outputs(node.key, job_id, outputs, sig):
                 raise ForgedJob(
                     f"input {name!r}: item {index}'s outputs are not what its worker signed"
                 )
