@@ -67,6 +67,12 @@ def test_cancelling_the_array_fails_the_job_waiting_for_it(private_platform: Pla
     dedupe = c.submit("offload/base", ["true"], inputs={"fps": array.output("out.json")})
     assert dedupe.status() is JobStatus.WAITING
     assert c.broker.pipeline.parents(dedupe.id) == [array.id]
+    shown = offload_cli(private_platform.env, "status", dedupe.id)
+    assert shown.returncode == 0, shown.stderr
+    said = " ".join(shown.stdout.split())  # as wrapped to the terminal's width
+    assert (
+        f"waiting for parent: {array.id} array offload/base: 0 of 5 items ended (running)" in said
+    )
     array.cancel()
     rec = dedupe.record()
     assert (rec.status, rec.reason) == (JobStatus.FAILED, Reason.UPSTREAM_FAILED)

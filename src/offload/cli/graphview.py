@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from offload.broker.arrays import Arrays
 from offload.broker.core import Broker
 from offload.broker.inflight import TWIN
 from offload.broker.records import JobRecord, JobRecords
@@ -13,11 +14,25 @@ from offload.errors import JobNotFound
 
 
 def _brief(records: JobRecords, job_id: str) -> dict[str, Any]:
+    if len(job_id) == 24 and records.unfed is not None:  # a whole array (array.output)
+        return _array_brief(records.unfed, job_id)
     try:
         rec = records.get(job_id)
     except JobNotFound:
         return {"id": job_id, "name": None, "status": None}
     return {"id": job_id, "name": rec.name, "status": rec.status.value}
+
+
+def _array_brief(arrays: Arrays, array_id: str) -> dict[str, Any]:
+    """An array as a parent: every item, ``ended`` once each has."""
+    try:
+        info = arrays.get(array_id)
+    except JobNotFound:
+        return {"id": array_id, "name": None, "status": None}
+    counts = arrays.counts(info)
+    ended = sum(counts.ended.values()) + (counts.unfed if counts.cancelled else 0)
+    name = f"array {info.name}: {ended:,} of {info.count:,} items ended"
+    return {"id": array_id, "name": name, "status": "ended" if ended >= info.count else "running"}
 
 
 def graph(broker: Broker, rec: JobRecord) -> dict[str, Any]:
