@@ -98,6 +98,11 @@ class Counts:
     def unfed(self) -> int:
         return self.count - self.fed
 
+    @property
+    def settled(self) -> int:
+        """Items that will not run again: ended, or cancelled before they were fed."""
+        return sum(self.ended.values()) + (self.unfed if self.cancelled else 0)
+
 
 class Arrays:
     """Arrays' records, tables and feed states, read and written through one Redis client."""

@@ -171,8 +171,7 @@ class Pipeline:
         except JobNotFound:
             return True, f"array {array_id} does not exist (any more)"
         counts = arrays.counts(info)
-        ended = sum(counts.ended.values()) + (counts.unfed if counts.cancelled else 0)
-        if ended < info.count:
+        if counts.settled < info.count:
             return False, ""
         good = counts.ended.get(JobStatus.SUCCEEDED, 0)
         if good == info.count:

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import uuid
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -68,10 +69,18 @@ def declare_node_queue(app: Celery, node: str) -> str:
 def choose(app: Celery, spec: JobSpec, resource_class: str) -> routing.Route | None:
     """Where a job of ``spec`` goes now; None: its class queue, with nothing to decide
     (locality routing is off, or the job has no inputs)."""
+    return _by_inputs(app, spec.inputs, spec, resource_class)
+
+
+def _by_inputs(
+    app: Celery, inputs: Mapping[str, str], spec: JobSpec, resource_class: str
+) -> routing.Route | None:
+    """Where work with ``inputs`` that needs ``spec``'s resources goes now; None: its class
+    queue, with nothing to decide (locality routing is off, or no input to place)."""
     if not app.conf.get("offload_locality", True):
         return None
-    ids = routing.input_ids(spec.inputs)
-    ids += routing.fetched_ids(_redis(app), spec.inputs)  # URIs a node fetched before
+    ids = routing.input_ids(inputs)
+    ids += routing.fetched_ids(_redis(app), inputs)  # URIs a node fetched before
     if not ids:
         return None
     lost_after = float(app.conf.get("offload_lost_after") or 15.0)
@@ -300,20 +309,11 @@ def choose_chunk(
     if class_queue_because:
         return routing.Route(head.resource_class, f"{what}: {class_queue_because}")
     decision = None
-    if app.conf.get("offload_locality", True):
-        try:
-            refs = {f"{i}/{k}": v for i, rec in enumerate(recs) for k, v in rec.spec.inputs.items()}
-            ids = routing.input_ids(refs) + routing.fetched_ids(_redis(app), refs)
-            if ids:
-                lost_after = float(app.conf.get("offload_lost_after") or 15.0)
-                nodes = routing.read_nodes(
-                    _redis(app), head.resource_class, ids, lost_after=lost_after
-                )
-                res = head.spec.resources
-                need = Share(res.cpu, res.memory, res.gpus)
-                decision = routing.decide(head.resource_class, ids, nodes, need)
-        except redis.RedisError as exc:  # routing is an optimisation: never lose items to it
-            log.warning("chunk %s: locality routing unavailable (%s); class queue", chunk, exc)
+    refs = {f"{i}/{k}": v for i, rec in enumerate(recs) for k, v in rec.spec.inputs.items()}
+    try:
+        decision = _by_inputs(app, refs, head.spec, head.resource_class)
+    except redis.RedisError as exc:  # routing is an optimisation: never lose items to it
+        log.warning("chunk %s: locality routing unavailable (%s); class queue", chunk, exc)
     if decision is None:
         return routing.Route(head.resource_class, what)
     return dataclasses.replace(decision, why=f"{what}: {decision.why}")

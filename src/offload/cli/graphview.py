@@ -29,8 +29,7 @@ def _array_brief(arrays: Arrays, array_id: str) -> dict[str, Any]:
         info = arrays.get(array_id)
     except JobNotFound:
         return {"id": array_id, "name": None, "status": None}
-    counts = arrays.counts(info)
-    ended = sum(counts.ended.values()) + (counts.unfed if counts.cancelled else 0)
+    ended = arrays.counts(info).settled
     name = f"array {info.name}: {ended:,} of {info.count:,} items ended"
     return {"id": array_id, "name": name, "status": "ended" if ended >= info.count else "running"}
 
